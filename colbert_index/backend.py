@@ -1,0 +1,46 @@
+"""Kernel backends: one namespace of functions per backend, chosen once when an index is opened."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from colbert_index.kernels import reference
+
+KERNELS = (
+    "decode_table",
+    "compress_residuals",
+    "decompress",
+    "centroid_scores",
+    "centroid_interaction",
+    "exact_maxsim",
+    "segment_max_sum",
+    "build_ivf",
+    "probe",
+)
+BACKENDS = ("auto", "numpy", "numba")
+
+
+def _numba_namespace() -> SimpleNamespace:
+    try:
+        from colbert_index.kernels import numba_codec, numba_ivf, numba_scoring
+    except ImportError as e:  # pragma: no cover - numba is a hard dependency
+        raise ImportError(f"backend 'numba' needs numba: pip install numba ({e})") from e
+    funcs = {}
+    for mod in (numba_codec, numba_scoring, numba_ivf):
+        funcs.update({name: getattr(mod, name) for name in KERNELS if hasattr(mod, name)})
+    funcs["decode_table"] = reference.decode_table  # built once per index: no kernel needed
+    return SimpleNamespace(name="numba", **funcs)
+
+
+def get_backend(name: str = "auto") -> SimpleNamespace:
+    """Resolve ``"auto" | "numpy" | "numba"`` to a namespace holding every kernel of :data:`KERNELS`."""
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; choose one of {BACKENDS}")
+    if name == "numpy":
+        return SimpleNamespace(name="numpy", **{k: getattr(reference, k) for k in KERNELS})
+    if name == "auto":
+        try:
+            return _numba_namespace()
+        except ImportError:
+            return get_backend("numpy")
+    return _numba_namespace()

@@ -1,0 +1,134 @@
+"""Residual codec: k-means centroids plus per-dimension 2/4-bit quantised residuals."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import cached_property
+
+import faiss
+import numpy as np
+
+from colbert_index.kernels.reference import decode_table
+
+NBITS = (2, 4)
+
+
+def check_nbits_dim(nbits: int, dim: int) -> None:
+    if nbits not in NBITS:
+        raise ValueError(f"nbits must be 2 or 4, got {nbits!r}")
+    if dim * nbits % 8:
+        raise ValueError(f"dim * nbits must be a multiple of 8 to pack residuals into bytes (dim={dim}, nbits={nbits})")
+
+
+def default_n_centroids(n_tokens: int, dim: int, nbits: int) -> int:
+    """PLAID's K = 2**floor(log2(16*sqrt(n_tokens))), halved until the float16 codebook costs at most
+    1/64 of the per-token payload (codes + residuals), so small corpora are not dominated by it.
+
+    >>> default_n_centroids(60_000_000, 64, 2)
+    65536
+    >>> default_n_centroids(1_100_000, 64, 2)
+    2048
+    """
+    k = 2 ** int(math.floor(math.log2(16 * math.sqrt(max(n_tokens, 1)))))
+    payload = n_tokens * (dim * nbits // 8 + 2)
+    while k > 16 and k * dim * 2 * 64 > payload:
+        k //= 2
+    return int(max(1, min(k, n_tokens // 4)))
+
+
+@dataclass(frozen=True)
+class ResidualCodec:
+    """Centroids ``[K, dim]`` plus per-dimension bucket ``cutoffs [dim, 2**nbits-1]`` and
+    ``weights [dim, 2**nbits]``. A token is its nearest centroid (inner product) and, per dimension,
+    the bucket its residual falls in; it decompresses to ``centroid + weight``, rescaled to unit norm
+    when ``normalize`` (set for corpora of unit vectors: it brings decompressed tokens closer to them).
+    """
+
+    centroids: np.ndarray
+    cutoffs: np.ndarray
+    weights: np.ndarray
+    nbits: int
+    normalize: bool = False
+
+    @property
+    def dim(self) -> int:
+        return self.centroids.shape[1]
+
+    @property
+    def n_centroids(self) -> int:
+        return self.centroids.shape[0]
+
+    @property
+    def code_dtype(self) -> np.dtype:
+        return np.dtype(np.uint16 if self.n_centroids <= 65536 else np.uint32)
+
+    @classmethod
+    def train(
+        cls,
+        kmeans_sample: np.ndarray,
+        heldout: np.ndarray,
+        n_centroids: int,
+        nbits: int,
+        kmeans_iters: int = 4,
+        seed: int = 0,
+        normalize: bool = False,
+    ) -> ResidualCodec:
+        """Spherical k-means (faiss) on ``kmeans_sample``; bucket cutoffs at the quantiles and weights
+        at the bucket medians of the ``heldout`` tokens' residuals, for each dimension."""
+        dim = kmeans_sample.shape[1]
+        check_nbits_dim(nbits, dim)
+        sample = np.ascontiguousarray(kmeans_sample, dtype=np.float32)
+        if n_centroids > 1:
+            km = faiss.Kmeans(
+                dim,
+                n_centroids,
+                niter=kmeans_iters,
+                seed=seed,
+                spherical=True,
+                max_points_per_centroid=max(1, len(sample) // n_centroids + 1),
+                verbose=False,
+            )
+            km.train(sample)
+            centroids = km.centroids
+        else:
+            centroids = sample.mean(axis=0, keepdims=True)
+            centroids /= max(float(np.linalg.norm(centroids)), 1e-12)
+        # Round through float16 now: the index stores float16 centroids, and residuals must be
+        # computed against exactly the centroids that decompression will use.
+        centroids = np.ascontiguousarray(centroids, dtype=np.float16).astype(np.float32)
+        codec = cls(centroids, np.zeros((dim, 2**nbits - 1), np.float32), np.zeros((dim, 2**nbits), np.float32), nbits)
+        held = np.ascontiguousarray(heldout, dtype=np.float32)
+        residuals = held - centroids[codec.assign(held)]
+        levels = 2**nbits
+        cutoffs = np.quantile(residuals, np.arange(1, levels) / levels, axis=0).T
+        weights = np.quantile(residuals, (np.arange(levels) + 0.5) / levels, axis=0).T
+        cutoffs, weights = np.ascontiguousarray(cutoffs, np.float32), np.ascontiguousarray(weights, np.float32)
+        return cls(centroids, cutoffs, weights, nbits, normalize)
+
+    @cached_property
+    def table(self) -> np.ndarray:
+        """Byte decode table of the kernels (:func:`colbert_index.kernels.reference.decode_table`)."""
+        return decode_table(self.weights, self.nbits)
+
+    @cached_property
+    def _faiss_index(self) -> faiss.IndexFlatIP:
+        index = faiss.IndexFlatIP(self.dim)
+        index.add(self.centroids)
+        return index
+
+    def assign(self, embeddings: np.ndarray) -> np.ndarray:
+        """Nearest centroid (max inner product) of each row, as int64."""
+        x = np.ascontiguousarray(embeddings, dtype=np.float32)
+        _, idx = self._faiss_index.search(x, 1)
+        return idx[:, 0]
+
+    def compress(self, embeddings: np.ndarray, backend) -> tuple[np.ndarray, np.ndarray]:
+        """``[n, dim]`` floats -> (codes ``[n]`` in :attr:`code_dtype`, packed residuals ``[n, dim*nbits//8]``)."""
+        x = np.ascontiguousarray(embeddings, dtype=np.float32)
+        codes = self.assign(x)
+        packed = backend.compress_residuals(x - self.centroids[codes], self.cutoffs, self.nbits)
+        return codes.astype(self.code_dtype), packed
+
+    def decompress(self, codes: np.ndarray, packed: np.ndarray, backend) -> np.ndarray:
+        return backend.decompress(codes, packed, self.centroids, self.table, self.normalize)

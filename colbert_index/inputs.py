@@ -1,0 +1,134 @@
+"""Validation and normalisation of user inputs: document embeddings, doc ids and queries."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+
+def _as_float_matrix(x, what: str) -> np.ndarray:
+    if hasattr(x, "detach"):  # torch tensor
+        x = x.detach().cpu().float().numpy()
+    a = np.asarray(x)
+    if a.dtype.kind not in "fiu":
+        raise ValueError(f"{what}: expected a float array, got dtype {a.dtype}")
+    if a.ndim != 2:
+        raise ValueError(f"{what}: expected a 2-D [tokens, dim] array, got shape {a.shape}")
+    return a
+
+
+def _check_finite(a: np.ndarray, what: str) -> None:
+    if a.dtype.kind == "f" and not np.isfinite(a).all():
+        bad = np.argwhere(~np.isfinite(a))[0]
+        raise ValueError(f"{what}: contains NaN or inf (first at row {bad[0]}, column {bad[1]})")
+
+
+def iter_documents(doc_embeddings, doc_lengths=None) -> Iterable[np.ndarray]:
+    """Yield one ``[n_i, dim]`` array per document from any accepted input form.
+
+    Accepted: a list of ``[n_i, dim]`` arrays; an iterable of such lists (batches); or, with
+    ``doc_lengths``, one flat ``[n_tokens, dim]`` array.
+    """
+    if doc_lengths is not None:
+        flat = _as_float_matrix(doc_embeddings, "doc_embeddings")
+        lengths = np.asarray(doc_lengths, dtype=np.int64)
+        if lengths.ndim != 1 or int(lengths.sum()) != len(flat):
+            raise ValueError(
+                f"doc_lengths must be 1-D and sum to the {len(flat)} rows of doc_embeddings "
+                f"(got sum {int(lengths.sum()) if lengths.ndim == 1 else 'n/a'})"
+            )
+        offsets = np.concatenate([[0], np.cumsum(lengths)])
+        for i in range(len(lengths)):
+            yield flat[offsets[i] : offsets[i + 1]]
+        return
+    if isinstance(doc_embeddings, np.ndarray) and doc_embeddings.ndim == 2:
+        raise ValueError("a flat [n_tokens, dim] array needs doc_lengths; or pass a list of per-document arrays")
+    for item in doc_embeddings:
+        if isinstance(item, (list, tuple)):  # a batch of documents
+            yield from item
+        elif isinstance(item, np.ndarray) and item.ndim == 3:  # a padded batch has no lengths: refuse
+            raise ValueError("a 3-D batch is ambiguous (padding?); pass a list of [n_i, dim] arrays")
+        else:
+            yield item
+
+
+def collect_documents(doc_embeddings, doc_lengths=None) -> tuple[np.ndarray, np.ndarray]:
+    """Validate every document and return ``(flat float32 [n_tokens, dim], doclens int64 [n_docs])``."""
+    parts, lengths, dim = [], [], None
+    for i, doc in enumerate(iter_documents(doc_embeddings, doc_lengths)):
+        a = _as_float_matrix(doc, f"document {i}")
+        if dim is None:
+            dim = a.shape[1]
+        elif a.shape[1] != dim:
+            raise ValueError(f"document {i}: dim {a.shape[1]} differs from the first document's dim {dim}")
+        if len(a) == 0:
+            raise ValueError(f"document {i} is empty: every document needs at least one token embedding")
+        _check_finite(a, f"document {i}")
+        parts.append(a)
+        lengths.append(len(a))
+    if not parts:
+        raise ValueError("empty corpus: doc_embeddings holds no documents")
+    flat = np.concatenate(parts).astype(np.float32, copy=False)
+    return np.ascontiguousarray(flat), np.asarray(lengths, dtype=np.int64)
+
+
+def normalize_doc_ids(doc_ids, n_docs: int) -> np.ndarray | list[str] | None:
+    """``None`` (ids are 0..n-1), an int64 array, or a list of strings. Raises on duplicates/length."""
+    if doc_ids is None:
+        return None
+    ids = list(doc_ids) if not isinstance(doc_ids, np.ndarray) else doc_ids
+    if len(ids) != n_docs:
+        raise ValueError(f"doc_ids has {len(ids)} entries for {n_docs} documents")
+    if all(isinstance(x, str) for x in ids):
+        out: np.ndarray | list[str] = [str(x) for x in ids]
+        n_unique = len(set(out))
+    else:
+        arr = np.asarray(ids)
+        if arr.dtype.kind not in "iu":
+            raise ValueError(f"doc_ids must be all integers or all strings, got dtype {arr.dtype}")
+        out = arr.astype(np.int64)
+        n_unique = len(np.unique(out))
+    if n_unique != n_docs:
+        raise ValueError(f"doc_ids contains {n_docs - n_unique} duplicate id(s)")
+    return out
+
+
+def normalize_queries(Q, dim: int, query_lengths: Sequence[int] | np.ndarray | None = None) -> list[np.ndarray]:
+    """Turn ``[q_len, dim]``, ``[n_q, q_len, dim]`` (+ lengths or a boolean mask) or a list of 2-D
+    arrays into a list of float32 C-contiguous ``[q_len_i, dim]`` queries."""
+    if hasattr(Q, "detach"):
+        Q = Q.detach().cpu().float().numpy()
+    if isinstance(Q, (list, tuple)):
+        queries = [_as_float_matrix(q, f"query {i}") for i, q in enumerate(Q)]
+        if query_lengths is not None:
+            raise ValueError("query_lengths applies to a padded 3-D batch, not to a list of queries")
+    else:
+        a = np.asarray(Q)
+        if a.ndim == 2:
+            a = a[None]
+        if a.ndim != 3:
+            raise ValueError(f"queries: expected [q_len, dim] or [n_q, q_len, dim], got shape {a.shape}")
+        if query_lengths is None:
+            queries = list(a)
+        else:
+            lens = np.asarray(query_lengths)
+            if lens.dtype == bool:  # a mask [n_q, q_len]
+                if lens.shape != a.shape[:2]:
+                    raise ValueError(f"query mask shape {lens.shape} does not match queries {a.shape[:2]}")
+                queries = [a[i][lens[i]] for i in range(len(a))]
+            else:
+                if lens.shape != (len(a),) or (lens < 0).any() or (lens > a.shape[1]).any():
+                    raise ValueError(f"query_lengths must be {len(a)} ints in [1, {a.shape[1]}]")
+                queries = [a[i, : int(n)] for i, n in enumerate(lens)]
+    out = []
+    for i, q in enumerate(queries):
+        if q.shape[-1] != dim:
+            raise ValueError(f"query {i}: dim {q.shape[-1]} does not match the index dim {dim}")
+        if len(q) == 0:
+            raise ValueError(f"query {i} has no tokens")
+        _check_finite(q, f"query {i}")
+        out.append(np.ascontiguousarray(q, dtype=np.float32))
+    if not out:
+        raise ValueError("no queries given")
+    return out

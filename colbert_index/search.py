@@ -1,0 +1,138 @@
+"""Search: the four PLAID stages over a compressed index, and brute-force exact MaxSim."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+# PLAID's defaults by k: (max k, nprobe, centroid_score_threshold, ndocs)
+_DEFAULTS = ((10, 1, 0.5, 256), (100, 2, 0.45, 1024))
+
+
+@dataclass(frozen=True)
+class SearchParams:
+    """Knobs of the staged search. ``None`` fields take the default for the requested ``k``.
+
+    nprobe: centroids probed per query token (stage 1).
+    centroid_score_threshold: stage 2 ignores doc tokens whose centroid scores below this for every
+        query token.
+    ndocs: candidates kept after stage 2; stage 3 keeps ``ndocs // 4`` for the exact rerank.
+    """
+
+    nprobe: int | None = None
+    centroid_score_threshold: float | None = None
+    ndocs: int | None = None
+
+    @staticmethod
+    def defaults(k: int) -> SearchParams:
+        for max_k, nprobe, thr, ndocs in _DEFAULTS:
+            if k <= max_k:
+                return SearchParams(nprobe, thr, ndocs)
+        return SearchParams(4, 0.4, max(4 * k, 4096))
+
+    def resolved(self, k: int) -> SearchParams:
+        """A copy with every ``None`` filled from :meth:`defaults` (never mutates ``self``)."""
+        d = SearchParams.defaults(k)
+        p = replace(
+            d,
+            **{
+                f: getattr(self, f)
+                for f in ("nprobe", "centroid_score_threshold", "ndocs")
+                if getattr(self, f) is not None
+            },
+        )
+        if int(p.nprobe) < 1:
+            raise ValueError(f"nprobe must be >= 1, got {p.nprobe}")
+        if int(p.ndocs) < 1:
+            raise ValueError(f"ndocs must be >= 1, got {p.ndocs}")
+        if not np.isfinite(p.centroid_score_threshold):
+            raise ValueError(f"centroid_score_threshold must be finite, got {p.centroid_score_threshold}")
+        return p
+
+
+@dataclass
+class SearchResult:
+    """Top-k per query, best first: ``ids [n_q, k]`` (external ids) and ``scores [n_q, k]`` float32.
+
+    When the index holds fewer than ``k`` documents, ``k`` columns shrink to the number of documents.
+    """
+
+    ids: np.ndarray
+    scores: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def check_k(k: int) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    return int(k)
+
+
+def top_k(scores: np.ndarray, slots: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best (score desc, slot asc) of parallel arrays, sorted."""
+    if len(scores) > k:
+        part = np.argpartition(-scores, k - 1)[:k]
+        scores, slots = scores[part], slots[part]
+    order = np.lexsort((slots, -scores))
+    return scores[order], slots[order]
+
+
+def staged_search(Q: np.ndarray, k: int, params: SearchParams, data, backend) -> tuple[np.ndarray, np.ndarray]:
+    """One query through the four stages; returns ``(scores, slots)`` of length ``min(k, n_docs)``."""
+    codec = data.codec
+    k = min(k, data.n_docs)
+    # [K, q_len]: one contiguous row of query-token scores per centroid, the layout stages 2/3 read.
+    S = backend.centroid_scores(codec.centroids, Q)
+    nprobe = params.nprobe
+    while True:  # stage 1; widen the probe in the rare case it finds fewer than k documents
+        cands = backend.probe(S, nprobe, data.ivf_offsets, data.ivf_docs, data.n_docs)
+        if len(cands) >= k or nprobe >= codec.n_centroids:
+            break
+        nprobe *= 2
+    ndocs = max(params.ndocs, k)
+    if len(cands) > ndocs:  # stage 2: centroid interaction with pruning
+        approx = backend.centroid_interaction(S, data.codes, data.offsets, cands, params.centroid_score_threshold)
+        cands = top_k(approx, cands, ndocs)[1]
+    n_exact = max(params.ndocs // 4, k)
+    if len(cands) > n_exact:  # stage 3: centroid interaction without pruning
+        approx = backend.centroid_interaction(S, data.codes, data.offsets, cands, -np.inf)
+        cands = top_k(approx, cands, n_exact)[1]
+    scores = backend.exact_maxsim(
+        Q, data.codes, data.residuals, data.offsets, cands, codec.centroids, codec.table, codec.normalize
+    )  # stage 4
+    return top_k(scores, cands, k)
+
+
+def brute_force(
+    queries: list[np.ndarray],
+    offsets: np.ndarray,
+    token_chunk: Callable[[int, int], np.ndarray],
+    k: int,
+    segment_max_sum: Callable,
+    chunk_tokens: int = 1 << 18,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Exact MaxSim top-k of every query over all documents.
+
+    ``token_chunk(lo, hi)`` returns float32 embeddings of tokens ``lo:hi`` (raw or decompressed); the
+    corpus is walked once in chunks of whole documents, each chunk scored against every query.
+    """
+    n_docs = len(offsets) - 1
+    k = min(k, n_docs)
+    best = [(np.zeros(0, np.float32), np.zeros(0, np.int64)) for _ in queries]
+    d0 = 0
+    while d0 < n_docs:
+        d1 = int(np.searchsorted(offsets, offsets[d0] + chunk_tokens, side="right")) - 1
+        d1 = min(max(d1, d0 + 1), n_docs)
+        lo, hi = int(offsets[d0]), int(offsets[d1])
+        D = token_chunk(lo, hi)
+        local = np.ascontiguousarray(offsets[d0 : d1 + 1] - lo)
+        slots = np.arange(d0, d1, dtype=np.int64)
+        for i, Q in enumerate(queries):
+            s = segment_max_sum(np.ascontiguousarray(D @ Q.T), local)
+            best[i] = top_k(np.concatenate([best[i][0], s]), np.concatenate([best[i][1], slots]), k)
+        d0 = d1
+    return best

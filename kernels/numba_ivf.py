@@ -1,0 +1,76 @@
+"""Numba CPU kernels of the inverted file: build it from codes, and probe it (stage 1)."""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+
+@njit(cache=True, nogil=True)
+def build_ivf(codes, offsets, n_centroids):
+    # One pass counts distinct (centroid, doc) pairs, a second fills them; visiting docs in order
+    # keeps every list sorted and `last` dedups tokens of one doc sharing a centroid.
+    n_docs = offsets.shape[0] - 1
+    last = np.full(n_centroids, -1, dtype=np.int64)
+    counts = np.zeros(n_centroids + 1, dtype=np.int64)
+    for d in range(n_docs):
+        for t in range(offsets[d], offsets[d + 1]):
+            c = codes[t]
+            if last[c] != d:
+                last[c] = d
+                counts[c + 1] += 1
+    ivf_offsets = np.cumsum(counts)
+    ivf_docs = np.empty(ivf_offsets[n_centroids], dtype=np.int32)
+    fill = ivf_offsets[:-1].copy()
+    last[:] = -1
+    for d in range(n_docs):
+        for t in range(offsets[d], offsets[d + 1]):
+            c = codes[t]
+            if last[c] != d:
+                last[c] = d
+                ivf_docs[fill[c]] = d
+                fill[c] += 1
+    return ivf_offsets, ivf_docs
+
+
+@njit(cache=True, nogil=True)
+def probe(centroid_scores, nprobe, ivf_offsets, ivf_docs, n_docs):
+    K, q_len = centroid_scores.shape
+    nprobe = min(nprobe, K)
+    cell = np.zeros(K, dtype=np.bool_)
+    top_id = np.empty(nprobe, dtype=np.int64)
+    top_val = np.empty(nprobe, dtype=np.float32)
+    for q in range(q_len):
+        # insertion into a tiny sorted buffer: nprobe is small; strict > keeps the lower id on ties
+        n_top = 0
+        for c in range(K):
+            v = centroid_scores[c, q]
+            if n_top == nprobe and v <= top_val[n_top - 1]:
+                continue
+            pos = n_top if n_top < nprobe else nprobe - 1
+            while pos > 0 and v > top_val[pos - 1]:
+                top_val[pos] = top_val[pos - 1]
+                top_id[pos] = top_id[pos - 1]
+                pos -= 1
+            top_val[pos] = v
+            top_id[pos] = c
+            if n_top < nprobe:
+                n_top += 1
+        for i in range(n_top):
+            cell[top_id[i]] = True
+    seen = np.zeros(n_docs, dtype=np.bool_)
+    total = 0
+    for c in range(K):
+        if cell[c]:
+            total += ivf_offsets[c + 1] - ivf_offsets[c]
+    out = np.empty(total, dtype=np.int32)
+    n = 0
+    for c in range(K):
+        if cell[c]:
+            for p in range(ivf_offsets[c], ivf_offsets[c + 1]):
+                d = ivf_docs[p]
+                if not seen[d]:
+                    seen[d] = True
+                    out[n] = d
+                    n += 1
+    return np.sort(out[:n])

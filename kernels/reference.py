@@ -1,0 +1,169 @@
+"""Plain numpy reference implementations of every kernel.
+
+These are the ground truth the Numba (and later Triton) kernels are tested against, and the
+``numpy`` backend of :class:`colbert_index.Index`. They favour clarity over speed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def maxsim(Q: np.ndarray, docs: list[np.ndarray]) -> np.ndarray:
+    """Late-interaction score of one query against raw float documents.
+
+    ``score(d) = sum_i max_j Q[i] . d[j]``; an empty document scores 0.
+
+    >>> Q = np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32)
+    >>> docs = [np.array([[1.0, 0.0], [0.5, 0.5]]), np.array([[0.0, 2.0]])]
+    >>> maxsim(Q, docs).tolist()
+    [1.5, 2.0]
+    """
+    Q = np.asarray(Q, dtype=np.float32)
+    out = np.zeros(len(docs), dtype=np.float32)
+    for i, d in enumerate(docs):
+        d = np.asarray(d, dtype=np.float32)
+        if len(d):
+            out[i] = (Q @ d.T).max(axis=1).sum()
+    return out
+
+
+def pack_bits(buckets: np.ndarray, nbits: int) -> np.ndarray:
+    """Pack ``[n, dim]`` bucket indices (< 2**nbits) into ``[n, dim*nbits//8]`` bytes, MSB first."""
+    n, dim = buckets.shape
+    per_byte = 8 // nbits
+    b = buckets.astype(np.uint8).reshape(n, dim // per_byte, per_byte)
+    shifts = (8 - nbits * (np.arange(per_byte) + 1)).astype(np.uint8)
+    return np.bitwise_or.reduce(b << shifts, axis=2).astype(np.uint8)
+
+
+def unpack_bits(packed: np.ndarray, nbits: int) -> np.ndarray:
+    """Inverse of :func:`pack_bits`: ``[n, nbytes]`` -> ``[n, nbytes*8//nbits]`` uint8 bucket indices."""
+    n, nbytes = packed.shape
+    per_byte = 8 // nbits
+    shifts = (8 - nbits * (np.arange(per_byte) + 1)).astype(np.uint8)
+    mask = np.uint8((1 << nbits) - 1)
+    return ((packed[:, :, None] >> shifts) & mask).reshape(n, nbytes * per_byte)
+
+
+def compress_residuals(residuals: np.ndarray, cutoffs: np.ndarray, nbits: int) -> np.ndarray:
+    """Bucketise ``[n, dim]`` residuals with per-dimension ``cutoffs[dim, 2**nbits-1]`` and pack them."""
+    n, dim = residuals.shape
+    buckets = np.zeros((n, dim), dtype=np.uint8)
+    for j in range(dim):
+        buckets[:, j] = np.searchsorted(cutoffs[j], residuals[:, j], side="right")
+    return pack_bits(buckets, nbits)
+
+
+def decode_table(bucket_weights: np.ndarray, nbits: int) -> np.ndarray:
+    """``[nbytes, 256, 8 // nbits]`` float32: the residual values a packed byte decodes to.
+
+    ``table[b, v, k]`` is the residual of dimension ``b * (8 // nbits) + k`` when byte ``b`` is ``v``.
+    Kernels decode a byte with one row lookup instead of shifting and masking every dimension.
+    """
+    dim = bucket_weights.shape[0]
+    per_byte = 8 // nbits
+    buckets = unpack_bits(np.arange(256, dtype=np.uint8)[:, None], nbits)  # [256, per_byte]
+    dims = np.arange(dim).reshape(dim // per_byte, 1, per_byte)
+    return np.ascontiguousarray(bucket_weights[dims, buckets[None]], dtype=np.float32)
+
+
+def decompress(
+    codes: np.ndarray, packed: np.ndarray, centroids: np.ndarray, table: np.ndarray, normalize: bool
+) -> np.ndarray:
+    """``[n]`` codes + ``[n, nbytes]`` packed residuals -> ``[n, dim]`` float32 vectors.
+
+    ``table`` comes from :func:`decode_table`. ``normalize`` rescales each vector to unit L2 norm
+    (for corpora of unit vectors, as ColBERT's).
+    """
+    packed = np.asarray(packed)
+    residual = table[np.arange(packed.shape[1])[None, :], packed].reshape(len(packed), -1)
+    out = (centroids[np.asarray(codes, dtype=np.int64)] + residual).astype(np.float32)
+    if normalize and len(out):
+        out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+    return out
+
+
+def centroid_scores(centroids: np.ndarray, Q: np.ndarray) -> np.ndarray:
+    """``[K, q_len]`` scores of every centroid against every query token (row per centroid)."""
+    return np.ascontiguousarray(centroids @ Q.T, dtype=np.float32)
+
+
+def centroid_interaction(
+    centroid_scores: np.ndarray,
+    codes: np.ndarray,
+    offsets: np.ndarray,
+    candidates: np.ndarray,
+    threshold: float,
+) -> np.ndarray:
+    """Approximate MaxSim of each candidate using only its tokens' centroids.
+
+    ``centroid_scores`` is ``[K, q_len]`` (query token scores of every centroid). A doc token whose
+    centroid scores below ``threshold`` for every query token is pruned; a document left with no
+    token scores 0. ``threshold=-inf`` disables pruning.
+    """
+    keep = centroid_scores.max(axis=1) >= threshold
+    out = np.zeros(len(candidates), dtype=np.float32)
+    for i, d in enumerate(candidates):
+        c = codes[offsets[d] : offsets[d + 1]].astype(np.int64)
+        c = c[keep[c]]
+        if len(c):
+            out[i] = centroid_scores[c].max(axis=0).sum()
+    return out
+
+
+def exact_maxsim(
+    Q: np.ndarray,
+    codes: np.ndarray,
+    packed: np.ndarray,
+    offsets: np.ndarray,
+    candidates: np.ndarray,
+    centroids: np.ndarray,
+    table: np.ndarray,
+    normalize: bool,
+) -> np.ndarray:
+    """Exact MaxSim of ``Q [q_len, dim]`` against the decompressed candidate documents."""
+    out = np.zeros(len(candidates), dtype=np.float32)
+    for i, d in enumerate(candidates):
+        lo, hi = offsets[d], offsets[d + 1]
+        if hi > lo:
+            D = decompress(codes[lo:hi], packed[lo:hi], centroids, table, normalize)
+            out[i] = (Q @ D.T).max(axis=1).sum()
+    return out
+
+
+def build_ivf(codes: np.ndarray, offsets: np.ndarray, n_centroids: int) -> tuple[np.ndarray, np.ndarray]:
+    """Inverted file as CSR: for each centroid the sorted unique doc slots holding one of its tokens.
+
+    Returns ``(ivf_offsets[K+1] int64, ivf_docs int32)``.
+    """
+    doc_of_token = np.repeat(np.arange(len(offsets) - 1, dtype=np.int64), np.diff(offsets))
+    pairs = np.unique(codes.astype(np.int64) * (len(offsets) - 1) + doc_of_token)
+    cents, docs = np.divmod(pairs, max(len(offsets) - 1, 1))
+    ivf_offsets = np.zeros(n_centroids + 1, dtype=np.int64)
+    np.cumsum(np.bincount(cents, minlength=n_centroids), out=ivf_offsets[1:])
+    return ivf_offsets, docs.astype(np.int32)
+
+
+def probe(
+    centroid_scores: np.ndarray, nprobe: int, ivf_offsets: np.ndarray, ivf_docs: np.ndarray, n_docs: int
+) -> np.ndarray:
+    """Stage 1: the union (sorted, int32) of the IVF lists of each query token's top-``nprobe`` centroids.
+
+    ``centroid_scores`` is ``[K, q_len]``. Ties are broken towards the lower centroid id.
+    """
+    K = centroid_scores.shape[0]
+    nprobe = min(nprobe, K)
+    top = np.argsort(-centroid_scores, axis=0, kind="stable")[:nprobe]
+    cells = np.unique(top)
+    parts = [ivf_docs[ivf_offsets[c] : ivf_offsets[c + 1]] for c in cells]
+    return np.unique(np.concatenate(parts)).astype(np.int32) if parts else np.zeros(0, np.int32)
+
+
+def segment_max_sum(token_scores: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """``[n_tokens, q_len]`` token scores + doc ``offsets`` -> per-doc sum of per-query-token maxima."""
+    out = np.zeros(len(offsets) - 1, dtype=np.float32)
+    for d in range(len(offsets) - 1):
+        if offsets[d + 1] > offsets[d]:
+            out[d] = token_scores[offsets[d] : offsets[d + 1]].max(axis=0).sum()
+    return out

@@ -1,0 +1,30 @@
+"""colbert_index: a compressed multi-vector (ColBERT/PLAID-style) index engine."""
+
+from setuptools import setup
+
+setup(
+    name="colbert_index",
+    version="0.1.0",
+    description="Compressed late-interaction (ColBERT/PLAID-style) index with Numba and Triton kernels",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=["colbert_index", "colbert_index.kernels"],
+    package_dir={"colbert_index.kernels": "kernels"},
+    install_requires=[
+        "numpy>=1.24",
+        "numba>=0.59",
+        "faiss-cpu>=1.7.4",
+        "bitarray>=2.8",
+        "tqdm>=4.60",
+        # CPU users: `pip install torch==2.13.0` first, or pip may pull a CUDA build.
+        "torch>=2.1",
+    ],
+    extras_require={
+        "gpu": ["triton>=3.0"],
+        "server": [],
+        "distributed": ["ray>=2.9"],
+        "test": ["pytest>=7", "ruff>=0.4"],
+    },
+    entry_points={"console_scripts": ["colbert-index=colbert_index.cli:main"]},
+)

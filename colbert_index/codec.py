@@ -22,19 +22,31 @@ def check_nbits_dim(nbits: int, dim: int) -> None:
 
 
 def default_n_centroids(n_tokens: int, dim: int, nbits: int) -> int:
-    """PLAID's K = 2**floor(log2(16*sqrt(n_tokens))), halved until the float16 codebook costs at most
-    1/64 of the per-token payload (codes + residuals), so small corpora are not dominated by it.
+    """PLAID's K = 2**floor(log2(16*sqrt(n_tokens))), halved until the int8 codebook costs at most
+    1/48 of the per-token payload (codes + residuals), so small corpora are not dominated by it.
 
     >>> default_n_centroids(60_000_000, 64, 2)
     65536
-    >>> default_n_centroids(1_100_000, 64, 2)
-    2048
+    >>> default_n_centroids(1_000_000, 128, 2)
+    4096
     """
     k = 2 ** int(math.floor(math.log2(16 * math.sqrt(max(n_tokens, 1)))))
     payload = n_tokens * (dim * nbits // 8 + 2)
-    while k > 16 and k * dim * 2 * 64 > payload:
+    while k > 16 and k * dim * 48 > payload:
         k //= 2
-    return int(max(1, min(k, n_tokens // 4)))
+    return int(max(1, min(k, n_tokens // 40)))  # faiss wants >= 39 training points per centroid
+
+
+def quantize_centroids(centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``[K, dim]`` floats -> (int8 ``[K, dim]``, float32 per-centroid scales ``[K]``), the stored form."""
+    scales = (np.abs(centroids).max(axis=1) / 127.0).astype(np.float32)
+    scales[scales == 0] = 1.0
+    q = np.clip(np.rint(centroids / scales[:, None]), -127, 127).astype(np.int8)
+    return q, scales
+
+
+def dequantize_centroids(q: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(q.astype(np.float32) * scales.astype(np.float32)[:, None])
 
 
 @dataclass(frozen=True)
@@ -94,9 +106,9 @@ class ResidualCodec:
         else:
             centroids = sample.mean(axis=0, keepdims=True)
             centroids /= max(float(np.linalg.norm(centroids)), 1e-12)
-        # Round through float16 now: the index stores float16 centroids, and residuals must be
-        # computed against exactly the centroids that decompression will use.
-        centroids = np.ascontiguousarray(centroids, dtype=np.float16).astype(np.float32)
+        # Round to the stored int8 form now: residuals must be computed against exactly the
+        # centroids that decompression will use.
+        centroids = dequantize_centroids(*quantize_centroids(centroids))
         codec = cls(centroids, np.zeros((dim, 2**nbits - 1), np.float32), np.zeros((dim, 2**nbits), np.float32), nbits)
         held = np.ascontiguousarray(heldout, dtype=np.float32)
         residuals = held - centroids[codec.assign(held)]

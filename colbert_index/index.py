@@ -14,7 +14,13 @@ from tqdm.auto import tqdm
 
 from colbert_index import storage
 from colbert_index.backend import get_backend
-from colbert_index.codec import ResidualCodec, check_nbits_dim, default_n_centroids
+from colbert_index.codec import (
+    ResidualCodec,
+    check_nbits_dim,
+    default_n_centroids,
+    dequantize_centroids,
+    quantize_centroids,
+)
 from colbert_index.inputs import collect_documents, normalize_doc_ids, normalize_queries
 from colbert_index.search import SearchParams, SearchResult, brute_force, check_k, staged_search
 from colbert_index.storage import IndexFormatError
@@ -114,9 +120,11 @@ class Index:
         codec = ResidualCodec.train(train, heldout, K, nbits, kmeans_iters=kmeans_iters, seed=seed, normalize=normalize)
         t_train = time.perf_counter() - t0
 
+        centroids_i8, centroid_scales = quantize_centroids(codec.centroids)
         with storage.atomic_directory(path, overwrite=overwrite) as tmp:
             files = {
-                "centroids": storage.save_array(tmp, "centroids", codec.centroids.astype(np.float16)),
+                "centroids": storage.save_array(tmp, "centroids", centroids_i8),
+                "centroid_scales": storage.save_array(tmp, "centroid_scales", centroid_scales),
                 "bucket_cutoffs": storage.save_array(tmp, "bucket_cutoffs", codec.cutoffs),
                 "bucket_weights": storage.save_array(tmp, "bucket_weights", codec.weights),
                 "doclens": storage.save_array(tmp, "doclens", doclens.astype(np.int32)),
@@ -208,7 +216,10 @@ class Index:
 
         f32 = (np.dtype(np.float32),)
         code_dtype = np.dtype(np.uint16 if K <= 65536 else np.uint32)
-        centroids = np.asarray(load("centroids", (K, dim), (np.dtype(np.float16),)), dtype=np.float32)
+        centroids = dequantize_centroids(
+            np.asarray(load("centroids", (K, dim), (np.dtype(np.int8),))),
+            np.asarray(load("centroid_scales", (K,), f32)),
+        )
         cutoffs = np.ascontiguousarray(load("bucket_cutoffs", (dim, 2**nbits - 1), f32))
         weights = np.ascontiguousarray(load("bucket_weights", (dim, 2**nbits), f32))
         doclens = np.asarray(load("doclens", (n_docs,), (np.dtype(np.int32),)))

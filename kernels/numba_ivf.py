@@ -37,6 +37,8 @@ def build_ivf(codes, offsets, n_centroids):
 def probe(centroid_scores, nprobe, ivf_offsets, ivf_docs, n_docs):
     K, q_len = centroid_scores.shape
     nprobe = min(nprobe, K)
+    if nprobe < 1:
+        return np.zeros(0, dtype=np.int32)
     cell = np.zeros(K, dtype=np.bool_)
     top_id = np.empty(nprobe, dtype=np.int64)
     top_val = np.empty(nprobe, dtype=np.float32)

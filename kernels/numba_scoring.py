@@ -17,12 +17,13 @@ _BLOCK = 32  # documents per parallel work item
 @njit(cache=True, nogil=True, parallel=True, fastmath=True)
 def centroid_interaction(centroid_scores, codes, offsets, candidates, threshold):
     K, q_len = centroid_scores.shape
+    thr = np.float32(threshold)
     keep = np.empty(K, dtype=np.bool_)
     for c in range(K):
         m = centroid_scores[c, 0]
         for q in range(1, q_len):
             m = max(m, centroid_scores[c, q])
-        keep[c] = m >= threshold
+        keep[c] = m >= thr
     n = candidates.shape[0]
     out = np.zeros(n, dtype=np.float32)
     nblocks = (n + _BLOCK - 1) // _BLOCK
@@ -65,38 +66,41 @@ def centroid_scores(centroids, Q):
 def exact_maxsim(Q, codes, packed, offsets, candidates, centroids, table, normalize):
     q_len, dim = Q.shape
     n = candidates.shape[0]
-    max_len = 0
-    for i in range(n):
-        max_len = max(max_len, offsets[candidates[i] + 1] - offsets[candidates[i]])
     out = np.zeros(n, dtype=np.float32)
     nblocks = (n + _BLOCK - 1) // _BLOCK
     for blk in prange(nblocks):
-        # doc tokens transposed [dim, len]: the inner loop runs over tokens and vectorises
-        doc_t = np.empty((dim, max_len), dtype=np.float32)
         vec = np.empty((1, dim), dtype=np.float32)
-        acc = np.empty(max_len, dtype=np.float32)
+        best = np.empty(q_len, dtype=np.float32)
         for i in range(blk * _BLOCK, min(n, (blk + 1) * _BLOCK)):
             d = candidates[i]
-            lo = offsets[d]
-            m = offsets[d + 1] - lo
-            if m == 0:
+            if offsets[d + 1] == offsets[d]:
                 continue
-            for t in range(m):
-                decompress_token(codes, packed, lo + t, centroids, table, normalize, vec, 0)
-                for j in range(dim):
-                    doc_t[j, t] = vec[0, j]
+            best[:] = -np.inf
+            for t in range(offsets[d], offsets[d + 1]):
+                decompress_token(codes, packed, t, centroids, table, normalize, vec, 0)
+                # four query tokens per pass share each load of the decompressed token
+                q = 0
+                while q + 4 <= q_len:
+                    s0 = s1 = s2 = s3 = np.float32(0.0)
+                    for j in range(dim):
+                        v = vec[0, j]
+                        s0 += Q[q, j] * v
+                        s1 += Q[q + 1, j] * v
+                        s2 += Q[q + 2, j] * v
+                        s3 += Q[q + 3, j] * v
+                    best[q] = max(best[q], s0)
+                    best[q + 1] = max(best[q + 1], s1)
+                    best[q + 2] = max(best[q + 2], s2)
+                    best[q + 3] = max(best[q + 3], s3)
+                    q += 4
+                for r in range(q, q_len):
+                    s = np.float32(0.0)
+                    for j in range(dim):
+                        s += Q[r, j] * vec[0, j]
+                    best[r] = max(best[r], s)
             total = np.float32(0.0)
             for q in range(q_len):
-                for t in range(m):
-                    acc[t] = 0.0
-                for j in range(dim):
-                    qj = Q[q, j]
-                    for t in range(m):
-                        acc[t] += qj * doc_t[j, t]
-                best = acc[0]
-                for t in range(1, m):
-                    best = max(best, acc[t])
-                total += best
+                total += best[q]
             out[i] = total
     return out
 

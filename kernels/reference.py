@@ -77,7 +77,7 @@ def decompress(
     (for corpora of unit vectors, as ColBERT's).
     """
     packed = np.asarray(packed)
-    residual = table[np.arange(packed.shape[1])[None, :], packed].reshape(len(packed), -1)
+    residual = table[np.arange(packed.shape[1])[None, :], packed].reshape(len(packed), centroids.shape[1])
     out = (centroids[np.asarray(codes, dtype=np.int64)] + residual).astype(np.float32)
     if normalize and len(out):
         out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
@@ -102,7 +102,7 @@ def centroid_interaction(
     centroid scores below ``threshold`` for every query token is pruned; a document left with no
     token scores 0. ``threshold=-inf`` disables pruning.
     """
-    keep = centroid_scores.max(axis=1) >= threshold
+    keep = centroid_scores.max(axis=1) >= np.float32(threshold)  # compared in float32, as the kernels do
     out = np.zeros(len(candidates), dtype=np.float32)
     for i, d in enumerate(candidates):
         c = codes[offsets[d] : offsets[d + 1]].astype(np.int64)

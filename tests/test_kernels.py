@@ -1,0 +1,515 @@
+"""Every Numba kernel against its numpy reference in :mod:`colbert_index.kernels.reference`.
+
+Inputs are built here (random but valid: codes < K, sorted cutoffs, CSR int64 offsets, float32 C-contiguous
+arrays); each test draws from its own ``np.random.default_rng(seed)``.
+"""
+
+from __future__ import annotations
+
+import doctest
+
+import numpy as np
+import pytest
+from colbert_index.kernels import numba_codec, numba_ivf, numba_scoring, reference
+
+DIMS = (48, 64, 96, 128)
+NBITS = (2, 4)
+Q_LENS = (1, 7, 32)  # 7: both the 4-query unrolled path and the remainder of exact_maxsim
+RTOL = 1e-4
+
+
+def _atol(q_len: int) -> float:
+    return 1e-4 * q_len
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x / np.linalg.norm(x, axis=-1, keepdims=True), dtype=np.float32)
+
+
+def _offsets(lengths) -> np.ndarray:
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(np.asarray(lengths, dtype=np.int64), out=offsets[1:])
+    return offsets
+
+
+def _lengths(rng: np.random.Generator, n_random: int = 40, empty_doc: bool = True) -> list[int]:
+    """Doc lengths with the odd shapes up front: 1 token, two 41-token docs, (optionally) an empty doc."""
+    fixed = [1, 41, 41] + ([0] if empty_doc else [])
+    return fixed + rng.integers(1, 50, n_random).tolist()
+
+
+def _collection(rng: np.random.Generator, lengths, K: int, dim: int, nbits: int):
+    offsets = _offsets(lengths)
+    n_tokens = int(offsets[-1])
+    codes = rng.integers(0, K, n_tokens).astype(np.uint16)
+    packed = rng.integers(0, 256, (n_tokens, dim * nbits // 8)).astype(np.uint8)
+    return codes, packed, offsets
+
+
+def _codec(rng: np.random.Generator, K: int, dim: int, nbits: int):
+    centroids = _unit(rng.standard_normal((K, dim)))
+    bucket_weights = (0.05 * rng.standard_normal((dim, 2**nbits))).astype(np.float32)
+    bucket_weights.sort(axis=1)
+    return centroids, bucket_weights, reference.decode_table(bucket_weights, nbits)
+
+
+def _queries(rng: np.random.Generator, q_len: int, dim: int) -> np.ndarray:
+    return _unit(rng.standard_normal((q_len, dim)))
+
+
+def _candidates(rng: np.random.Generator, n_docs: int, n: int = 70) -> np.ndarray:
+    """More than one 32-doc block, with repeats, and every odd-shaped doc (slots 0..3) included."""
+    head = np.array([0, 1, 2, 3, 1, 0], dtype=np.int32)[: min(6, n_docs)]
+    head = head[head < n_docs]
+    return np.concatenate([head, rng.integers(0, n_docs, n).astype(np.int32)])
+
+
+def _plain_decompress(codes, packed, centroids, bucket_weights, nbits, normalize) -> np.ndarray:
+    """Decompression written out directly: unpack buckets, look each dimension up, add the centroid."""
+    buckets = reference.unpack_bits(packed, nbits).astype(np.int64)
+    dim = bucket_weights.shape[0]
+    out = centroids[codes.astype(np.int64)].astype(np.float64) + bucket_weights[np.arange(dim)[None, :], buckets]
+    if normalize:
+        out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+    return out
+
+
+# --------------------------------------------------------------------------------------------- codec
+
+
+@pytest.mark.parametrize("nbits", NBITS)
+@pytest.mark.parametrize("dim", DIMS)
+def test_pack_unpack_round_trip(dim, nbits):
+    rng = np.random.default_rng(100 + dim + nbits)
+    buckets = rng.integers(0, 2**nbits, (37, dim)).astype(np.uint8)
+    packed = reference.pack_bits(buckets, nbits)
+    assert packed.dtype == np.uint8 and packed.shape == (37, dim * nbits // 8)
+    np.testing.assert_array_equal(reference.unpack_bits(packed, nbits), buckets)
+    # and the other way: any byte pattern is a valid packing
+    raw = rng.integers(0, 256, (29, dim * nbits // 8)).astype(np.uint8)
+    np.testing.assert_array_equal(reference.pack_bits(reference.unpack_bits(raw, nbits), nbits), raw)
+
+
+@pytest.mark.parametrize("nbits", NBITS)
+def test_pack_bits_layout_msb_first(nbits):
+    """First dimension lives in the highest bits of byte 0."""
+    per_byte = 8 // nbits
+    buckets = np.zeros((1, 2 * per_byte), dtype=np.uint8)
+    buckets[0, 0] = 1
+    buckets[0, per_byte + per_byte - 1] = (1 << nbits) - 1
+    packed = reference.pack_bits(buckets, nbits)
+    np.testing.assert_array_equal(packed, [[1 << (8 - nbits), (1 << nbits) - 1]])
+
+
+@pytest.mark.parametrize("n", (0, 1, 203))
+@pytest.mark.parametrize("nbits", NBITS)
+@pytest.mark.parametrize("dim", DIMS)
+def test_compress_residuals(dim, nbits, n):
+    rng = np.random.default_rng(200 + dim * 7 + nbits + n)
+    cutoffs = np.sort((0.05 * rng.standard_normal((dim, 2**nbits - 1))).astype(np.float32), axis=1)
+    residuals = (0.05 * rng.standard_normal((n, dim))).astype(np.float32)
+    if n > 1:  # values exactly on a cutoff go to the upper bucket (searchsorted side="right")
+        j = rng.integers(0, dim, n // 2)
+        residuals[np.arange(n // 2), j] = cutoffs[j, rng.integers(0, 2**nbits - 1, n // 2)]
+        residuals[-1] = cutoffs[:, 0] - 1.0  # below every cutoff -> bucket 0
+        residuals[-2] = cutoffs[:, -1] + 1.0  # above every cutoff -> top bucket
+    ref = reference.compress_residuals(residuals, cutoffs, nbits)
+    got = numba_codec.compress_residuals(residuals, cutoffs, nbits)
+    assert ref.dtype == got.dtype == np.uint8
+    assert ref.shape == got.shape == (n, dim * nbits // 8)
+    np.testing.assert_array_equal(got, ref)
+    # independent check of the buckets: number of cutoffs <= residual
+    expected = (cutoffs[None, :, :] <= residuals[:, :, None]).sum(axis=2)
+    np.testing.assert_array_equal(reference.unpack_bits(ref, nbits), expected)
+    if n > 1:
+        assert (expected[-1] == 0).all() and (expected[-2] == 2**nbits - 1).all()
+
+
+@pytest.mark.parametrize("nbits", NBITS)
+@pytest.mark.parametrize("dim", DIMS)
+def test_decode_table(dim, nbits):
+    rng = np.random.default_rng(300 + dim + nbits)
+    _, bucket_weights, table = _codec(rng, 4, dim, nbits)
+    per_byte = 8 // nbits
+    assert table.dtype == np.float32 and table.flags.c_contiguous
+    assert table.shape == (dim // per_byte, 256, per_byte)
+    v = np.arange(256)
+    for k in range(per_byte):
+        bucket = (v >> (8 - nbits * (k + 1))) & ((1 << nbits) - 1)
+        for b in range(dim // per_byte):
+            np.testing.assert_array_equal(table[b, :, k], bucket_weights[b * per_byte + k, bucket])
+
+
+@pytest.mark.parametrize("normalize", (False, True))
+@pytest.mark.parametrize("nbits", NBITS)
+@pytest.mark.parametrize("dim", DIMS)
+def test_decompress(dim, nbits, normalize):
+    rng = np.random.default_rng(400 + dim + nbits + normalize)
+    K = 17
+    centroids, bucket_weights, table = _codec(rng, K, dim, nbits)
+    codes, packed, _ = _collection(rng, [1, 41, 150], K, dim, nbits)
+    expected = _plain_decompress(codes, packed, centroids, bucket_weights, nbits, normalize)
+    ref = reference.decompress(codes, packed, centroids, table, normalize)
+    got = numba_codec.decompress(codes, packed, centroids, table, normalize)
+    assert ref.dtype == got.dtype == np.float32
+    assert ref.shape == got.shape == (len(codes), dim)
+    np.testing.assert_allclose(ref, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+    if normalize:
+        np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, rtol=1e-5)
+    # one token at a time agrees with the batch
+    np.testing.assert_allclose(
+        numba_codec.decompress(codes[40:41], packed[40:41], centroids, table, normalize), got[40:41], rtol=1e-6
+    )
+
+
+@pytest.mark.parametrize("nbits", NBITS)
+def test_decompress_zero_vector_normalized(nbits):
+    """A token decompressing to the zero vector stays zero (norm clamped), a tiny one becomes unit norm."""
+    dim = 64
+    rng = np.random.default_rng(450 + nbits)
+    centroids = np.zeros((2, dim), dtype=np.float32)
+    centroids[1] = _unit(rng.standard_normal(dim))
+    bucket_weights = np.zeros((dim, 2**nbits), dtype=np.float32)
+    table = reference.decode_table(bucket_weights, nbits)
+    centroids[1] *= 1e-3  # tiny but non-zero: still rescaled to unit norm
+    codes = np.array([0, 1], dtype=np.uint16)
+    packed = rng.integers(0, 256, (2, dim * nbits // 8)).astype(np.uint8)
+    ref = reference.decompress(codes, packed, centroids, table, True)
+    got = numba_codec.decompress(codes, packed, centroids, table, True)
+    assert np.isfinite(got).all()
+    np.testing.assert_array_equal(got[0], 0.0)
+    np.testing.assert_allclose(np.linalg.norm(got[1]), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("normalize", (False, True))
+def test_decompress_no_tokens(normalize):
+    dim, nbits = 64, 2
+    rng = np.random.default_rng(460 + normalize)
+    centroids, _, table = _codec(rng, 3, dim, nbits)
+    codes, packed = np.zeros(0, np.uint16), np.zeros((0, dim * nbits // 8), np.uint8)
+    for mod in (reference, numba_codec):
+        out = mod.decompress(codes, packed, centroids, table, normalize)
+        assert out.shape == (0, dim) and out.dtype == np.float32
+
+
+# ------------------------------------------------------------------------------------------- scoring
+
+
+@pytest.mark.parametrize("K", (1, 37))
+@pytest.mark.parametrize("q_len", Q_LENS)
+@pytest.mark.parametrize("dim", DIMS)
+def test_centroid_scores(dim, q_len, K):
+    rng = np.random.default_rng(500 + dim + q_len + K)
+    centroids = _unit(rng.standard_normal((K, dim)))
+    Q = _queries(rng, q_len, dim)
+    ref = reference.centroid_scores(centroids, Q)
+    got = numba_scoring.centroid_scores(centroids, Q)
+    assert ref.dtype == got.dtype == np.float32
+    assert ref.shape == got.shape == (K, q_len)
+    expected = centroids.astype(np.float64) @ Q.astype(np.float64).T
+    np.testing.assert_allclose(ref, expected, rtol=RTOL, atol=1e-5)
+    np.testing.assert_allclose(got, expected, rtol=RTOL, atol=1e-5)
+
+
+def _interaction_inputs(seed: int, q_len: int, K: int):
+    rng = np.random.default_rng(seed)
+    dim = 64
+    centroids = _unit(rng.standard_normal((K, dim)))
+    S = numba_scoring.centroid_scores(centroids, _queries(rng, q_len, dim))
+    codes, _, offsets = _collection(rng, _lengths(rng), K, dim, 2)
+    return rng, S, codes, offsets
+
+
+@pytest.mark.parametrize("pruning", ("median", "all", "none"))
+@pytest.mark.parametrize("K", (1, 64))
+@pytest.mark.parametrize("q_len", Q_LENS)
+def test_centroid_interaction(q_len, K, pruning):
+    rng, S, codes, offsets = _interaction_inputs(600 + q_len + K, q_len, K)
+    n_docs = len(offsets) - 1
+    candidates = _candidates(rng, n_docs)
+    best = S.max(axis=1)
+    if pruning == "none":
+        threshold = -np.inf
+    elif pruning == "all":
+        threshold = float(best.max()) + 1.0
+    else:  # a float32-representable threshold equal to one centroid's best score (tests ">=")
+        threshold = float(np.sort(best)[K // 2])
+    keep = best >= threshold
+    if pruning == "median" and K > 1:
+        assert keep.any() and not keep.all()
+    ref = reference.centroid_interaction(S, codes, offsets, candidates, threshold)
+    got = numba_scoring.centroid_interaction(S, codes, offsets, candidates, threshold)
+    assert ref.dtype == got.dtype == np.float32 and got.shape == candidates.shape
+    np.testing.assert_allclose(got, ref, rtol=RTOL, atol=_atol(q_len))
+    assert got[candidates == 3].tolist() == [0.0] * int((candidates == 3).sum())  # the empty doc
+    if pruning == "all":
+        np.testing.assert_array_equal(got, 0.0)
+    if pruning == "none":  # no pruning: plain MaxSim over the centroid scores of the doc's tokens
+        for i, d in enumerate(candidates[:6]):
+            c = codes[offsets[d] : offsets[d + 1]].astype(np.int64)
+            expected = S[c].max(axis=0).sum() if len(c) else 0.0
+            np.testing.assert_allclose(got[i], expected, rtol=RTOL, atol=_atol(q_len))
+
+
+def test_centroid_interaction_fully_pruned_doc_scores_zero():
+    """A doc whose every token is pruned scores 0 even when its unpruned score would be negative."""
+    S = np.array([[-0.5, -0.25], [0.75, 0.5], [-1.0, -0.125]], dtype=np.float32)
+    codes = np.array([0, 2, 1, 0], dtype=np.uint16)
+    offsets = np.array([0, 2, 4], dtype=np.int64)
+    candidates = np.array([0, 1, 0], dtype=np.int32)
+    for threshold, expected in ((0.0, [0.0, 1.25, 0.0]), (-np.inf, [-0.625, 1.25, -0.625])):
+        ref = reference.centroid_interaction(S, codes, offsets, candidates, threshold)
+        got = numba_scoring.centroid_interaction(S, codes, offsets, candidates, threshold)
+        np.testing.assert_allclose(ref, expected, rtol=1e-6)
+        np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+def test_centroid_interaction_threshold_not_float32_representable():
+    """The threshold is compared in float32 by both (a float64 compare would prune this token)."""
+    threshold = 0.45  # PLAID's default for k <= 100; float32(0.45) < 0.45
+    S = np.array([[np.float32(threshold), 0.0]], dtype=np.float32)
+    codes = np.zeros(1, dtype=np.uint16)
+    offsets = np.array([0, 1], dtype=np.int64)
+    candidates = np.zeros(1, dtype=np.int32)
+    ref = reference.centroid_interaction(S, codes, offsets, candidates, threshold)
+    got = numba_scoring.centroid_interaction(S, codes, offsets, candidates, threshold)
+    np.testing.assert_array_equal(got, ref)
+    assert got[0] == np.float32(threshold)  # both compare in float32: the token is kept
+
+
+@pytest.mark.parametrize("q_len", Q_LENS)
+@pytest.mark.parametrize("normalize", (False, True))
+@pytest.mark.parametrize("nbits", NBITS)
+@pytest.mark.parametrize("dim", DIMS)
+def test_exact_maxsim(dim, nbits, normalize, q_len):
+    rng = np.random.default_rng(700 + dim + nbits + normalize + q_len)
+    K = 23
+    centroids, bucket_weights, table = _codec(rng, K, dim, nbits)
+    codes, packed, offsets = _collection(rng, _lengths(rng), K, dim, nbits)
+    candidates = _candidates(rng, len(offsets) - 1)
+    Q = _queries(rng, q_len, dim)
+    ref = reference.exact_maxsim(Q, codes, packed, offsets, candidates, centroids, table, normalize)
+    got = numba_scoring.exact_maxsim(Q, codes, packed, offsets, candidates, centroids, table, normalize)
+    assert ref.dtype == got.dtype == np.float32 and got.shape == candidates.shape
+    np.testing.assert_allclose(got, ref, rtol=RTOL, atol=_atol(q_len))
+    # independent: float64 MaxSim over the plainly decompressed docs
+    for i, d in enumerate(candidates[:8]):
+        lo, hi = offsets[d], offsets[d + 1]
+        D = _plain_decompress(codes[lo:hi], packed[lo:hi], centroids, bucket_weights, nbits, normalize)
+        expected = (Q.astype(np.float64) @ D.T).max(axis=1).sum() if hi > lo else 0.0
+        np.testing.assert_allclose(got[i], expected, rtol=RTOL, atol=_atol(q_len))
+    assert got[candidates == 3].tolist() == [0.0] * int((candidates == 3).sum())  # the empty doc
+    # repeated candidates score identically
+    for d in (0, 1):
+        assert np.unique(got[candidates == d]).size == 1
+
+
+@pytest.mark.parametrize("cand_dtype", (np.int32, np.int64))
+def test_empty_candidate_list(cand_dtype):
+    rng = np.random.default_rng(800)
+    dim, nbits, K, q_len = 64, 2, 5, 32
+    centroids, _, table = _codec(rng, K, dim, nbits)
+    codes, packed, offsets = _collection(rng, _lengths(rng, 5), K, dim, nbits)
+    Q = _queries(rng, q_len, dim)
+    S = numba_scoring.centroid_scores(centroids, Q)
+    empty = np.zeros(0, dtype=cand_dtype)
+    for threshold in (-np.inf, 0.0):
+        for mod in (reference, numba_scoring):
+            out = mod.centroid_interaction(S, codes, offsets, empty, threshold)
+            assert out.shape == (0,) and out.dtype == np.float32
+    for mod in (reference, numba_scoring):
+        out = mod.exact_maxsim(Q, codes, packed, offsets, empty, centroids, table, True)
+        assert out.shape == (0,) and out.dtype == np.float32
+
+
+def test_only_empty_docs_as_candidates():
+    """Every candidate is an empty doc: scratch buffers of length 0, every score 0."""
+    rng = np.random.default_rng(810)
+    dim, nbits, K, q_len = 48, 4, 3, 1
+    centroids, _, table = _codec(rng, K, dim, nbits)
+    codes, packed, offsets = _collection(rng, [2, 0, 0, 3], K, dim, nbits)
+    candidates = np.array([1, 2, 1], dtype=np.int32)
+    Q = _queries(rng, q_len, dim)
+    S = numba_scoring.centroid_scores(centroids, Q)
+    for mod in (reference, numba_scoring):
+        np.testing.assert_array_equal(mod.centroid_interaction(S, codes, offsets, candidates, -np.inf), 0.0)
+        np.testing.assert_array_equal(
+            mod.exact_maxsim(Q, codes, packed, offsets, candidates, centroids, table, False), 0.0
+        )
+
+
+def test_int64_candidates():
+    rng = np.random.default_rng(820)
+    dim, nbits, K, q_len = 96, 2, 11, 32
+    centroids, _, table = _codec(rng, K, dim, nbits)
+    codes, packed, offsets = _collection(rng, _lengths(rng), K, dim, nbits)
+    c32 = _candidates(rng, len(offsets) - 1)
+    c64 = c32.astype(np.int64)
+    Q = _queries(rng, q_len, dim)
+    S = numba_scoring.centroid_scores(centroids, Q)
+    np.testing.assert_array_equal(
+        numba_scoring.centroid_interaction(S, codes, offsets, c64, -np.inf),
+        numba_scoring.centroid_interaction(S, codes, offsets, c32, -np.inf),
+    )
+    np.testing.assert_allclose(
+        numba_scoring.exact_maxsim(Q, codes, packed, offsets, c64, centroids, table, True),
+        reference.exact_maxsim(Q, codes, packed, offsets, c64, centroids, table, True),
+        rtol=RTOL,
+        atol=_atol(q_len),
+    )
+
+
+@pytest.mark.parametrize("q_len", Q_LENS)
+def test_segment_max_sum(q_len):
+    rng = np.random.default_rng(900 + q_len)
+    offsets = _offsets(_lengths(rng) + [0])  # empty docs in the middle and at the end
+    scores = rng.standard_normal((int(offsets[-1]), q_len)).astype(np.float32)
+    ref = reference.segment_max_sum(scores, offsets)
+    got = numba_scoring.segment_max_sum(scores, offsets)
+    assert ref.dtype == got.dtype == np.float32 and got.shape == (len(offsets) - 1,)
+    np.testing.assert_allclose(got, ref, rtol=RTOL, atol=_atol(q_len))
+    assert got[3] == 0.0 and got[-1] == 0.0
+    np.testing.assert_allclose(got[0], scores[0].sum(), rtol=1e-6)  # the 1-token doc
+    # all-negative scores: the max is negative, not clamped at 0
+    neg = -np.abs(scores) - 1.0
+    got_neg = numba_scoring.segment_max_sum(neg, offsets)
+    np.testing.assert_allclose(got_neg, reference.segment_max_sum(neg, offsets), rtol=RTOL, atol=_atol(q_len))
+    assert (got_neg[np.diff(offsets) > 0] < 0).all()
+
+
+def test_segment_max_sum_no_docs():
+    scores = np.zeros((0, 4), dtype=np.float32)
+    offsets = np.zeros(1, dtype=np.int64)
+    assert reference.segment_max_sum(scores, offsets).shape == (0,)
+    assert numba_scoring.segment_max_sum(scores, offsets).shape == (0,)
+
+
+# ----------------------------------------------------------------------------------------------- ivf
+
+
+def _check_ivf(ivf_offsets, ivf_docs, codes, offsets, K):
+    assert ivf_offsets.dtype == np.int64 and ivf_docs.dtype == np.int32
+    assert ivf_offsets.shape == (K + 1,) and ivf_offsets[0] == 0 and ivf_offsets[-1] == len(ivf_docs)
+    lists = [set() for _ in range(K)]
+    for d in range(len(offsets) - 1):
+        for c in codes[offsets[d] : offsets[d + 1]]:
+            lists[int(c)].add(d)
+    for c in range(K):
+        assert ivf_docs[ivf_offsets[c] : ivf_offsets[c + 1]].tolist() == sorted(lists[c])
+
+
+@pytest.mark.parametrize("K", (1, 7, 64))
+def test_build_ivf(K):
+    rng = np.random.default_rng(1000 + K)
+    codes, _, offsets = _collection(rng, _lengths(rng, 60) + [0], K, 64, 2)
+    ref = reference.build_ivf(codes, offsets, K)
+    got = numba_ivf.build_ivf(codes, offsets, K)
+    _check_ivf(*ref, codes, offsets, K)
+    _check_ivf(*got, codes, offsets, K)
+    np.testing.assert_array_equal(got[0], ref[0])
+    np.testing.assert_array_equal(got[1], ref[1])
+
+
+def test_build_ivf_unused_centroids_and_no_docs():
+    K = 10
+    codes = np.array([3, 3, 7, 3], dtype=np.uint16)
+    offsets = np.array([0, 1, 1, 4], dtype=np.int64)
+    for mod in (reference, numba_ivf):
+        ivf_offsets, ivf_docs = mod.build_ivf(codes, offsets, K)
+        _check_ivf(ivf_offsets, ivf_docs, codes, offsets, K)
+        assert ivf_docs.tolist() == [0, 2, 2]
+        ivf_offsets, ivf_docs = mod.build_ivf(np.zeros(0, np.uint16), np.zeros(1, np.int64), K)
+        assert ivf_offsets.tolist() == [0] * (K + 1) and ivf_docs.shape == (0,)
+
+
+def _probe_expected(S, nprobe, ivf_offsets, ivf_docs):
+    """Brute force: per query token, the nprobe best centroids by (score desc, id asc)."""
+    K, q_len = S.shape
+    cells = set()
+    for q in range(q_len):
+        ranked = sorted(range(K), key=lambda c: (-float(S[c, q]), c))
+        cells.update(ranked[:nprobe])
+    return sorted({int(d) for c in cells for d in ivf_docs[ivf_offsets[c] : ivf_offsets[c + 1]]})
+
+
+@pytest.mark.parametrize("ties", (False, True))
+@pytest.mark.parametrize("nprobe", (1, 2, 1000))
+@pytest.mark.parametrize("K", (1, 5, 64))
+@pytest.mark.parametrize("q_len", Q_LENS)
+def test_probe(q_len, K, nprobe, ties):
+    rng = np.random.default_rng(1100 + q_len + K + nprobe + ties)
+    S = rng.standard_normal((K, q_len)).astype(np.float32)
+    if ties:  # few distinct values: tie-breaking towards the lower centroid id matters
+        S = np.round(S).astype(np.float32)
+    codes, _, offsets = _collection(rng, [1, 41, 41] + rng.integers(1, 6, 120).tolist(), K, 64, 2)
+    n_docs = len(offsets) - 1
+    ivf_offsets, ivf_docs = reference.build_ivf(codes, offsets, K)
+    ref = reference.probe(S, nprobe, ivf_offsets, ivf_docs, n_docs)
+    got = numba_ivf.probe(S, nprobe, ivf_offsets, ivf_docs, n_docs)
+    assert ref.dtype == got.dtype == np.int32
+    np.testing.assert_array_equal(got, ref)
+    assert got.tolist() == _probe_expected(S, nprobe, ivf_offsets, ivf_docs)
+    if nprobe >= K:  # every cell probed: every doc
+        assert got.tolist() == list(range(n_docs))
+
+
+def test_probe_tie_break_lower_id():
+    # centroids 1 and 3 tie for best; nprobe=1 must pick 1, whose list holds only doc 0
+    S = np.array([[0.0], [2.0], [1.0], [2.0]], dtype=np.float32)
+    ivf_offsets = np.array([0, 1, 2, 3, 4], dtype=np.int64)
+    ivf_docs = np.array([2, 0, 3, 1], dtype=np.int32)
+    for mod in (reference, numba_ivf):
+        assert mod.probe(S, 1, ivf_offsets, ivf_docs, 4).tolist() == [0]
+        assert mod.probe(S, 2, ivf_offsets, ivf_docs, 4).tolist() == [0, 1]
+        assert mod.probe(S, 3, ivf_offsets, ivf_docs, 4).tolist() == [0, 1, 3]
+
+
+def test_probe_empty_cells():
+    """Probed centroids with empty IVF lists give an empty (int32) candidate list."""
+    S = np.array([[3.0, 2.0], [1.0, 0.0]], dtype=np.float32)
+    ivf_offsets = np.array([0, 0, 2], dtype=np.int64)
+    ivf_docs = np.array([0, 1], dtype=np.int32)
+    for mod in (reference, numba_ivf):
+        out = mod.probe(S, 1, ivf_offsets, ivf_docs, 2)
+        assert out.dtype == np.int32 and out.shape == (0,)
+        assert mod.probe(S, 2, ivf_offsets, ivf_docs, 2).tolist() == [0, 1]
+
+
+def test_probe_nprobe_zero_is_empty():
+    S = np.array([[3.0], [1.0]], dtype=np.float32)
+    ivf_offsets = np.array([0, 1, 2], dtype=np.int64)
+    ivf_docs = np.array([0, 1], dtype=np.int32)
+    for mod in (reference, numba_ivf):
+        assert mod.probe(S, 0, ivf_offsets, ivf_docs, 2).tolist() == []
+
+
+# -------------------------------------------------------------------------------------- reference
+
+
+def test_reference_doctests():
+    result = doctest.testmod(reference)
+    assert result.attempted > 0
+    assert result.failed == 0
+
+
+@pytest.mark.parametrize("normalize", (False, True))
+@pytest.mark.parametrize("q_len", Q_LENS)
+def test_reference_exact_maxsim_equals_maxsim(q_len, normalize):
+    rng = np.random.default_rng(1200 + q_len + normalize)
+    dim, nbits, K = 96, 4, 13
+    centroids, _, table = _codec(rng, K, dim, nbits)
+    codes, packed, offsets = _collection(rng, _lengths(rng, 10), K, dim, nbits)
+    candidates = _candidates(rng, len(offsets) - 1, 10)
+    Q = _queries(rng, q_len, dim)
+    docs = []
+    for d in candidates:
+        lo, hi = offsets[d], offsets[d + 1]
+        D = reference.decompress(codes[lo:hi], packed[lo:hi], centroids, table, normalize) if hi > lo else None
+        docs.append(D if D is not None else np.zeros((0, dim), np.float32))
+    expected = reference.maxsim(Q, docs)
+    got = reference.exact_maxsim(Q, codes, packed, offsets, candidates, centroids, table, normalize)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * q_len)
+    assert got[candidates == 3].tolist() == [0.0] * int((candidates == 3).sum())

@@ -1,0 +1,137 @@
+"""End-to-end search quality: the staged search against exact MaxSim."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from colbert_index import SearchParams, maxsim
+from colbert_index.backend import get_backend
+from colbert_index.metrics import found_at, recall_at
+from colbert_index.search import brute_force
+
+
+@pytest.fixture(scope="module")
+def raw_top100(corpus_2k):
+    segment_max_sum = get_backend("numba").segment_max_sum
+    best = brute_force(
+        list(corpus_2k.queries), corpus_2k.offsets, lambda lo, hi: corpus_2k.embeddings[lo:hi], 100, segment_max_sum
+    )
+    return np.stack([slots for _, slots in best])
+
+
+def test_brute_force_matches_plain_maxsim(corpus_2k, raw_top100):
+    docs = corpus_2k.documents()
+    q = corpus_2k.queries[0]
+    scores = maxsim(q, docs)
+    expected = np.lexsort((np.arange(len(docs)), -scores))[:100]
+    np.testing.assert_array_equal(raw_top100[0], expected)
+
+
+def test_search_exact_matches_reference_maxsim_on_decompressed(index_2k_2bit, corpus_2k):
+    idx = index_2k_2bit
+    d = idx._data
+    dec = d.codec.decompress(np.asarray(d.codes), np.asarray(d.residuals), get_backend("numpy"))
+    docs = [dec[d.offsets[i] : d.offsets[i + 1]] for i in range(idx.n_docs)]
+    res = idx.search_exact(corpus_2k.queries[:3], k=5)
+    for qi in range(3):
+        s = maxsim(corpus_2k.queries[qi], docs)
+        order = np.lexsort((np.arange(len(s)), -s))[:5]
+        np.testing.assert_array_equal(res.ids[qi], order)
+        np.testing.assert_allclose(res.scores[qi], s[order], rtol=1e-5, atol=1e-4)
+
+
+def test_recall_vs_exact_at_defaults_2bit(index_2k_2bit, corpus_2k):
+    res = index_2k_2bit.search(corpus_2k.queries, k=10)
+    exact = index_2k_2bit.search_exact(corpus_2k.queries, k=10)
+    assert res.ids.shape == (len(corpus_2k.queries), 10)
+    assert recall_at(res.ids, exact.ids, 10) >= 0.9
+    # scores are exact MaxSim on the decompressed docs, best first
+    assert (np.diff(res.scores, axis=1) <= 0).all()
+
+
+def test_4bit_is_closer_to_raw_exact_than_2bit(index_2k_2bit, index_2k_4bit, corpus_2k, raw_top100):
+    r2 = recall_at(index_2k_2bit.search(corpus_2k.queries, k=10).ids, raw_top100, 10)
+    r4 = recall_at(index_2k_4bit.search(corpus_2k.queries, k=10).ids, raw_top100, 10)
+    assert r4 > r2
+    assert r4 >= 0.9
+    assert r2 >= 0.8
+
+
+def test_source_doc_is_found(index_2k_2bit, corpus_2k):
+    """Each query is made from one document; exact search ranks it top-10, so must a wide search.
+
+    At PLAID's defaults the centroid-only stages 2/3 lose it for some queries (its distinctive tokens
+    sit far from their centroids); ``ndocs=1024`` reranks enough candidates exactly to keep it.
+    """
+
+    t = corpus_2k.targets
+    assert found_at(index_2k_2bit.search_exact(corpus_2k.queries, k=10).ids, t) >= 0.95
+    assert found_at(index_2k_2bit.search(corpus_2k.queries, k=10, params=SearchParams(ndocs=1024)).ids, t) >= 0.95
+    assert found_at(index_2k_2bit.search(corpus_2k.queries, k=10).ids, t) >= 0.75
+
+
+def test_recall_never_drops_as_search_widens(index_2k_2bit, corpus_2k):
+    exact = index_2k_2bit.search_exact(corpus_2k.queries, k=10).ids
+    recalls = []
+    for p in (SearchParams(nprobe=1, ndocs=64), SearchParams(nprobe=2, ndocs=256), SearchParams(nprobe=8, ndocs=4096)):
+        recalls.append(recall_at(index_2k_2bit.search(corpus_2k.queries, k=10, params=p).ids, exact, 10))
+    assert recalls == sorted(recalls)
+    assert recalls[-1] >= 0.99
+
+
+def test_numpy_and_numba_backends_agree(index_2k_2bit, corpus_2k):
+    from colbert_index import Index
+
+    ref = Index.open(index_2k_2bit.path, backend="numpy")
+    q = corpus_2k.queries[:3]
+    a, b = index_2k_2bit.search(q, k=10), ref.search(q, k=10)
+    np.testing.assert_array_equal(a.ids, b.ids)
+    np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5, atol=1e-4)
+
+
+def test_variable_length_queries(index_2k_2bit, corpus_2k):
+    Q = corpus_2k.queries[:3]
+    lengths = np.array([32, 9, 1])
+    padded = Q.copy()
+    padded[1, 9:] = 123.0  # padding must be ignored
+    padded[2, 1:] = -5.0
+    res = index_2k_2bit.search(padded, k=5, query_lengths=lengths)
+    listed = index_2k_2bit.search([Q[0], Q[1, :9], Q[2, :1]], k=5)
+    masked = index_2k_2bit.search(padded, k=5, query_lengths=np.arange(32)[None, :] < lengths[:, None])
+    np.testing.assert_array_equal(res.ids, listed.ids)
+    np.testing.assert_array_equal(res.ids, masked.ids)
+    np.testing.assert_allclose(res.scores, listed.scores)
+
+
+def test_fewer_docs_than_k_returns_all(tiny_index, tiny_docs):
+    res = tiny_index.search(tiny_docs[0][:3], k=50)
+    assert res.ids.shape == (1, len(tiny_docs))
+    assert sorted(res.ids[0].tolist()) == list(range(len(tiny_docs)))
+    exact = tiny_index.search_exact(tiny_docs[0][:3], k=50)
+    np.testing.assert_array_equal(res.ids, exact.ids)
+
+
+def test_params_do_not_leak_between_calls(index_2k_2bit, corpus_2k):
+    q = corpus_2k.queries[0]
+    first = index_2k_2bit.search(q, k=10)
+    index_2k_2bit.search(q, k=500, params=SearchParams(nprobe=4))
+    again = index_2k_2bit.search(q, k=10)
+    np.testing.assert_array_equal(first.ids, again.ids)
+
+
+def test_search_params_defaults_follow_plaid_table():
+    assert SearchParams.defaults(10) == SearchParams(1, 0.5, 256)
+    assert SearchParams.defaults(100) == SearchParams(2, 0.45, 1024)
+    assert SearchParams.defaults(1000) == SearchParams(4, 0.4, 4096)
+    assert SearchParams(ndocs=64).resolved(10) == SearchParams(1, 0.5, 64)
+
+
+def test_metric_doctests():
+    import doctest
+
+    from colbert_index import codec, metrics
+
+    for mod in (metrics, codec):
+        result = doctest.testmod(mod)
+        assert result.attempted > 0 and result.failed == 0

@@ -12,9 +12,11 @@ KERNELS = (
     "decompress",
     "centroid_scores",
     "centroid_interaction",
+    "refined_interaction",
     "exact_maxsim",
     "segment_max_sum",
     "build_ivf",
+    "probe_cells",
     "probe",
 )
 BACKENDS = ("auto", "numpy", "numba")

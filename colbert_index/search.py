@@ -89,7 +89,8 @@ def staged_search(Q: np.ndarray, k: int, params: SearchParams, data, backend) ->
     S = backend.centroid_scores(codec.centroids, Q)
     nprobe = params.nprobe
     while True:  # stage 1; widen the probe in the rare case it finds fewer than k documents
-        cands = backend.probe(S, nprobe, data.ivf_offsets, data.ivf_docs, data.n_docs)
+        cells = backend.probe_cells(S, nprobe)
+        cands = backend.probe(cells, data.ivf_offsets, data.ivf_docs, data.n_docs)
         if len(cands) >= k or nprobe >= codec.n_centroids:
             break
         nprobe *= 2
@@ -98,8 +99,10 @@ def staged_search(Q: np.ndarray, k: int, params: SearchParams, data, backend) ->
         approx = backend.centroid_interaction(S, data.codes, data.offsets, cands, params.centroid_score_threshold)
         cands = top_k(approx, cands, ndocs)[1]
     n_exact = max(params.ndocs // 4, k)
-    if len(cands) > n_exact:  # stage 3: centroid interaction without pruning
-        approx = backend.centroid_interaction(S, data.codes, data.offsets, cands, -np.inf)
+    if len(cands) > n_exact:  # stage 3: centroid interaction without pruning, exact in probed cells
+        approx = backend.refined_interaction(
+            Q, S, cells, data.codes, data.residuals, data.offsets, cands, codec.centroids, codec.table, codec.normalize
+        )
         cands = top_k(approx, cands, n_exact)[1]
     scores = backend.exact_maxsim(
         Q, data.codes, data.residuals, data.offsets, cands, codec.centroids, codec.table, codec.normalize

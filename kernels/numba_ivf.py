@@ -34,12 +34,12 @@ def build_ivf(codes, offsets, n_centroids):
 
 
 @njit(cache=True, nogil=True)
-def probe(centroid_scores, nprobe, ivf_offsets, ivf_docs, n_docs):
+def probe_cells(centroid_scores, nprobe):
     K, q_len = centroid_scores.shape
+    cells = np.zeros((K, q_len), dtype=np.bool_)
     nprobe = min(nprobe, K)
     if nprobe < 1:
-        return np.zeros(0, dtype=np.int32)
-    cell = np.zeros(K, dtype=np.bool_)
+        return cells
     top_id = np.empty(nprobe, dtype=np.int64)
     top_val = np.empty(nprobe, dtype=np.float32)
     for q in range(q_len):
@@ -59,16 +59,26 @@ def probe(centroid_scores, nprobe, ivf_offsets, ivf_docs, n_docs):
             if n_top < nprobe:
                 n_top += 1
         for i in range(n_top):
-            cell[top_id[i]] = True
-    seen = np.zeros(n_docs, dtype=np.bool_)
+            cells[top_id[i], q] = True
+    return cells
+
+
+@njit(cache=True, nogil=True)
+def probe(cells, ivf_offsets, ivf_docs, n_docs):
+    K, q_len = cells.shape
+    probed = np.zeros(K, dtype=np.bool_)
     total = 0
     for c in range(K):
-        if cell[c]:
-            total += ivf_offsets[c + 1] - ivf_offsets[c]
+        for q in range(q_len):
+            if cells[c, q]:
+                probed[c] = True
+                total += ivf_offsets[c + 1] - ivf_offsets[c]
+                break
+    seen = np.zeros(n_docs, dtype=np.bool_)
     out = np.empty(total, dtype=np.int32)
     n = 0
     for c in range(K):
-        if cell[c]:
+        if probed[c]:
             for p in range(ivf_offsets[c], ivf_offsets[c + 1]):
                 d = ivf_docs[p]
                 if not seen[d]:

@@ -63,6 +63,49 @@ def centroid_scores(centroids, Q):
 
 
 @njit(cache=True, nogil=True, parallel=True, fastmath=True)
+def refined_interaction(Q, centroid_scores, cells, codes, packed, offsets, candidates, centroids, table, normalize):
+    q_len, dim = Q.shape
+    K = centroid_scores.shape[0]
+    probed = np.zeros(K, dtype=np.bool_)
+    for c in range(K):
+        for q in range(q_len):
+            if cells[c, q]:
+                probed[c] = True
+                break
+    n = candidates.shape[0]
+    out = np.zeros(n, dtype=np.float32)
+    nblocks = (n + _BLOCK - 1) // _BLOCK
+    for blk in prange(nblocks):
+        vec = np.empty((1, dim), dtype=np.float32)
+        best = np.empty(q_len, dtype=np.float32)
+        for i in range(blk * _BLOCK, min(n, (blk + 1) * _BLOCK)):
+            d = candidates[i]
+            if offsets[d + 1] == offsets[d]:
+                continue
+            best[:] = -np.inf
+            for t in range(offsets[d], offsets[d + 1]):
+                c = codes[t]
+                if not probed[c]:
+                    for q in range(q_len):
+                        best[q] = max(best[q], centroid_scores[c, q])
+                    continue
+                decompress_token(codes, packed, t, centroids, table, normalize, vec, 0)
+                for q in range(q_len):
+                    if cells[c, q]:
+                        s = np.float32(0.0)
+                        for j in range(dim):
+                            s += Q[q, j] * vec[0, j]
+                        best[q] = max(best[q], s)
+                    else:
+                        best[q] = max(best[q], centroid_scores[c, q])
+            total = np.float32(0.0)
+            for q in range(q_len):
+                total += best[q]
+            out[i] = total
+    return out
+
+
+@njit(cache=True, nogil=True, parallel=True, fastmath=True)
 def exact_maxsim(Q, codes, packed, offsets, candidates, centroids, table, normalize):
     q_len, dim = Q.shape
     n = candidates.shape[0]

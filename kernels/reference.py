@@ -112,6 +112,37 @@ def centroid_interaction(
     return out
 
 
+def refined_interaction(
+    Q: np.ndarray,
+    centroid_scores: np.ndarray,
+    cells: np.ndarray,
+    codes: np.ndarray,
+    packed: np.ndarray,
+    offsets: np.ndarray,
+    candidates: np.ndarray,
+    centroids: np.ndarray,
+    table: np.ndarray,
+    normalize: bool,
+) -> np.ndarray:
+    """Centroid interaction without pruning, refined where the probe looked closely.
+
+    A doc token scores ``centroid_scores[c, q]`` against query token ``q``, except when its centroid
+    ``c`` was probed for ``q`` (``cells[c, q]``): then it scores its exact (decompressed) similarity.
+    Distinctive tokens far from their centroid are what centroid-only scores misjudge most, and
+    they sit in exactly those cells.
+    """
+    out = np.zeros(len(candidates), dtype=np.float32)
+    for i, d in enumerate(candidates):
+        lo, hi = offsets[d], offsets[d + 1]
+        if hi == lo:
+            continue
+        c = codes[lo:hi].astype(np.int64)
+        approx = centroid_scores[c]  # [n, q_len]
+        exact = decompress(codes[lo:hi], packed[lo:hi], centroids, table, normalize) @ Q.T
+        out[i] = np.where(cells[c], exact, approx).max(axis=0).sum()
+    return out
+
+
 def exact_maxsim(
     Q: np.ndarray,
     codes: np.ndarray,
@@ -145,18 +176,21 @@ def build_ivf(codes: np.ndarray, offsets: np.ndarray, n_centroids: int) -> tuple
     return ivf_offsets, docs.astype(np.int32)
 
 
-def probe(
-    centroid_scores: np.ndarray, nprobe: int, ivf_offsets: np.ndarray, ivf_docs: np.ndarray, n_docs: int
-) -> np.ndarray:
-    """Stage 1: the union (sorted, int32) of the IVF lists of each query token's top-``nprobe`` centroids.
+def probe_cells(centroid_scores: np.ndarray, nprobe: int) -> np.ndarray:
+    """``[K, q_len]`` bool: ``cells[c, q]`` when centroid ``c`` is among query token ``q``'s top ``nprobe``.
 
-    ``centroid_scores`` is ``[K, q_len]``. Ties are broken towards the lower centroid id.
+    Ties are broken towards the lower centroid id.
     """
-    K = centroid_scores.shape[0]
-    nprobe = min(nprobe, K)
-    top = np.argsort(-centroid_scores, axis=0, kind="stable")[:nprobe]
-    cells = np.unique(top)
-    parts = [ivf_docs[ivf_offsets[c] : ivf_offsets[c + 1]] for c in cells]
+    K, q_len = centroid_scores.shape
+    cells = np.zeros((K, q_len), dtype=np.bool_)
+    top = np.argsort(-centroid_scores, axis=0, kind="stable")[: max(0, min(nprobe, K))]
+    cells[top, np.arange(q_len)[None, :]] = True
+    return cells
+
+
+def probe(cells: np.ndarray, ivf_offsets: np.ndarray, ivf_docs: np.ndarray, n_docs: int) -> np.ndarray:
+    """Stage 1: the union (sorted, int32) of the IVF lists of every centroid probed by some query token."""
+    parts = [ivf_docs[ivf_offsets[c] : ivf_offsets[c + 1]] for c in np.flatnonzero(cells.any(axis=1))]
     return np.unique(np.concatenate(parts)).astype(np.int32) if parts else np.zeros(0, np.int32)
 
 

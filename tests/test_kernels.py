@@ -447,8 +447,8 @@ def test_probe(q_len, K, nprobe, ties):
     codes, _, offsets = _collection(rng, [1, 41, 41] + rng.integers(1, 6, 120).tolist(), K, 64, 2)
     n_docs = len(offsets) - 1
     ivf_offsets, ivf_docs = reference.build_ivf(codes, offsets, K)
-    ref = reference.probe(S, nprobe, ivf_offsets, ivf_docs, n_docs)
-    got = numba_ivf.probe(S, nprobe, ivf_offsets, ivf_docs, n_docs)
+    ref = reference.probe(reference.probe_cells(S, nprobe), ivf_offsets, ivf_docs, n_docs)
+    got = numba_ivf.probe(numba_ivf.probe_cells(S, nprobe), ivf_offsets, ivf_docs, n_docs)
     assert ref.dtype == got.dtype == np.int32
     np.testing.assert_array_equal(got, ref)
     assert got.tolist() == _probe_expected(S, nprobe, ivf_offsets, ivf_docs)
@@ -462,9 +462,9 @@ def test_probe_tie_break_lower_id():
     ivf_offsets = np.array([0, 1, 2, 3, 4], dtype=np.int64)
     ivf_docs = np.array([2, 0, 3, 1], dtype=np.int32)
     for mod in (reference, numba_ivf):
-        assert mod.probe(S, 1, ivf_offsets, ivf_docs, 4).tolist() == [0]
-        assert mod.probe(S, 2, ivf_offsets, ivf_docs, 4).tolist() == [0, 1]
-        assert mod.probe(S, 3, ivf_offsets, ivf_docs, 4).tolist() == [0, 1, 3]
+        assert mod.probe(mod.probe_cells(S, 1), ivf_offsets, ivf_docs, 4).tolist() == [0]
+        assert mod.probe(mod.probe_cells(S, 2), ivf_offsets, ivf_docs, 4).tolist() == [0, 1]
+        assert mod.probe(mod.probe_cells(S, 3), ivf_offsets, ivf_docs, 4).tolist() == [0, 1, 3]
 
 
 def test_probe_empty_cells():
@@ -473,9 +473,9 @@ def test_probe_empty_cells():
     ivf_offsets = np.array([0, 0, 2], dtype=np.int64)
     ivf_docs = np.array([0, 1], dtype=np.int32)
     for mod in (reference, numba_ivf):
-        out = mod.probe(S, 1, ivf_offsets, ivf_docs, 2)
+        out = mod.probe(mod.probe_cells(S, 1), ivf_offsets, ivf_docs, 2)
         assert out.dtype == np.int32 and out.shape == (0,)
-        assert mod.probe(S, 2, ivf_offsets, ivf_docs, 2).tolist() == [0, 1]
+        assert mod.probe(mod.probe_cells(S, 2), ivf_offsets, ivf_docs, 2).tolist() == [0, 1]
 
 
 def test_probe_nprobe_zero_is_empty():
@@ -483,7 +483,7 @@ def test_probe_nprobe_zero_is_empty():
     ivf_offsets = np.array([0, 1, 2], dtype=np.int64)
     ivf_docs = np.array([0, 1], dtype=np.int32)
     for mod in (reference, numba_ivf):
-        assert mod.probe(S, 0, ivf_offsets, ivf_docs, 2).tolist() == []
+        assert mod.probe(mod.probe_cells(S, 0), ivf_offsets, ivf_docs, 2).tolist() == []
 
 
 # -------------------------------------------------------------------------------------- reference

@@ -307,6 +307,42 @@ def test_exact_maxsim(dim, nbits, normalize, q_len):
         assert np.unique(got[candidates == d]).size == 1
 
 
+@pytest.mark.parametrize("q_len", Q_LENS)
+@pytest.mark.parametrize("nprobe", (1, 3))
+@pytest.mark.parametrize("nbits", NBITS)
+@pytest.mark.parametrize("dim", (48, 128))
+def test_refined_interaction(dim, nbits, nprobe, q_len):
+    rng = np.random.default_rng(750 + dim + nbits + nprobe + q_len)
+    K = 17
+    centroids, _, table = _codec(rng, K, dim, nbits)
+    codes, packed, offsets = _collection(rng, _lengths(rng), K, dim, nbits)
+    candidates = _candidates(rng, len(offsets) - 1)
+    Q = _queries(rng, q_len, dim)
+    S = numba_scoring.centroid_scores(centroids, Q)
+    cells = reference.probe_cells(S, nprobe)
+    np.testing.assert_array_equal(numba_ivf.probe_cells(S, nprobe), cells)
+    assert (cells.sum(axis=0) == min(nprobe, K)).all()
+    args = (codes, packed, offsets, candidates, centroids, table, True)
+    ref = reference.refined_interaction(Q, S, cells, *args)
+    got = numba_scoring.refined_interaction(Q, S, cells, *args)
+    assert ref.dtype == got.dtype == np.float32 and got.shape == candidates.shape
+    np.testing.assert_allclose(got, ref, rtol=RTOL, atol=_atol(q_len))
+    # the two limits: no cell probed is plain centroid interaction, every cell probed is exact MaxSim
+    none, every = np.zeros_like(cells), np.ones_like(cells)
+    np.testing.assert_allclose(
+        numba_scoring.refined_interaction(Q, S, none, *args),
+        reference.centroid_interaction(S, codes, offsets, candidates, -np.inf),
+        rtol=RTOL,
+        atol=_atol(q_len),
+    )
+    np.testing.assert_allclose(
+        numba_scoring.refined_interaction(Q, S, every, *args),
+        reference.exact_maxsim(Q, *args),
+        rtol=RTOL,
+        atol=_atol(q_len),
+    )
+
+
 @pytest.mark.parametrize("cand_dtype", (np.int32, np.int64))
 def test_empty_candidate_list(cand_dtype):
     rng = np.random.default_rng(800)

@@ -72,7 +72,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         for qi in range(min(3, len(res))):
             top = ", ".join(f"{i} ({s:.2f})" for i, s in zip(res.ids[qi, :5], res.scores[qi, :5]))
             print(f"query {qi} (made from doc {corpus.targets[qi]}): {top}")
-        print(f"search: {ms:.2f} ms/query; exact brute force: {exact_ms:.1f} ms/query ({exact_ms / ms:.0f}x slower)")
+        import numba
+
+        print(
+            f"search: {ms:.2f} ms/query; exact brute force: {exact_ms:.1f} ms/query ({exact_ms / ms:.0f}x slower); "
+            f"{numba.get_num_threads()} Numba threads"
+        )
         print(f"recall@10 vs the index's exact search: {recall_at(res.ids, exact.ids, 10):.3f}")
         print(f"recall@10 vs exact MaxSim on the raw float embeddings: {recall_at(res.ids, raw_ids, 10):.3f}")
         print(f"query's source doc in top-10: {found_at(res.ids, corpus.targets):.3f}")

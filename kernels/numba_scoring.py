@@ -54,11 +54,25 @@ def centroid_scores(centroids, Q):
     q_len = Q.shape[0]
     out = np.empty((K, q_len), dtype=np.float32)
     for c in prange(K):
-        for q in range(q_len):
+        q = 0
+        while q + 4 <= q_len:  # four query tokens per pass share each load of the centroid
+            s0 = s1 = s2 = s3 = np.float32(0.0)
+            for j in range(dim):
+                v = centroids[c, j]
+                s0 += Q[q, j] * v
+                s1 += Q[q + 1, j] * v
+                s2 += Q[q + 2, j] * v
+                s3 += Q[q + 3, j] * v
+            out[c, q] = s0
+            out[c, q + 1] = s1
+            out[c, q + 2] = s2
+            out[c, q + 3] = s3
+            q += 4
+        for r in range(q, q_len):
             s = np.float32(0.0)
             for j in range(dim):
-                s += centroids[c, j] * Q[q, j]
-            out[c, q] = s
+                s += Q[r, j] * centroids[c, j]
+            out[c, r] = s
     return out
 
 

@@ -126,9 +126,6 @@ def brute_force(
     n_docs = len(offsets) - 1
     k = min(k, n_docs)
     best = [(np.zeros(0, np.float32), np.zeros(0, np.int64)) for _ in queries]
-    # one matrix product per chunk for all queries; columns [bounds[i], bounds[i+1]) are query i's
-    all_q = np.concatenate(queries)
-    bounds = np.concatenate([[0], np.cumsum([len(q) for q in queries])])
     d0 = 0
     while d0 < n_docs:
         d1 = int(np.searchsorted(offsets, offsets[d0] + chunk_tokens, side="right")) - 1
@@ -137,9 +134,8 @@ def brute_force(
         D = token_chunk(lo, hi)
         local = np.ascontiguousarray(offsets[d0 : d1 + 1] - lo)
         slots = np.arange(d0, d1, dtype=np.int64)
-        scores = D @ all_q.T
-        for i in range(len(queries)):
-            s = segment_max_sum(np.ascontiguousarray(scores[:, bounds[i] : bounds[i + 1]]), local)
+        for i, Q in enumerate(queries):
+            s = segment_max_sum(np.ascontiguousarray(D @ Q.T), local)
             best[i] = top_k(np.concatenate([best[i][0], s]), np.concatenate([best[i][1], slots]), k)
         d0 = d1
     return best

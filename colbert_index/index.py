@@ -21,7 +21,7 @@ from colbert_index.codec import (
     dequantize_centroids,
     quantize_centroids,
 )
-from colbert_index.inputs import collect_documents, normalize_doc_ids, normalize_queries
+from colbert_index.inputs import normalize_doc_ids, normalize_queries, spill_documents
 from colbert_index.search import SearchParams, SearchResult, brute_force, check_k, staged_search
 from colbert_index.storage import IndexFormatError
 
@@ -97,31 +97,35 @@ class Index:
         Nothing appears at ``path`` unless the whole build succeeds.
         """
         path = Path(path)
-        if path.exists() and not overwrite:
-            raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
         if nbits not in (2, 4):
             raise ValueError(f"nbits must be 2 or 4, got {nbits!r}")
         kernels = get_backend(backend)
         t0 = time.perf_counter()
-        flat, doclens = collect_documents(doc_embeddings, doc_lengths)
-        n_tokens, dim = flat.shape
-        check_nbits_dim(nbits, dim)
-        ids = normalize_doc_ids(doc_ids, len(doclens))
-        K = default_n_centroids(n_tokens, dim, nbits) if n_centroids is None else int(n_centroids)
-        if not 1 <= K <= n_tokens:
-            raise ValueError(f"n_centroids must be in [1, n_tokens={n_tokens}], got {K}")
-
-        rng = np.random.default_rng(seed)
-        n_train = min(n_tokens, K * _KMEANS_POINTS_PER_CENTROID)
-        train = flat[np.sort(rng.choice(n_tokens, n_train, replace=False))]
-        heldout = flat[np.sort(rng.choice(n_tokens, min(n_tokens, _HELDOUT_TOKENS), replace=False))]
-        # ColBERT models emit unit vectors; then decompressed tokens are renormalised too.
-        normalize = bool(np.allclose(np.linalg.norm(heldout, axis=1), 1.0, atol=1e-3))
-        codec = ResidualCodec.train(train, heldout, K, nbits, kmeans_iters=kmeans_iters, seed=seed, normalize=normalize)
-        t_train = time.perf_counter() - t0
-
-        centroids_i8, centroid_scales = quantize_centroids(codec.centroids)
         with storage.atomic_directory(path, overwrite=overwrite) as tmp:
+            # Pass 1 streams the input to a float16 spill file, so memory does not grow with the corpus.
+            spill_path = tmp / "spill.f16"
+            spill, doclens = spill_documents(doc_embeddings, doc_lengths, spill_path, progress=_progress(progress))
+            n_tokens, dim = spill.shape
+            check_nbits_dim(nbits, dim)
+            ids = normalize_doc_ids(doc_ids, len(doclens))
+            K = default_n_centroids(n_tokens, dim, nbits) if n_centroids is None else int(n_centroids)
+            if not 1 <= K <= n_tokens:
+                raise ValueError(f"n_centroids must be in [1, n_tokens={n_tokens}], got {K}")
+
+            rng = np.random.default_rng(seed)
+            n_train = min(n_tokens, K * _KMEANS_POINTS_PER_CENTROID)
+            train = spill[np.sort(rng.choice(n_tokens, n_train, replace=False))].astype(np.float32)
+            heldout = spill[np.sort(rng.choice(n_tokens, min(n_tokens, _HELDOUT_TOKENS), replace=False))]
+            heldout = heldout.astype(np.float32)
+            # ColBERT models emit unit vectors; then decompressed tokens are renormalised too.
+            normalize = bool(np.allclose(np.linalg.norm(heldout, axis=1), 1.0, atol=2e-3))
+            codec = ResidualCodec.train(
+                train, heldout, K, nbits, kmeans_iters=kmeans_iters, seed=seed, normalize=normalize
+            )
+            del train, heldout
+            t_train = time.perf_counter() - t0
+
+            centroids_i8, centroid_scales = quantize_centroids(codec.centroids)
             files = {
                 "centroids": storage.save_array(tmp, "centroids", centroids_i8),
                 "centroid_scales": storage.save_array(tmp, "centroid_scales", centroid_scales),
@@ -129,6 +133,7 @@ class Index:
                 "bucket_weights": storage.save_array(tmp, "bucket_weights", codec.weights),
                 "doclens": storage.save_array(tmp, "doclens", doclens.astype(np.int32)),
             }
+            # Pass 2 compresses the spilled tokens chunk by chunk into the memory-mapped outputs.
             codes = open_memmap(tmp / "codes.npy", mode="w+", dtype=codec.code_dtype, shape=(n_tokens,))
             residuals = open_memmap(
                 tmp / "residuals.npy", mode="w+", dtype=np.uint8, shape=(n_tokens, dim * nbits // 8)
@@ -136,9 +141,11 @@ class Index:
             bar = tqdm(total=n_tokens, desc="compress", unit="tok", disable=not _progress(progress))
             for lo in range(0, n_tokens, _ENCODE_CHUNK):
                 hi = min(lo + _ENCODE_CHUNK, n_tokens)
-                codes[lo:hi], residuals[lo:hi] = codec.compress(flat[lo:hi], kernels)
+                codes[lo:hi], residuals[lo:hi] = codec.compress(spill[lo:hi], kernels)
                 bar.update(hi - lo)
             bar.close()
+            del spill
+            spill_path.unlink()
             codes.flush()
             residuals.flush()
             del codes, residuals

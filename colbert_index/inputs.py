@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 
 def _as_float_matrix(x, what: str) -> np.ndarray:
@@ -53,24 +56,39 @@ def iter_documents(doc_embeddings, doc_lengths=None) -> Iterable[np.ndarray]:
             yield item
 
 
-def collect_documents(doc_embeddings, doc_lengths=None) -> tuple[np.ndarray, np.ndarray]:
-    """Validate every document and return ``(flat float32 [n_tokens, dim], doclens int64 [n_docs])``."""
-    parts, lengths, dim = [], [], None
-    for i, doc in enumerate(iter_documents(doc_embeddings, doc_lengths)):
-        a = _as_float_matrix(doc, f"document {i}")
-        if dim is None:
+def check_document(doc, i: int, dim: int | None) -> np.ndarray:
+    """Validate document ``i`` (2-D float, non-empty, finite, same dim as the first) and return it."""
+    a = _as_float_matrix(doc, f"document {i}")
+    if dim is not None and a.shape[1] != dim:
+        raise ValueError(f"document {i}: dim {a.shape[1]} differs from the first document's dim {dim}")
+    if len(a) == 0:
+        raise ValueError(f"document {i} is empty: every document needs at least one token embedding")
+    _check_finite(a, f"document {i}")
+    return a
+
+
+def spill_documents(doc_embeddings, doc_lengths, spill_path: Path, progress: bool = False):
+    """Validate every document while appending its tokens as float16 to ``spill_path``.
+
+    Returns ``(read-only memmap float16 [n_tokens, dim], doclens int64 [n_docs])``. Only the current
+    document is held in memory, so a generator of any length can be indexed.
+    """
+    lengths = array("q")
+    dim = None
+    with open(spill_path, "wb") as f:
+        docs = iter_documents(doc_embeddings, doc_lengths)
+        for i, doc in enumerate(tqdm(docs, desc="read", unit="doc", disable=not progress)):
+            a = check_document(doc, i, dim)
             dim = a.shape[1]
-        elif a.shape[1] != dim:
-            raise ValueError(f"document {i}: dim {a.shape[1]} differs from the first document's dim {dim}")
-        if len(a) == 0:
-            raise ValueError(f"document {i} is empty: every document needs at least one token embedding")
-        _check_finite(a, f"document {i}")
-        parts.append(a)
-        lengths.append(len(a))
-    if not parts:
+            if np.abs(a).max() > np.finfo(np.float16).max:
+                raise ValueError(f"document {i}: values beyond the float16 range (|x| > 65504)")
+            f.write(a.astype(np.float16).tobytes())
+            lengths.append(len(a))
+    if not lengths:
         raise ValueError("empty corpus: doc_embeddings holds no documents")
-    flat = np.concatenate(parts).astype(np.float32, copy=False)
-    return np.ascontiguousarray(flat), np.asarray(lengths, dtype=np.int64)
+    doclens = np.frombuffer(lengths, dtype=np.int64).copy()
+    spill = np.memmap(spill_path, dtype=np.float16, mode="r", shape=(int(doclens.sum()), dim))
+    return spill, doclens
 
 
 def normalize_doc_ids(doc_ids, n_docs: int) -> np.ndarray | list[str] | None:

@@ -173,3 +173,24 @@ def test_closed_index_refuses_search(tiny_docs, tmp_path):
         assert "docs=20" in repr(idx)
     with pytest.raises(ValueError, match="closed"):
         idx.search(tiny_docs[0])
+
+
+def test_build_from_a_generator_streams_through_a_spill_file(tmp_path, tiny_docs):
+    consumed = []
+
+    def docs():
+        for i, d in enumerate(tiny_docs):
+            consumed.append(i)
+            yield d
+
+    idx = Index.build(tmp_path / "g", docs(), progress=False)
+    assert consumed == list(range(len(tiny_docs)))  # read once, in order
+    assert idx.n_docs == len(tiny_docs)
+    assert not any(p.suffix == ".f16" for p in (tmp_path / "g").iterdir())  # spill removed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g"]
+    assert idx.search(tiny_docs[7], k=1).ids[0, 0] == 7
+
+
+def test_float16_overflow_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="float16 range"):
+        Index.build(tmp_path / "x", [np.full((3, 48), 1e6, np.float32)], progress=False)

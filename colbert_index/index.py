@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import numba
 import numpy as np
 from numpy.lib.format import open_memmap
 from tqdm.auto import tqdm
@@ -341,12 +343,24 @@ class Index:
             params: :class:`SearchParams`; unset fields follow the PLAID defaults for ``k``.
             query_lengths: for a padded 3-D ``Q``, the real length of each query or a boolean mask
                 ``[n_q, q_len]`` (queries need not be padded with [MASK] tokens).
+
+        A batch runs its queries in parallel, one per Numba thread (``numba.set_num_threads``), each
+        query's kernels single-threaded; a single query spreads its kernels over the threads instead.
         """
         k = check_k(k)
         data = self._d
         queries = normalize_queries(Q, self.dim, query_lengths)
         p = (params or SearchParams()).resolved(k)
-        return self._result([staged_search(q, k, p, data, self.backend) for q in queries])
+        n_workers = min(len(queries), numba.get_num_threads()) if self.backend.name == "numba" else 1
+        if n_workers <= 1:
+            return self._result([staged_search(q, k, p, data, self.backend) for q in queries])
+
+        def one(q: np.ndarray):
+            numba.set_num_threads(1)  # thread-local: this worker's kernels stay on its own core
+            return staged_search(q, k, p, data, self.backend)
+
+        with ThreadPoolExecutor(n_workers) as pool:  # the kernels release the GIL (nogil=True)
+            return self._result(list(pool.map(one, queries)))
 
     def search_exact(self, Q, k: int = 10, query_lengths=None) -> SearchResult:
         """Brute-force MaxSim over every decompressed document (the ground truth of :meth:`search`)."""

@@ -135,3 +135,18 @@ def test_metric_doctests():
     for mod in (metrics, codec):
         result = doctest.testmod(mod)
         assert result.attempted > 0 and result.failed == 0
+
+
+def test_parallel_batch_equals_one_query_at_a_time(index_2k_2bit, corpus_2k):
+    import numba
+
+    previous = numba.get_num_threads()
+    numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+    try:
+        batch = index_2k_2bit.search(corpus_2k.queries[:8], k=10)
+    finally:
+        numba.set_num_threads(previous)
+    singles = [index_2k_2bit.search(q, k=10) for q in corpus_2k.queries[:8]]
+    np.testing.assert_array_equal(batch.ids, np.concatenate([s.ids for s in singles]))
+    np.testing.assert_array_equal(batch.scores, np.concatenate([s.scores for s in singles]))
+    assert numba.get_num_threads() == previous  # the worker threads' setting did not leak here

@@ -12,6 +12,12 @@ import numpy as np
 from colbert_index.kernels.reference import decode_table
 
 NBITS = (2, 4)
+# Up to this K, tokens are assigned to their exact nearest centroid (a BLAS product, ~K*dim flops per
+# token). Beyond it that is too slow on a CPU (60M tokens x 65536 centroids: hours), so k-means assigns
+# through an HNSW graph and compression through an inverted file over the centroids, probing
+# ASSIGN_NPROBE of its lists; `assignment_agreement` measures what that gives up.
+FLAT_ASSIGN_MAX_K = 16384
+ASSIGN_NPROBE = 16
 
 
 def check_nbits_dim(nbits: int, dim: int) -> None:
@@ -92,17 +98,15 @@ class ResidualCodec:
         check_nbits_dim(nbits, dim)
         sample = np.ascontiguousarray(kmeans_sample, dtype=np.float32)
         if n_centroids > 1:
-            km = faiss.Kmeans(
-                dim,
-                n_centroids,
-                niter=kmeans_iters,
-                seed=seed,
-                spherical=True,
-                max_points_per_centroid=max(1, len(sample) // n_centroids + 1),
-                verbose=False,
-            )
-            km.train(sample)
-            centroids = km.centroids
+            km = faiss.Clustering(dim, n_centroids)
+            km.niter, km.seed, km.spherical = kmeans_iters, seed, True
+            km.max_points_per_centroid = max(1, len(sample) // n_centroids + 1)
+            if n_centroids > FLAT_ASSIGN_MAX_K:
+                assigner = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
+            else:
+                assigner = faiss.IndexFlatIP(dim)
+            km.train(sample, assigner)
+            centroids = faiss.vector_to_array(km.centroids).reshape(n_centroids, dim)
         else:
             centroids = sample.mean(axis=0, keepdims=True)
             centroids /= max(float(np.linalg.norm(centroids)), 1e-12)
@@ -124,16 +128,43 @@ class ResidualCodec:
         return decode_table(self.weights, self.nbits)
 
     @cached_property
-    def _faiss_index(self) -> faiss.IndexFlatIP:
+    def _flat_index(self) -> faiss.IndexFlatIP:
         index = faiss.IndexFlatIP(self.dim)
         index.add(self.centroids)
         return index
 
-    def assign(self, embeddings: np.ndarray) -> np.ndarray:
-        """Nearest centroid (max inner product) of each row, as int64."""
+    @cached_property
+    def _ivf_index(self) -> faiss.IndexIVFFlat:
+        nlist = 2 ** round(math.log2(math.sqrt(self.n_centroids)))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(self.dim), self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.train(self.centroids)
+        index.add(self.centroids)
+        index.nprobe = ASSIGN_NPROBE
+        return index
+
+    def assign(self, embeddings: np.ndarray, exact: bool | None = None) -> np.ndarray:
+        """Nearest centroid (max inner product) of each row, as int64.
+
+        ``exact`` defaults to ``K <= FLAT_ASSIGN_MAX_K``; otherwise an inverted file over the
+        centroids finds the nearest among the centroids of ``ASSIGN_NPROBE`` lists.
+        """
         x = np.ascontiguousarray(embeddings, dtype=np.float32)
-        _, idx = self._faiss_index.search(x, 1)
-        return idx[:, 0]
+        if exact if exact is not None else self.n_centroids <= FLAT_ASSIGN_MAX_K:
+            return self._flat_index.search(x, 1)[1][:, 0]
+        idx = self._ivf_index.search(x, 1)[1][:, 0]
+        missed = idx < 0  # nothing found in the probed lists (cannot happen with non-empty lists)
+        if missed.any():
+            idx[missed] = self._flat_index.search(x[missed], 1)[1][:, 0]
+        return idx
+
+    def assignment_agreement(self, embeddings: np.ndarray) -> tuple[float, float]:
+        """(fraction of rows assigned their exact nearest centroid, mean relative increase of the
+        squared residual norm) of :meth:`assign` on ``embeddings``; (1.0, 0.0) when exact."""
+        x = np.ascontiguousarray(embeddings, dtype=np.float32)
+        exact, used = self.assign(x, exact=True), self.assign(x)
+        r_exact = np.sum((x - self.centroids[exact]) ** 2, axis=1)
+        r_used = np.sum((x - self.centroids[used]) ** 2, axis=1)
+        return float(np.mean(exact == used)), float(np.sum(r_used - r_exact) / max(np.sum(r_exact), 1e-30))
 
     def compress(self, embeddings: np.ndarray, backend) -> tuple[np.ndarray, np.ndarray]:
         """``[n, dim]`` floats -> (codes ``[n]`` in :attr:`code_dtype`, packed residuals ``[n, dim*nbits//8]``)."""

@@ -194,3 +194,19 @@ def test_build_from_a_generator_streams_through_a_spill_file(tmp_path, tiny_docs
 def test_float16_overflow_is_refused(tmp_path):
     with pytest.raises(ValueError, match="float16 range"):
         Index.build(tmp_path / "x", [np.full((3, 48), 1e6, np.float32)], progress=False)
+
+
+def test_large_k_assignment_path(tmp_path, corpus_2k, monkeypatch):
+    """Above FLAT_ASSIGN_MAX_K, k-means assigns through HNSW and compression through an IVF over the
+    centroids; the fraction of tokens that miss their exact nearest centroid stays small."""
+    from colbert_index import codec
+
+    monkeypatch.setattr(codec, "FLAT_ASSIGN_MAX_K", 64)
+    docs = corpus_2k.documents()[:800]
+    idx = Index.build(tmp_path / "big-k", docs, n_centroids=512, progress=False)
+    agree, extra = idx._data.codec.assignment_agreement(np.concatenate(docs[:200]))
+    assert agree >= 0.9 and 0 <= extra < 0.05
+    q = corpus_2k.queries[:10]
+    from colbert_index.metrics import recall_at
+
+    assert recall_at(idx.search(q, k=10).ids, idx.search_exact(q, k=10).ids, 10) >= 0.9

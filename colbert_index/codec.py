@@ -137,6 +137,7 @@ class ResidualCodec:
     def _ivf_index(self) -> faiss.IndexIVFFlat:
         nlist = 2 ** round(math.log2(math.sqrt(self.n_centroids)))
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(self.dim), self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.cp.min_points_per_centroid = 1  # clustering the centroids themselves: few points is fine
         index.train(self.centroids)
         index.add(self.centroids)
         index.nprobe = ASSIGN_NPROBE

@@ -2,15 +2,23 @@
 
 Topics have Zipf popularity; each topic owns a set of correlated "concept" directions, and a pool of
 common concepts (stop words, punctuation) is shared by all documents. A token is a concept plus
-noise, L2-normalised. Documents take 20-300 tokens (log-normal); each query is derived from a
-target document: some of its tokens re-noised, concepts of its topic, and common concepts.
+noise, L2-normalised; a few concepts are private to each document (names, numbers, rare terms).
+Documents take 20-300 tokens (log-normal); each query is derived from a target document: some of
+its tokens re-noised, concepts of its topic, and common concepts.
+
+Every document and query is generated from its own seed, so :class:`SyntheticStream` can produce a
+corpus of millions of documents one at a time (for streaming builds) and regenerate any of them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+
+PER_TOPIC, N_COMMON, N_PRIVATE = 128, 256, 4
+NOISE = 0.6  # norm of the noise around each concept
 
 
 @dataclass
@@ -39,6 +47,103 @@ def _zipf_probs(n: int, a: float) -> np.ndarray:
     return p / p.sum()
 
 
+def _draw(rng: np.random.Generator, cdf: np.ndarray, n: int) -> np.ndarray:
+    return np.minimum(np.searchsorted(cdf, rng.random(n), side="right"), len(cdf) - 1)
+
+
+class SyntheticStream:
+    """The corpus of :func:`make_corpus`, generated lazily: ``document(d)``, ``query(i)``, iteration.
+
+    Memory is the shared vocabulary (float16, ``n_docs // 50`` topics x 128 concepts) and a few
+    arrays per document; no token is kept.
+    """
+
+    def __init__(
+        self,
+        n_docs: int,
+        dim: int = 64,
+        n_queries: int = 100,
+        q_len: int = 32,
+        mean_doc_len: int = 100,
+        min_doc_len: int = 20,
+        max_doc_len: int = 300,
+        seed: int = 0,
+    ) -> None:
+        if n_docs < 1 or n_queries < 0 or dim < 2 or q_len < 1:
+            raise ValueError("need n_docs >= 1, n_queries >= 0, dim >= 2 and q_len >= 1")
+        self.n_docs, self.dim, self.q_len, self.seed = n_docs, dim, q_len, seed
+        rng = np.random.default_rng(seed)
+        self.n_topics = n_topics = max(8, n_docs // 50)
+        self.anisotropy = rng.standard_normal(dim)  # real token embeddings share a mean direction
+        self.anisotropy *= 0.5 / np.linalg.norm(self.anisotropy)
+        self.topic_centers = _unit(rng.standard_normal((n_topics, dim)))
+        concepts = np.empty((n_topics, PER_TOPIC, dim), dtype=np.float16)
+        for lo in range(0, n_topics, 1024):
+            hi = min(lo + 1024, n_topics)
+            noise = rng.standard_normal((hi - lo, PER_TOPIC, dim)) / np.sqrt(dim)
+            concepts[lo:hi] = _unit(self.topic_centers[lo:hi, None, :] * 0.8 + noise + self.anisotropy)
+        common = _unit(rng.standard_normal((N_COMMON, dim)) / np.sqrt(dim) + self.anisotropy)
+        # concept id -> direction; common concepts come after the topics' ones
+        self.vocab = np.concatenate([concepts.reshape(-1, dim), common.astype(np.float16)])
+        self.topic_p = _zipf_probs(n_topics, 1.0)[rng.permutation(n_topics)]
+        # inverse-CDF sampling (rng.choice(p=...) rebuilds the CDF on every call)
+        self.concept_cdf = np.cumsum(_zipf_probs(PER_TOPIC, 1.0))
+        self.common_cdf = np.cumsum(_zipf_probs(N_COMMON, 1.0))
+        mu = np.log(mean_doc_len) - 0.5 * 0.6**2
+        self.doclens = np.clip(np.round(rng.lognormal(mu, 0.6, n_docs)), min_doc_len, max_doc_len).astype(np.int64)
+        self.main = rng.choice(n_topics, n_docs, p=self.topic_p)
+        self.second = rng.choice(n_topics, n_docs, p=self.topic_p)
+        self.targets = rng.choice(n_docs, n_queries).astype(np.int64)
+        self.sigma = NOISE / np.sqrt(dim)
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.doclens.sum())
+
+    def document(self, d: int) -> np.ndarray:
+        """Tokens of document ``d``, float32 ``[doclens[d], dim]`` (the same on every call)."""
+        rng = np.random.default_rng((self.seed, 1, d))
+        n, dim = int(self.doclens[d]), self.dim
+        source = rng.random(n)
+        topic = np.where(source < 0.8, self.main[d], self.second[d])
+        ids = topic * PER_TOPIC + _draw(rng, self.concept_cdf, n)
+        is_common = source >= 0.95
+        ids[is_common] = self.n_topics * PER_TOPIC + _draw(rng, self.common_cdf, int(is_common.sum()))
+        base = self.vocab[ids].astype(np.float32)
+        is_private = (source >= 0.65) & (source < 0.8)
+        private = _unit(
+            self.topic_centers[self.main[d]] * 0.8
+            + rng.standard_normal((N_PRIVATE, dim)) / np.sqrt(dim)
+            + self.anisotropy
+        )
+        base[is_private] = private[rng.integers(0, N_PRIVATE, int(is_private.sum()))]
+        return _unit(base + self.sigma * rng.standard_normal((n, dim)))
+
+    def query(self, i: int) -> np.ndarray:
+        """Query ``i``, float32 ``[q_len, dim]``, made from document ``targets[i]``."""
+        rng = np.random.default_rng((self.seed, 2, i))
+        d, q_len = int(self.targets[i]), self.q_len
+        doc = self.document(d)
+        kind = rng.random(q_len)
+        from_doc = rng.integers(0, len(doc), q_len)
+        topical = self.main[d] * PER_TOPIC + _draw(rng, self.concept_cdf, q_len)
+        generic = self.n_topics * PER_TOPIC + _draw(rng, self.common_cdf, q_len)
+        concept = self.vocab[np.where(kind < 0.85, topical, generic)].astype(np.float32)
+        base = np.where((kind < 0.6)[:, None], doc[from_doc], concept)
+        return _unit(base + self.sigma * rng.standard_normal((q_len, self.dim)))
+
+    def queries(self) -> np.ndarray:
+        return (
+            np.stack([self.query(i) for i in range(len(self.targets))])
+            if len(self.targets)
+            else (np.zeros((0, self.q_len, self.dim), np.float32))
+        )
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        """Every document in order, one at a time."""
+        return (self.document(d) for d in range(self.n_docs))
+
+
 def make_corpus(
     n_docs: int,
     dim: int = 64,
@@ -49,58 +154,10 @@ def make_corpus(
     max_doc_len: int = 300,
     seed: int = 0,
 ) -> SyntheticCorpus:
-    """Generate ``n_docs`` documents and ``n_queries`` queries (deterministic for a ``seed``)."""
-    if n_docs < 1 or n_queries < 0 or dim < 2:
-        raise ValueError("need n_docs >= 1, n_queries >= 0 and dim >= 2")
-    rng = np.random.default_rng(seed)
-    n_topics = max(8, n_docs // 50)
-    per_topic, n_common, n_private = 128, 256, 4
-    anisotropy = rng.standard_normal(dim)  # real token embeddings share a mean direction
-    anisotropy *= 0.5 / np.linalg.norm(anisotropy)
-    topic_centers = _unit(rng.standard_normal((n_topics, dim)))
-    concepts = _unit(
-        topic_centers[:, None, :] * 0.8 + rng.standard_normal((n_topics, per_topic, dim)) / np.sqrt(dim) + anisotropy
-    ).reshape(n_topics * per_topic, dim)
-    common = _unit(rng.standard_normal((n_common, dim)) / np.sqrt(dim) + anisotropy)
-    vocab = np.concatenate([concepts, common])  # concept id -> direction; common ids come last
-    topic_p = _zipf_probs(n_topics, 1.0)[rng.permutation(n_topics)]
-    concept_p, common_p = _zipf_probs(per_topic, 1.0), _zipf_probs(n_common, 1.0)
-
-    sigma = 0.6 / np.sqrt(dim)  # noise of norm ~0.6 around each concept
-    mu = np.log(mean_doc_len) - 0.5 * 0.6**2
-    doclens = np.clip(np.round(rng.lognormal(mu, 0.6, n_docs)), min_doc_len, max_doc_len).astype(np.int64)
-    n_tokens = int(doclens.sum())
-    doc_of = np.repeat(np.arange(n_docs), doclens)
-    main = rng.choice(n_topics, n_docs, p=topic_p)
-    second = rng.choice(n_topics, n_docs, p=topic_p)
-    source = rng.random(n_tokens)
-    topic = np.where(source < 0.8, main[doc_of], second[doc_of])
-    ids = topic * per_topic + rng.choice(per_topic, n_tokens, p=concept_p)
-    is_common = source >= 0.95
-    ids[is_common] = n_topics * per_topic + rng.choice(n_common, int(is_common.sum()), p=common_p)
-    # names, numbers, rare terms: a few concepts private to each document
-    is_private = (source >= 0.65) & (source < 0.8)
-    n_shared = len(vocab)
-    ids[is_private] = n_shared + doc_of[is_private] * n_private + rng.integers(0, n_private, int(is_private.sum()))
-    private = _unit(
-        topic_centers[main][:, None, :] * 0.8
-        + rng.standard_normal((n_docs, n_private, dim)) / np.sqrt(dim)
-        + anisotropy
-    ).reshape(n_docs * n_private, dim)
-    vocab = np.concatenate([vocab, private])
-    emb = np.empty((n_tokens, dim), dtype=np.float32)
-    for lo in range(0, n_tokens, 1 << 18):
-        hi = min(lo + (1 << 18), n_tokens)
-        emb[lo:hi] = _unit(vocab[ids[lo:hi]] + sigma * rng.standard_normal((hi - lo, dim)))
-
-    offsets = np.concatenate([[0], np.cumsum(doclens)])
-    targets = rng.choice(n_docs, n_queries)
-    queries = np.empty((n_queries, q_len, dim), dtype=np.float32)
-    for qi, d in enumerate(targets):
-        kind = rng.random(q_len)
-        from_doc = offsets[d] + rng.integers(0, doclens[d], q_len)
-        topical = main[d] * per_topic + rng.choice(per_topic, q_len, p=concept_p)
-        generic = n_topics * per_topic + rng.choice(n_common, q_len, p=common_p)
-        base = np.where((kind < 0.6)[:, None], emb[from_doc], vocab[np.where(kind < 0.85, topical, generic)])
-        queries[qi] = _unit(base + sigma * rng.standard_normal((q_len, dim)))
-    return SyntheticCorpus(emb, doclens, queries, targets.astype(np.int64))
+    """Generate ``n_docs`` documents and ``n_queries`` queries in memory (deterministic for a ``seed``)."""
+    stream = SyntheticStream(n_docs, dim, n_queries, q_len, mean_doc_len, min_doc_len, max_doc_len, seed)
+    emb = np.empty((stream.n_tokens, dim), dtype=np.float32)
+    offsets = np.concatenate([[0], np.cumsum(stream.doclens)])
+    for d, doc in enumerate(stream):
+        emb[offsets[d] : offsets[d + 1]] = doc
+    return SyntheticCorpus(emb, stream.doclens, stream.queries(), stream.targets)

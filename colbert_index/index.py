@@ -27,7 +27,6 @@ from colbert_index.inputs import normalize_doc_ids, normalize_queries, spill_doc
 from colbert_index.search import SearchParams, SearchResult, brute_force, check_k, staged_search
 from colbert_index.storage import IndexFormatError
 
-_ENCODE_CHUNK = 1 << 16  # tokens per compression step
 _KMEANS_POINTS_PER_CENTROID = 64
 _HELDOUT_TOKENS = 1 << 16
 
@@ -116,9 +115,10 @@ class Index:
 
             rng = np.random.default_rng(seed)
             n_train = min(n_tokens, K * _KMEANS_POINTS_PER_CENTROID)
-            train = spill[np.sort(rng.choice(n_tokens, n_train, replace=False))].astype(np.float32)
-            heldout = spill[np.sort(rng.choice(n_tokens, min(n_tokens, _HELDOUT_TOKENS), replace=False))]
-            heldout = heldout.astype(np.float32)
+            train, heldout = spill.rows(
+                np.sort(rng.choice(n_tokens, n_train, replace=False)),
+                np.sort(rng.choice(n_tokens, min(n_tokens, _HELDOUT_TOKENS), replace=False)),
+            )
             # ColBERT models emit unit vectors; then decompressed tokens are renormalised too.
             normalize = bool(np.allclose(np.linalg.norm(heldout, axis=1), 1.0, atol=2e-3))
             codec = ResidualCodec.train(
@@ -141,12 +141,11 @@ class Index:
                 tmp / "residuals.npy", mode="w+", dtype=np.uint8, shape=(n_tokens, dim * nbits // 8)
             )
             bar = tqdm(total=n_tokens, desc="compress", unit="tok", disable=not _progress(progress))
-            for lo in range(0, n_tokens, _ENCODE_CHUNK):
-                hi = min(lo + _ENCODE_CHUNK, n_tokens)
-                codes[lo:hi], residuals[lo:hi] = codec.compress(spill[lo:hi], kernels)
+            for lo, block in spill.blocks():
+                hi = lo + len(block)
+                codes[lo:hi], residuals[lo:hi] = codec.compress(block, kernels)
                 bar.update(hi - lo)
             bar.close()
-            del spill
             spill_path.unlink()
             codes.flush()
             residuals.flush()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from array import array
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -67,11 +67,38 @@ def check_document(doc, i: int, dim: int | None) -> np.ndarray:
     return a
 
 
+class Spill:
+    """Tokens spilled to a raw float16 file ``[n_tokens, dim]``, read back in sequential blocks.
+
+    Plain reads rather than a memory map: mapped pages would count towards the build's resident memory.
+    """
+
+    def __init__(self, path: Path, n_tokens: int, dim: int, block_tokens: int = 1 << 16) -> None:
+        self.path, self.shape, self.block_tokens = path, (n_tokens, dim), block_tokens
+
+    def blocks(self) -> Iterator[tuple[int, np.ndarray]]:
+        """``(first row, float32 block)`` over the whole file, in order."""
+        n, dim = self.shape
+        with open(self.path, "rb") as f:
+            for lo in range(0, n, self.block_tokens):
+                count = min(self.block_tokens, n - lo) * dim
+                yield lo, np.fromfile(f, dtype=np.float16, count=count).reshape(-1, dim).astype(np.float32)
+
+    def rows(self, *indices: np.ndarray) -> list[np.ndarray]:
+        """The float32 rows at each sorted index array, gathered in one sequential pass."""
+        out = [np.empty((len(idx), self.shape[1]), np.float32) for idx in indices]
+        for lo, block in self.blocks():
+            for idx, dst in zip(indices, out):
+                a, b = np.searchsorted(idx, [lo, lo + len(block)])
+                dst[a:b] = block[idx[a:b] - lo]
+        return out
+
+
 def spill_documents(doc_embeddings, doc_lengths, spill_path: Path, progress: bool = False):
     """Validate every document while appending its tokens as float16 to ``spill_path``.
 
-    Returns ``(read-only memmap float16 [n_tokens, dim], doclens int64 [n_docs])``. Only the current
-    document is held in memory, so a generator of any length can be indexed.
+    Returns ``(Spill, doclens int64 [n_docs])``. Only the current document is held in memory, so a
+    generator of any length can be indexed.
     """
     lengths = array("q")
     dim = None
@@ -87,8 +114,7 @@ def spill_documents(doc_embeddings, doc_lengths, spill_path: Path, progress: boo
     if not lengths:
         raise ValueError("empty corpus: doc_embeddings holds no documents")
     doclens = np.frombuffer(lengths, dtype=np.int64).copy()
-    spill = np.memmap(spill_path, dtype=np.float16, mode="r", shape=(int(doclens.sum()), dim))
-    return spill, doclens
+    return Spill(spill_path, int(doclens.sum()), dim), doclens
 
 
 def normalize_doc_ids(doc_ids, n_docs: int) -> np.ndarray | list[str] | None:

@@ -1,0 +1,159 @@
+"""Scale benchmark: a streaming build of a large synthetic corpus fed from a generator, then search.
+
+The corpus (:class:`colbert_index.synthetic.SyntheticStream`) is never held in memory: the build reads
+it once from a generator, and the ground truth (exact MaxSim top-100 over the raw float embeddings)
+regenerates it chunk by chunk. Figures: build time and peak RSS of the build, bytes per token,
+open time, single-query p50/p95/p99 latency on 1 and 2 threads, batch QPS on 2 threads, recall@10 /
+@100 and MRR@10 vs the raw ground truth, and recall@10 vs ``search_exact`` on a few queries.
+
+Usage::
+
+    python bench/scale.py --n-docs 100000 --dim 64            # ~5 min here
+    python bench/scale.py --n-docs 1000000 --dim 64           # the 1M-passage run (~40 min here)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run import (  # noqa: E402  (bench/ is a folder of scripts, not a package)
+    BENCH_DIR,
+    environment,
+    latency_stats,
+    log,
+    mrr,
+    recall,
+    source_hash,
+    thread_count,
+    timed,
+)
+
+from colbert_index import Index  # noqa: E402
+from colbert_index.backend import get_backend  # noqa: E402
+from colbert_index.search import brute_force, top_k  # noqa: E402
+from colbert_index.synthetic import SyntheticStream  # noqa: E402
+
+GT_K = 100
+
+
+def peak_rss_gib() -> float:
+    """Peak resident set size of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def raw_ground_truth(stream: SyntheticStream, queries: list[np.ndarray], docs_per_chunk: int = 20000) -> np.ndarray:
+    """Exact MaxSim top-``GT_K`` slots over the raw embeddings, regenerating the corpus chunk by chunk."""
+    seg = get_backend("numba").segment_max_sum
+    best = [(np.zeros(0, np.float32), np.zeros(0, np.int64)) for _ in queries]
+    for d0 in range(0, stream.n_docs, docs_per_chunk):
+        d1 = min(d0 + docs_per_chunk, stream.n_docs)
+        emb = np.concatenate([stream.document(d) for d in range(d0, d1)])
+        offsets = np.concatenate([[0], np.cumsum(stream.doclens[d0:d1])])
+        part = brute_force(queries, offsets, lambda lo, hi, e=emb: e[lo:hi], GT_K, seg)
+        for i, (s, slots) in enumerate(part):
+            best[i] = top_k(np.concatenate([best[i][0], s]), np.concatenate([best[i][1], slots + d0]), GT_K)
+    return np.stack([slots for _, slots in best])
+
+
+def single_query_latency(index: Index, queries: list[np.ndarray], k: int) -> tuple[dict, np.ndarray]:
+    for q in queries[:3]:
+        index.search(q, k=k)
+    times, ids = [], []
+    for q in queries:
+        ms, res = timed(lambda q=q: index.search(q, k=k))
+        times.append(ms)
+        ids.append(res.ids[0])
+    stats = latency_stats(times)
+    stats["p99_ms"] = round(float(np.percentile(times, 99)), 3)
+    return stats, np.stack(ids)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n-docs", type=int, default=100_000)
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--nbits", type=int, default=2)
+    p.add_argument("--n-queries", type=int, default=100)
+    p.add_argument("--exact-queries", type=int, default=10, help="queries also run through search_exact")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=BENCH_DIR / "results")
+    p.add_argument("--keep-index", action="store_true")
+    args = p.parse_args(argv)
+    name = f"scale_n{args.n_docs}_d{args.dim}_b{args.nbits}"
+    sources = source_hash()
+
+    stream = SyntheticStream(args.n_docs, dim=args.dim, n_queries=args.n_queries, seed=args.seed)
+    log(f"{name}: {stream.n_tokens} tokens; building from the generator")
+    workdir = Path(tempfile.mkdtemp(prefix=name + "-", dir=BENCH_DIR / "indexes"))
+    path = workdir / "index"
+    try:
+        rss_before = peak_rss_gib()
+        build_ms, index = timed(lambda: Index.build(path, iter(stream), nbits=args.nbits, progress=True))
+        row = {
+            "n_docs": index.n_docs,
+            "n_tokens": index.n_tokens,
+            "dim": index.dim,
+            "nbits": args.nbits,
+            "K": index.n_centroids,
+            "build_s": round(build_ms / 1e3, 1),
+            "build_train_s": index.manifest["build"]["train_seconds"],
+            "peak_rss_gib_before_build": round(rss_before, 2),
+            "peak_rss_gib_after_build": round(peak_rss_gib(), 2),
+            "bytes_per_token": round(index.disk_bytes() / index.n_tokens, 2),
+        }
+        log(
+            f"built in {row['build_s']} s, {row['bytes_per_token']} B/token, peak RSS {row['peak_rss_gib_after_build']}"
+        )
+        index.close()
+        open_ms, index = timed(lambda: Index.open(path))
+        row["open_s"] = round(open_ms / 1e3, 2)  # page cache warm from the build: not a cold open
+
+        queries = list(stream.queries())
+        gt_ms, raw = timed(lambda: raw_ground_truth(stream, queries))
+        row["ground_truth_s"] = round(gt_ms / 1e3, 1)
+        log(f"ground truth in {row['ground_truth_s']} s")
+
+        for threads in (1, 2):
+            with thread_count(threads):
+                s10, ids10 = single_query_latency(index, queries, 10)
+                s100, ids100 = single_query_latency(index, queries, GT_K)
+                batch_ms, batch = timed(lambda: index.search(queries, k=10))
+            row[f"t{threads}"] = {
+                "search_k10": s10,
+                "search_k100": s100,
+                "batch_qps_k10": round(len(queries) / (batch_ms / 1e3), 1),
+                "batch_equals_single": bool(np.array_equal(batch.ids, ids10)),
+            }
+            log(f"{threads} thread(s): k=10 p50 {s10['p50_ms']} ms, batch {row[f't{threads}']['batch_qps_k10']} QPS")
+        row["recall10_raw"] = recall(ids10, raw, 10)
+        row["recall100_raw"] = recall(ids100, raw, 100)
+        row["mrr10"] = mrr(ids10, stream.targets)
+        row["mrr10_raw"] = mrr(raw, stream.targets)
+        n_ex = min(args.exact_queries, len(queries))
+        ex_ms, exact = timed(lambda: index.search_exact(queries[:n_ex], k=10))
+        row["search_exact_batch_s"] = round(ex_ms / 1e3, 1)
+        row["recall10_vs_exact"] = recall(ids10[:n_ex], exact.ids, 10)
+        row["exact_recall10_raw"] = recall(exact.ids, raw[:n_ex], 10)
+        row["exact_queries"] = n_ex
+    finally:
+        if not args.keep_index:
+            shutil.rmtree(workdir, ignore_errors=True)
+    results = {"name": name, "env": environment(sources), "row": row}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{name}.json").write_text(json.dumps(results, indent=1) + "\n")
+    log(f"wrote {args.out / (name + '.json')}: {json.dumps(row)}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -51,6 +51,21 @@ def _progress(enabled: bool | None) -> bool:
     return sys.stderr.isatty() if enabled is None else bool(enabled)
 
 
+def _save_doc_ids(directory: Path, ids: np.ndarray | list[str] | None, files: dict) -> str:
+    """Write the external ids (none for 0..n-1, int64, or UTF-8 strings); returns the id_type."""
+    if ids is None:
+        return "range"
+    if isinstance(ids, np.ndarray):
+        files["doc_ids"] = storage.save_array(directory, "doc_ids", ids)
+        return "int"
+    encoded = [s.encode("utf-8") for s in ids]
+    offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+    np.cumsum([len(b) for b in encoded], out=offsets[1:])
+    files["doc_id_bytes"] = storage.save_array(directory, "doc_id_bytes", np.frombuffer(b"".join(encoded), np.uint8))
+    files["doc_id_offsets"] = storage.save_array(directory, "doc_id_offsets", offsets)
+    return "str"
+
+
 class Index:
     """A compressed late-interaction index on disk (see the README for the file format).
 
@@ -152,18 +167,7 @@ class Index:
             del codes, residuals
             files["codes"] = storage.file_entry(tmp, "codes")
             files["residuals"] = storage.file_entry(tmp, "residuals")
-            id_type = "range"
-            if isinstance(ids, np.ndarray):
-                id_type = "int"
-                files["doc_ids"] = storage.save_array(tmp, "doc_ids", ids)
-            elif ids is not None:
-                id_type = "str"
-                encoded = [s.encode("utf-8") for s in ids]
-                id_offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
-                np.cumsum([len(b) for b in encoded], out=id_offsets[1:])
-                blob = np.frombuffer(b"".join(encoded), dtype=np.uint8)
-                files["doc_id_bytes"] = storage.save_array(tmp, "doc_id_bytes", blob)
-                files["doc_id_offsets"] = storage.save_array(tmp, "doc_id_offsets", id_offsets)
+            id_type = _save_doc_ids(tmp, ids, files)
             storage.write_manifest(
                 tmp,
                 {

@@ -9,7 +9,7 @@ open time, single-query p50/p95/p99 latency on 1 and 2 threads, batch QPS on 2 t
 Usage::
 
     python bench/scale.py --n-docs 100000 --dim 64            # ~5 min here
-    python bench/scale.py --n-docs 1000000 --dim 64           # the 1M-passage run (~40 min here)
+    python bench/scale.py --n-docs 1000000 --dim 64 --mean-doc-len 60   # 1M passages, ~60M tokens
 """
 
 from __future__ import annotations
@@ -82,16 +82,19 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--n-docs", type=int, default=100_000)
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--nbits", type=int, default=2)
+    p.add_argument("--mean-doc-len", type=int, default=100, help="60 gives ~60M tokens per 1M passages")
     p.add_argument("--n-queries", type=int, default=100)
     p.add_argument("--exact-queries", type=int, default=10, help="queries also run through search_exact")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=BENCH_DIR / "results")
     p.add_argument("--keep-index", action="store_true")
     args = p.parse_args(argv)
-    name = f"scale_n{args.n_docs}_d{args.dim}_b{args.nbits}"
+    name = f"scale_n{args.n_docs}_d{args.dim}_b{args.nbits}_len{args.mean_doc_len}"
     sources = source_hash()
 
-    stream = SyntheticStream(args.n_docs, dim=args.dim, n_queries=args.n_queries, seed=args.seed)
+    stream = SyntheticStream(
+        args.n_docs, dim=args.dim, n_queries=args.n_queries, mean_doc_len=args.mean_doc_len, seed=args.seed
+    )
     log(f"{name}: {stream.n_tokens} tokens; building from the generator")
     workdir = Path(tempfile.mkdtemp(prefix=name + "-", dir=BENCH_DIR / "indexes"))
     path = workdir / "index"

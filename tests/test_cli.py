@@ -1,0 +1,28 @@
+"""The colbert-index command line: build and search from .npy files, errors as exit code 2."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from colbert_index.cli import main
+
+
+def test_build_then_search(tmp_path, tiny_docs, capsys):
+    np.save(tmp_path / "emb.npy", np.concatenate(tiny_docs))
+    np.save(tmp_path / "lens.npy", np.array([len(d) for d in tiny_docs]))
+    (tmp_path / "ids.txt").write_text("".join(f"doc{i}\n" for i in range(len(tiny_docs))))
+    np.save(tmp_path / "q.npy", tiny_docs[6][:4])
+    args = ["build", str(tmp_path / "idx"), "--embeddings", str(tmp_path / "emb.npy")]
+    assert main([*args, "--doclens", str(tmp_path / "lens.npy"), "--ids", str(tmp_path / "ids.txt")]) == 0
+    assert "bytes/token" in capsys.readouterr().out
+    assert main(["search", str(tmp_path / "idx"), "--queries", str(tmp_path / "q.npy"), "-k", "3"]) == 0
+    first = capsys.readouterr().out.split("\t")[0]
+    assert first.startswith("doc6:")
+    assert main(["search", str(tmp_path / "idx"), "--queries", str(tmp_path / "q.npy"), "--exact"]) == 0
+    assert capsys.readouterr().out.startswith("doc6:")
+
+
+def test_errors_exit_2(tmp_path, tiny_docs, capsys):
+    np.save(tmp_path / "q.npy", np.zeros((3, 5), np.float32))
+    assert main(["search", str(tmp_path / "nope"), "--queries", str(tmp_path / "q.npy")]) == 2
+    assert "no index directory" in capsys.readouterr().err

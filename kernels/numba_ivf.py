@@ -40,26 +40,29 @@ def probe_cells(centroid_scores, nprobe):
     nprobe = min(nprobe, K)
     if nprobe < 1:
         return cells
-    top_id = np.empty(nprobe, dtype=np.int64)
-    top_val = np.empty(nprobe, dtype=np.float32)
-    for q in range(q_len):
-        # insertion into a tiny sorted buffer: nprobe is small; strict > keeps the lower id on ties
-        n_top = 0
-        for c in range(K):
+    # rows in memory order (centroid outer), a tiny sorted top-nprobe buffer per query token;
+    # strict > keeps the lower centroid id on ties
+    top_id = np.empty((q_len, nprobe), dtype=np.int64)
+    top_val = np.empty((q_len, nprobe), dtype=np.float32)
+    n_top = np.zeros(q_len, dtype=np.int64)
+    for c in range(K):
+        for q in range(q_len):
             v = centroid_scores[c, q]
-            if n_top == nprobe and v <= top_val[n_top - 1]:
+            n = n_top[q]
+            if n == nprobe and v <= top_val[q, n - 1]:
                 continue
-            pos = n_top if n_top < nprobe else nprobe - 1
-            while pos > 0 and v > top_val[pos - 1]:
-                top_val[pos] = top_val[pos - 1]
-                top_id[pos] = top_id[pos - 1]
+            pos = n if n < nprobe else nprobe - 1
+            while pos > 0 and v > top_val[q, pos - 1]:
+                top_val[q, pos] = top_val[q, pos - 1]
+                top_id[q, pos] = top_id[q, pos - 1]
                 pos -= 1
-            top_val[pos] = v
-            top_id[pos] = c
-            if n_top < nprobe:
-                n_top += 1
-        for i in range(n_top):
-            cells[top_id[i], q] = True
+            top_val[q, pos] = v
+            top_id[q, pos] = c
+            if n < nprobe:
+                n_top[q] = n + 1
+    for q in range(q_len):
+        for i in range(n_top[q]):
+            cells[top_id[q, i], q] = True
     return cells
 
 

@@ -67,16 +67,26 @@ def probe_cells(centroid_scores, nprobe):
 
 
 @njit(cache=True, nogil=True)
-def probe(cells, ivf_offsets, ivf_docs, n_docs):
+def probed_centroids(cells):
+    """``[K]`` bool: centroids that some query token probes (a row of ``cells`` has a True)."""
     K, q_len = cells.shape
     probed = np.zeros(K, dtype=np.bool_)
-    total = 0
     for c in range(K):
         for q in range(q_len):
             if cells[c, q]:
                 probed[c] = True
-                total += ivf_offsets[c + 1] - ivf_offsets[c]
                 break
+    return probed
+
+
+@njit(cache=True, nogil=True)
+def probe(cells, ivf_offsets, ivf_docs, n_docs):
+    K = cells.shape[0]
+    probed = probed_centroids(cells)
+    total = 0
+    for c in range(K):
+        if probed[c]:
+            total += ivf_offsets[c + 1] - ivf_offsets[c]
     seen = np.zeros(n_docs, dtype=np.bool_)
     out = np.empty(total, dtype=np.int32)
     n = 0

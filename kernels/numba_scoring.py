@@ -10,6 +10,7 @@ import numpy as np
 from numba import njit, prange
 
 from .numba_codec import decompress_token
+from .numba_ivf import probed_centroids
 
 _BLOCK = 32  # documents per parallel work item
 
@@ -79,13 +80,7 @@ def centroid_scores(centroids, Q):
 @njit(cache=True, nogil=True, parallel=True, fastmath=True)
 def refined_interaction(Q, centroid_scores, cells, codes, packed, offsets, candidates, centroids, table, normalize):
     q_len, dim = Q.shape
-    K = centroid_scores.shape[0]
-    probed = np.zeros(K, dtype=np.bool_)
-    for c in range(K):
-        for q in range(q_len):
-            if cells[c, q]:
-                probed[c] = True
-                break
+    probed = probed_centroids(cells)
     n = candidates.shape[0]
     out = np.zeros(n, dtype=np.float32)
     nblocks = (n + _BLOCK - 1) // _BLOCK

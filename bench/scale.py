@@ -10,6 +10,9 @@ Usage::
 
     python bench/scale.py --n-docs 100000 --dim 64            # ~5 min here
     python bench/scale.py --n-docs 1000000 --dim 64 --mean-doc-len 60   # 1M passages, ~60M tokens
+    # keep the index and re-measure search later without rebuilding (build figures are carried over
+    # from the previous results file); the raw ground truth is cached under bench/data/
+    python bench/scale.py --n-docs 1000000 --mean-doc-len 60 --index bench/indexes/scale_1m
 """
 
 from __future__ import annotations
@@ -64,6 +67,17 @@ def raw_ground_truth(stream: SyntheticStream, queries: list[np.ndarray], docs_pe
     return np.stack([slots for _, slots in best])
 
 
+def cached_ground_truth(stream: SyntheticStream, queries: list[np.ndarray], name: str, seed: int) -> np.ndarray:
+    """:func:`raw_ground_truth`, computed once per corpus and query set and kept under ``bench/data``."""
+    path = BENCH_DIR / "data" / f"gt_{name}_q{len(queries)}_s{seed}.npy"
+    if path.exists():
+        return np.load(path)
+    truth = raw_ground_truth(stream, queries)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, truth)
+    return truth
+
+
 def single_query_latency(index: Index, queries: list[np.ndarray], k: int) -> tuple[dict, np.ndarray]:
     for q in queries[:3]:
         index.search(q, k=k)
@@ -87,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--exact-queries", type=int, default=10, help="queries also run through search_exact")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=BENCH_DIR / "results")
-    p.add_argument("--keep-index", action="store_true")
+    p.add_argument("--index", type=Path, help="index directory: built if absent, reused (and kept) if present")
     args = p.parse_args(argv)
     name = f"scale_n{args.n_docs}_d{args.dim}_b{args.nbits}_len{args.mean_doc_len}"
     sources = source_hash()
@@ -96,34 +110,45 @@ def main(argv: list[str] | None = None) -> dict:
         args.n_docs, dim=args.dim, n_queries=args.n_queries, mean_doc_len=args.mean_doc_len, seed=args.seed
     )
     log(f"{name}: {stream.n_tokens} tokens; building from the generator")
-    workdir = Path(tempfile.mkdtemp(prefix=name + "-", dir=BENCH_DIR / "indexes"))
-    path = workdir / "index"
+    workdir = None if args.index else Path(tempfile.mkdtemp(prefix=name + "-", dir=BENCH_DIR / "indexes"))
+    path = args.index or workdir / "index"
+    out_json = args.out / f"{name}.json"
     try:
-        rss_before = peak_rss_gib()
-        build_ms, index = timed(lambda: Index.build(path, iter(stream), nbits=args.nbits, progress=True))
-        row = {
-            "n_docs": index.n_docs,
-            "n_tokens": index.n_tokens,
-            "dim": index.dim,
-            "nbits": args.nbits,
-            "K": index.n_centroids,
-            "build_s": round(build_ms / 1e3, 1),
-            "build_train_s": index.manifest["build"]["train_seconds"],
-            "peak_rss_gib_before_build": round(rss_before, 2),
-            "peak_rss_gib_after_build": round(peak_rss_gib(), 2),
-            "bytes_per_token": round(index.disk_bytes() / index.n_tokens, 2),
-        }
-        log(
-            f"built in {row['build_s']} s, {row['bytes_per_token']} B/token, peak RSS {row['peak_rss_gib_after_build']}"
-        )
+        if path.exists():
+            index = Index.open(path)
+            if (index.n_docs, index.dim) != (stream.n_docs, stream.dim):
+                raise SystemExit(f"{path} holds {index.n_docs} docs of dim {index.dim}, not this corpus")
+            previous = json.loads(out_json.read_text()) if out_json.exists() else {"row": {}, "env": {}}
+            old = previous["row"]
+            row = {k: v for k, v in old.items() if k.startswith(("build", "peak_rss")) or k == "bytes_per_token"}
+            row.update(n_docs=index.n_docs, n_tokens=index.n_tokens, dim=index.dim, nbits=index.nbits)
+            row.update(K=index.n_centroids)
+            row["build_commit"] = old.get("build_commit") or previous["env"].get("git_commit", "unknown")
+            log(f"reusing the index at {path}")
+        else:
+            rss_before = peak_rss_gib()
+            build_ms, index = timed(lambda: Index.build(path, iter(stream), nbits=args.nbits, progress=True))
+            row = {
+                "n_docs": index.n_docs,
+                "n_tokens": index.n_tokens,
+                "dim": index.dim,
+                "nbits": args.nbits,
+                "K": index.n_centroids,
+                "build_s": round(build_ms / 1e3, 1),
+                "build_train_s": index.manifest["build"]["train_seconds"],
+                "build_commit": sources,
+                "peak_rss_gib_before_build": round(rss_before, 2),
+                "peak_rss_gib_after_build": round(peak_rss_gib(), 2),
+                "bytes_per_token": round(index.disk_bytes() / index.n_tokens, 2),
+            }
+            log(f"built in {row['build_s']} s, {row['bytes_per_token']} B/token")
         index.close()
         open_ms, index = timed(lambda: Index.open(path))
         row["open_s"] = round(open_ms / 1e3, 2)  # page cache warm from the build: not a cold open
 
         queries = list(stream.queries())
-        gt_ms, raw = timed(lambda: raw_ground_truth(stream, queries))
-        row["ground_truth_s"] = round(gt_ms / 1e3, 1)
-        log(f"ground truth in {row['ground_truth_s']} s")
+        gt_ms, raw = timed(lambda: cached_ground_truth(stream, queries, name, args.seed))
+        log(f"ground truth in {gt_ms / 1e3:.1f} s")
 
         for threads in (1, 2):
             with thread_count(threads):
@@ -148,12 +173,12 @@ def main(argv: list[str] | None = None) -> dict:
         row["exact_recall10_raw"] = recall(exact.ids, raw[:n_ex], 10)
         row["exact_queries"] = n_ex
     finally:
-        if not args.keep_index:
+        if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)
     results = {"name": name, "env": environment(sources), "row": row}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{name}.json").write_text(json.dumps(results, indent=1) + "\n")
-    log(f"wrote {args.out / (name + '.json')}: {json.dumps(row)}")
+    out_json.write_text(json.dumps(results, indent=1) + "\n")
+    log(f"wrote {out_json}: {json.dumps(row)}")
     return results
 
 

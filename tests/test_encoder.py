@@ -590,6 +590,15 @@ def test_sentence_transformers_model_without_dense_is_refused():
         Encoder.from_pretrained(minilm_dir())
 
 
+def test_core_import_needs_no_transformers():
+    import subprocess
+    import sys
+
+    code = "import sys, colbert_index; print(sorted({'transformers', 'torch'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"  # the Encoder imports torch and transformers when it loads a checkpoint
+
+
 def test_missing_text_extra(monkeypatch, ckpt_dir):
     import sys
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import sys
@@ -40,7 +41,7 @@ from run import (  # noqa: E402  (bench/ is a folder of scripts, not a package)
     timed,
 )
 
-from colbert_index import Index  # noqa: E402
+from colbert_index import Index, SearchParams  # noqa: E402
 from colbert_index.backend import get_backend  # noqa: E402
 from colbert_index.search import brute_force, top_k  # noqa: E402
 from colbert_index.synthetic import SyntheticStream  # noqa: E402
@@ -78,12 +79,62 @@ def cached_ground_truth(stream: SyntheticStream, queries: list[np.ndarray], name
     return truth
 
 
-def single_query_latency(index: Index, queries: list[np.ndarray], k: int) -> tuple[dict, np.ndarray]:
+def cached_exact(index: Index, queries: list[np.ndarray], name: str, seed: int) -> np.ndarray:
+    """``search_exact`` top-``GT_K`` slots of ``queries`` (brute force over the decompressed index), cached."""
+    path = BENCH_DIR / "data" / f"exact_{name}_q{len(queries)}_s{seed}.npy"
+    if path.exists():
+        return np.load(path)
+    exact = index.search_exact(queries, k=GT_K).ids  # slots: this benchmark builds with default ids
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, exact)
+    return exact
+
+
+def cold_open(path: Path, query: np.ndarray) -> dict:
+    """Open time and first-query latency with the page cache dropped (needs root; else not measured)."""
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("1\n")
+    except OSError as e:
+        return {"cold_open": f"not measured: cannot drop the page cache ({e.strerror})"}
+    open_ms, index = timed(lambda: Index.open(path))
+    first_ms, _ = timed(lambda: index.search(query, k=10))
+    second_ms, _ = timed(lambda: index.search(query, k=10))
+    index.close()
+    return {"cold_open_s": round(open_ms / 1e3, 2), "cold_first_query_ms": round(first_ms, 1),
+            "cold_second_query_ms": round(second_ms, 1)}  # fmt: skip
+
+
+def sweep(index: Index, queries: list[np.ndarray], raw: np.ndarray, exact: np.ndarray, grid: list[tuple]) -> list[dict]:
+    """k=10, one thread: p50 latency over every query, recall vs raw (all) and vs exact (its subset)."""
+    rows = []
+    with thread_count(1):
+        for nprobe, ndocs in grid:
+            params = SearchParams(nprobe=nprobe, ndocs=ndocs)
+            stats, ids = single_query_latency(index, queries, 10, params)
+            rows.append(
+                {
+                    "nprobe": nprobe,
+                    "ndocs": ndocs,
+                    "is_default": params.resolved(10) == SearchParams.defaults(10),
+                    "p50_ms": stats["p50_ms"],
+                    "p95_ms": stats["p95_ms"],
+                    "recall10_raw": recall(ids, raw, 10),
+                    "recall10_vs_exact": recall(ids[: len(exact)], exact, 10),
+                }
+            )
+            log(f"sweep {rows[-1]}")
+    return rows
+
+
+def single_query_latency(
+    index: Index, queries: list[np.ndarray], k: int, params: SearchParams | None = None
+) -> tuple[dict, np.ndarray]:
     for q in queries[:3]:
-        index.search(q, k=k)
+        index.search(q, k=k, params=params)
     times, ids = [], []
     for q in queries:
-        ms, res = timed(lambda q=q: index.search(q, k=k))
+        ms, res = timed(lambda q=q: index.search(q, k=k, params=params))
         times.append(ms)
         ids.append(res.ids[0])
     stats = latency_stats(times)
@@ -101,6 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--exact-queries", type=int, default=10, help="queries also run through search_exact")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=BENCH_DIR / "results")
+    p.add_argument("--sweep", default="1:256,1:1024,2:1024,2:4096,4:4096", help="nprobe:ndocs pairs, k=10")
     p.add_argument("--index", type=Path, help="index directory: built if absent, reused (and kept) if present")
     args = p.parse_args(argv)
     name = f"scale_n{args.n_docs}_d{args.dim}_b{args.nbits}_len{args.mean_doc_len}"
@@ -143,10 +195,11 @@ def main(argv: list[str] | None = None) -> dict:
             }
             log(f"built in {row['build_s']} s, {row['bytes_per_token']} B/token")
         index.close()
-        open_ms, index = timed(lambda: Index.open(path))
-        row["open_s"] = round(open_ms / 1e3, 2)  # page cache warm from the build: not a cold open
-
         queries = list(stream.queries())
+        row.update(cold_open(path, queries[0]))
+        open_ms, index = timed(lambda: Index.open(path))
+        row["open_s"] = round(open_ms / 1e3, 2)  # warm: the cold open just read the files
+
         gt_ms, raw = timed(lambda: cached_ground_truth(stream, queries, name, args.seed))
         log(f"ground truth in {gt_ms / 1e3:.1f} s")
 
@@ -167,15 +220,17 @@ def main(argv: list[str] | None = None) -> dict:
         row["mrr10"] = mrr(ids10, stream.targets)
         row["mrr10_raw"] = mrr(raw, stream.targets)
         n_ex = min(args.exact_queries, len(queries))
-        ex_ms, exact = timed(lambda: index.search_exact(queries[:n_ex], k=10))
-        row["search_exact_batch_s"] = round(ex_ms / 1e3, 1)
-        row["recall10_vs_exact"] = recall(ids10[:n_ex], exact.ids, 10)
-        row["exact_recall10_raw"] = recall(exact.ids, raw[:n_ex], 10)
+        exact = cached_exact(index, queries[:n_ex], name, args.seed)
+        row["recall10_vs_exact"] = recall(ids10[:n_ex], exact, 10)
+        row["recall100_vs_exact"] = recall(ids100[:n_ex], exact, 100)
+        row["exact_recall10_raw"] = recall(exact, raw[:n_ex], 10)
         row["exact_queries"] = n_ex
+        grid = [tuple(int(x) for x in pair.split(":")) for pair in args.sweep.split(",") if pair]
+        swept = sweep(index, queries, raw, exact[:, :10], grid)
     finally:
         if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)
-    results = {"name": name, "env": environment(sources), "row": row}
+    results = {"name": name, "env": environment(sources), "row": row, "sweep": swept}
     args.out.mkdir(parents=True, exist_ok=True)
     out_json.write_text(json.dumps(results, indent=1) + "\n")
     log(f"wrote {out_json}: {json.dumps(row)}")

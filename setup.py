@@ -17,6 +17,7 @@ setup(
         "faiss-cpu>=1.7.4",
         "bitarray>=2.8",
         "tqdm>=4.60",
+        "threadpoolctl>=3.1",
         # CPU users: `pip install torch==2.13.0` first, or pip may pull a CUDA build.
         "torch>=2.1",
     ],

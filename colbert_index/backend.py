@@ -31,6 +31,7 @@ def _numba_namespace() -> SimpleNamespace:
     for mod in (numba_codec, numba_scoring, numba_ivf):
         funcs.update({name: getattr(mod, name) for name in KERNELS if hasattr(mod, name)})
     funcs["decode_table"] = reference.decode_table  # built once per index: no kernel needed
+    funcs["centroid_scores"] = reference.centroid_scores  # a BLAS matrix product beats a Numba loop
     return SimpleNamespace(name="numba", **funcs)
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import numba
 import numpy as np
 from numpy.lib.format import open_memmap
+from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from colbert_index import storage
@@ -362,7 +363,8 @@ class Index:
             numba.set_num_threads(1)  # thread-local: this worker's kernels stay on its own core
             return staged_search(q, k, p, data, self.backend)
 
-        with ThreadPoolExecutor(n_workers) as pool:  # the kernels release the GIL (nogil=True)
+        # the kernels release the GIL (nogil=True); BLAS (stage 0) stays on the calling worker's core
+        with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(n_workers) as pool:
             return self._result(list(pool.map(one, queries)))
 
     def search_exact(self, Q, k: int = 10, query_lengths=None) -> SearchResult:

@@ -1,5 +1,8 @@
 """Numba CPU scoring kernels: centroid interaction (stages 2/3) and exact MaxSim (stage 4).
 
+Stage 0 (query x centroid scores) is a plain matrix product: the backend uses the reference's BLAS
+call, 3.4x faster than a Numba loop at K=32768 (one thread, measured side by side).
+
 Same contracts as :mod:`colbert_index.kernels.reference`. Candidates are split into blocks so each
 thread reuses one scratch buffer; ``prange`` runs over blocks of documents.
 """
@@ -46,34 +49,6 @@ def centroid_interaction(centroid_scores, codes, offsets, candidates, threshold)
                 for q in range(q_len):
                     s += best[q]
                 out[i] = s
-    return out
-
-
-@njit(cache=True, nogil=True, parallel=True, fastmath=True)
-def centroid_scores(centroids, Q):
-    K, dim = centroids.shape
-    q_len = Q.shape[0]
-    out = np.empty((K, q_len), dtype=np.float32)
-    for c in prange(K):
-        q = 0
-        while q + 4 <= q_len:  # four query tokens per pass share each load of the centroid
-            s0 = s1 = s2 = s3 = np.float32(0.0)
-            for j in range(dim):
-                v = centroids[c, j]
-                s0 += Q[q, j] * v
-                s1 += Q[q + 1, j] * v
-                s2 += Q[q + 2, j] * v
-                s3 += Q[q + 3, j] * v
-            out[c, q] = s0
-            out[c, q + 1] = s1
-            out[c, q + 2] = s2
-            out[c, q + 3] = s3
-            q += 4
-        for r in range(q, q_len):
-            s = np.float32(0.0)
-            for j in range(dim):
-                s += Q[r, j] * centroids[c, j]
-            out[c, r] = s
     return out
 
 

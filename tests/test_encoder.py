@@ -498,6 +498,26 @@ def test_dense_weights_from_pytorch_bin(ckpt_dir, encoders, tmp_path):
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
 
 
+def test_sharded_stanford_checkpoint(ckpt_dir, encoders, tmp_path):
+    """Weights split into shards listed by model.safetensors.index.json (linear.weight in the second shard)."""
+    from safetensors.torch import load_file, save_file
+
+    dst = _without(ckpt_dir["stanford"], tmp_path / "s", "model.safetensors")
+    tensors = load_file(ckpt_dir["stanford"] / "model.safetensors")
+    names = sorted(tensors, key=lambda k: k == "linear.weight")
+    shards = {"model-00001-of-00002.safetensors": names[:10], "model-00002-of-00002.safetensors": names[10:]}
+    for file, keys in shards.items():
+        save_file({k: tensors[k] for k in keys}, str(dst / file))
+    weight_map = {k: file for file, keys in shards.items() for k in keys}
+    (dst / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    a = Encoder.from_pretrained(dst).encode_documents(DOCS)
+    b = encoders["stanford"].encode_documents(DOCS)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    (dst / "model-00002-of-00002.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="weight shard"):
+        Encoder.from_pretrained(dst)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Errors
 

@@ -81,16 +81,34 @@ def top_k(scores: np.ndarray, slots: np.ndarray, k: int) -> tuple[np.ndarray, np
     return scores[order], slots[order]
 
 
-def staged_search(Q: np.ndarray, k: int, params: SearchParams, data, backend) -> tuple[np.ndarray, np.ndarray]:
-    """One query through the four stages; returns ``(scores, slots)`` of length ``min(k, n_docs)``."""
+def staged_search(
+    Q: np.ndarray,
+    k: int,
+    params: SearchParams,
+    data,
+    backend,
+    S: np.ndarray | None = None,
+    deleted: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One query through the four stages; returns ``(scores, slots)`` of length ``min(k, live docs)``.
+
+    ``S``: the query's ``[K, q_len]`` centroid scores, when the caller shares them between indexes of
+    one codebook. ``deleted``: bool ``[n_docs]``, slots that must never be returned; they are dropped
+    right after the probe, so they never take a candidate's place in a later stage.
+    """
     codec = data.codec
-    k = min(k, data.n_docs)
+    k = min(k, data.n_docs - (int(np.count_nonzero(deleted)) if deleted is not None else 0))
+    if k <= 0:
+        return np.zeros(0, np.float32), np.zeros(0, np.int64)
     # [K, q_len]: one contiguous row of query-token scores per centroid, the layout stages 2/3 read.
-    S = backend.centroid_scores(codec.centroids, Q)
+    if S is None:
+        S = backend.centroid_scores(codec.centroids, Q)
     nprobe = params.nprobe
     while True:  # stage 1; widen the probe in the rare case it finds fewer than k documents
         cells = backend.probe_cells(S, nprobe)
         cands = backend.probe(cells, data.ivf_offsets, data.ivf_docs, data.n_docs)
+        if deleted is not None:
+            cands = cands[~deleted[cands]]
         if len(cands) >= k or nprobe >= codec.n_centroids:
             break
         nprobe *= 2

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .numba_codec import decompress_token
+from .numba_codec import decompress_range, decompress_token
 from .numba_ivf import probed_centroids
 
 _BLOCK = 32  # documents per parallel work item
@@ -94,23 +94,27 @@ def exact_maxsim(Q, codes, packed, offsets, candidates, centroids, table, normal
     q_len, dim = Q.shape
     n = candidates.shape[0]
     out = np.zeros(n, dtype=np.float32)
+    longest = 0
+    for i in range(n):
+        longest = max(longest, offsets[candidates[i] + 1] - offsets[candidates[i]])
     nblocks = (n + _BLOCK - 1) // _BLOCK
     for blk in prange(nblocks):
-        vec = np.empty((1, dim), dtype=np.float32)
+        doc = np.empty((longest, dim), dtype=np.float32)
         best = np.empty(q_len, dtype=np.float32)
         for i in range(blk * _BLOCK, min(n, (blk + 1) * _BLOCK)):
             d = candidates[i]
-            if offsets[d + 1] == offsets[d]:
+            lo, hi = offsets[d], offsets[d + 1]
+            if hi == lo:
                 continue
+            decompress_range(codes, packed, lo, hi, centroids, table, normalize, doc, 0)
             best[:] = -np.inf
-            for t in range(offsets[d], offsets[d + 1]):
-                decompress_token(codes, packed, t, centroids, table, normalize, vec, 0)
+            for r in range(hi - lo):
                 # four query tokens per pass share each load of the decompressed token
                 q = 0
                 while q + 4 <= q_len:
                     s0 = s1 = s2 = s3 = np.float32(0.0)
                     for j in range(dim):
-                        v = vec[0, j]
+                        v = doc[r, j]
                         s0 += Q[q, j] * v
                         s1 += Q[q + 1, j] * v
                         s2 += Q[q + 2, j] * v
@@ -120,11 +124,11 @@ def exact_maxsim(Q, codes, packed, offsets, candidates, centroids, table, normal
                     best[q + 2] = max(best[q + 2], s2)
                     best[q + 3] = max(best[q + 3], s3)
                     q += 4
-                for r in range(q, q_len):
+                for rem in range(q, q_len):
                     s = np.float32(0.0)
                     for j in range(dim):
-                        s += Q[r, j] * vec[0, j]
-                    best[r] = max(best[r], s)
+                        s += Q[rem, j] * doc[r, j]
+                    best[rem] = max(best[rem], s)
             total = np.float32(0.0)
             for q in range(q_len):
                 total += best[q]

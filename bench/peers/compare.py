@@ -83,13 +83,33 @@ def cpu_model() -> str:
     return platform.machine()
 
 
-def source_hash() -> str:
-    """Short sha256 of our engine's sources (others may have uncommitted edits in the working tree)."""
+def source_hash(root: Path) -> str:
+    """Short sha256 of our engine's sources under ``root`` (a snapshot or the working tree)."""
     h = hashlib.sha256()
-    for path in sorted([*REPO_DIR.glob("colbert_index/**/*.py"), *REPO_DIR.glob("kernels/*.py")]):
-        h.update(path.relative_to(REPO_DIR).as_posix().encode())
+    for path in sorted([*root.glob("colbert_index/**/*.py"), *root.glob("kernels/*.py")]):
+        h.update(path.relative_to(root).as_posix().encode())
         h.update(path.read_bytes())
     return h.hexdigest()[:12]
+
+
+def snapshot_ours(ref: str) -> tuple[Path | None, str]:
+    """Our engine's sources at git ``ref``, laid out as installed (``colbert_index/kernels``), for PYTHONPATH.
+
+    The working tree is shared with engineers who edit the engine while this runs; a commit is a fixed,
+    consistent version. ``ref="worktree"`` uses the working tree as it is (returns ``None``).
+    """
+    if ref == "worktree":
+        return None, "worktree"
+    sha = _git("rev-parse", "--short", ref)
+    if not sha:
+        raise SystemExit(f"--ours-ref {ref!r}: not a commit")
+    dest = BENCH_DIR / "indexes" / "ours_src" / sha
+    if not (dest / "colbert_index" / "kernels" / "__init__.py").exists():
+        dest.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "archive", sha, "colbert_index", "kernels"], cwd=REPO_DIR, capture_output=True)
+        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
+        (dest / "kernels").rename(dest / "colbert_index" / "kernels")
+    return dest, sha
 
 
 def wait_for_quiet(max_wait_s: float, threshold: float = 0.25) -> float:
@@ -105,6 +125,9 @@ def wait_for_quiet(max_wait_s: float, threshold: float = 0.25) -> float:
 
 
 # ---------------------------------------------------------------------------------------- running engines
+OURS_SRC: list[Path] = []  # set by main(): the snapshot of our sources that run_ours.py imports
+
+
 def run_engine(engine: str, command: str, data: Path, index: Path, nbits: int, k: int, threads: int | None) -> dict:
     """Run one runner subcommand in the engine's environment; returns its JSON result.
 
@@ -116,7 +139,7 @@ def run_engine(engine: str, command: str, data: Path, index: Path, nbits: int, k
     env = {k: v for k, v in os.environ.items() if k not in THREAD_ENV_VARS}
     if threads is not None:
         env.update({k: str(threads) for k in THREAD_ENV_VARS})
-    env["PYTHONPATH"] = str(PEERS_DIR)
+    env["PYTHONPATH"] = os.pathsep.join([*(str(p) for p in OURS_SRC if engine == "ours"), str(PEERS_DIR)])
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         out = Path(f.name)
     cmd = [str(python), str(script), command, "--data", str(data), "--index", str(index), "--out", str(out)]
@@ -161,6 +184,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--engines", nargs="+", default=list(ENGINES), choices=list(ENGINES))
     p.add_argument("--reuse", action="store_true", help="reuse the peers' cached indexes (ours is always rebuilt)")
     p.add_argument("--wait-quiet", type=float, default=30.0, help="max seconds to wait for a quiet machine")
+    p.add_argument(
+        "--ours-ref",
+        default="HEAD",
+        help="git commit of our engine to measure (default HEAD; 'worktree': the working tree as it is)",
+    )
     p.add_argument("--no-profile", action="store_true", help="skip the per-stage profiles")
     p.add_argument("--no-markdown", action="store_true", help="do not touch bench/RESULTS.md")
     p.add_argument("--render", type=Path, metavar="JSON", help="only re-render the markdown of a results file")
@@ -264,10 +292,10 @@ def render_markdown(res: dict) -> str:
         f"### {res['name']}: {c['n_docs']:,} docs ({res['corpus']['n_tokens']:,} tokens), dim {c['dim']}, "
         f"nbits {c['nbits']}, k={c['k']}, {res['corpus']['n_queries']} queries",
         "",
-        f"Machine: {env['cpu']}, {env['nproc']} vCPUs (VM), shared with other benchmark runs; commit "
-        f"`{env['git_commit']}`{dirty} (sources `{env['source_hash']}`); {env['timestamp_utc']}; "
+        f"Machine: {env['cpu']}, {env['nproc']} vCPUs (VM), shared with other benchmark runs; our engine at commit "
+        f"`{env.get('ours_ref', env['git_commit'])}`{dirty} (sources `{env['source_hash']}`); {env['timestamp_utc']}; "
         f"Python {env['python']}. Builds: all threads; "
-        f"latency: {c['threads']} thread, {c['rounds']} rounds (medians shown). Load average "
+        f"latency: {c['threads']} thread(s), {c['rounds']} round(s), medians shown. Load average "
         f"{env['loadavg_start']} at start, {res['loadavg_end']} at end; wall time {res['wall_s']} s.",
         "",
         "| engine | version (torch) | build s | K | B/token | R@10 vs exact raw | MRR@10 | p50 ms | p95 ms "
@@ -333,13 +361,16 @@ def main(argv: list[str] | None = None) -> dict | None:
     meta = json.loads((data / "meta.json").read_text())
     gt, targets = np.load(data / "gt_ids.npy"), np.load(data / "targets.npy")
     index_root = BENCH_DIR / "indexes" / f"peers_{name}_b{args.nbits}"
+    src, ours_sha = snapshot_ours(args.ours_ref)
+    OURS_SRC[:] = [src] if src is not None else []
     env = {
         "cpu": cpu_model(),
         "nproc": os.cpu_count(),
         "python": platform.python_version(),
         "git_commit": _git("rev-parse", "--short", "HEAD") or "unknown",
-        "git_dirty": bool(_git("status", "--porcelain", "--", "colbert_index", "kernels")),
-        "source_hash": source_hash(),
+        "ours_ref": ours_sha,
+        "git_dirty": ours_sha == "worktree" and bool(_git("status", "--porcelain", "--", "colbert_index", "kernels")),
+        "source_hash": source_hash(src or REPO_DIR),
         "loadavg_start": [round(x, 2) for x in os.getloadavg()],
         "timestamp_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }

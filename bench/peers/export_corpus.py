@@ -23,10 +23,6 @@ from pathlib import Path
 
 import numpy as np
 
-from colbert_index.backend import get_backend
-from colbert_index.search import brute_force
-from colbert_index.synthetic import make_corpus
-
 PEERS_DIR = Path(__file__).resolve().parent
 DATA_DIR = PEERS_DIR.parent / "data"
 GT_K = 100
@@ -45,6 +41,10 @@ def export(n_docs: int, dim: int, n_queries: int = 100, q_len: int = 32, seed: i
     if not force and meta_path.exists() and json.loads(meta_path.read_text()).get("params") == params:
         print(f"{out}: exists, reused")
         return out
+    from colbert_index.backend import get_backend  # only when generating: compare.py imports this module
+    from colbert_index.search import brute_force
+    from colbert_index.synthetic import make_corpus
+
     out.mkdir(parents=True, exist_ok=True)
     meta_path.unlink(missing_ok=True)  # written last: its presence means the directory is complete
     t0 = time.perf_counter()

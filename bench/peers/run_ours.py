@@ -120,6 +120,7 @@ def versions() -> dict:
 
     return {
         "colbert_index": colbert_index.__version__,
+        "colbert_index_path": str(Path(colbert_index.__file__).parent),
         "numba": numba.__version__,
         "numpy": np.__version__,
         "faiss": faiss.__version__,

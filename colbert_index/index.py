@@ -1,85 +1,179 @@
-"""The public :class:`Index`: build, open, search. Orchestration only; the work is in kernels."""
+"""The public :class:`Index`: build, open, search, and the live-index writes (add, delete, upsert,
+compact). Orchestration only; the work is in kernels, the file formats in storage and segments."""
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import os
+import shutil
 import sys
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numba
 import numpy as np
-from numpy.lib.format import open_memmap
 from threadpoolctl import threadpool_limits
-from tqdm.auto import tqdm
 
+from colbert_index import segments as seg_files
 from colbert_index import storage
 from colbert_index.backend import get_backend
-from colbert_index.codec import (
-    ResidualCodec,
-    check_nbits_dim,
-    default_n_centroids,
-    dequantize_centroids,
-    quantize_centroids,
-)
+from colbert_index.codec import ResidualCodec, check_nbits_dim, default_n_centroids
 from colbert_index.inputs import normalize_doc_ids, normalize_queries, spill_documents
-from colbert_index.search import SearchParams, SearchResult, brute_force, check_k, staged_search
+from colbert_index.search import SearchParams, SearchResult, brute_force, check_k, staged_search, top_k
+from colbert_index.segments import Segment
 from colbert_index.storage import IndexFormatError
 
 _KMEANS_POINTS_PER_CENTROID = 64
 _HELDOUT_TOKENS = 1 << 16
-
-
-@dataclass
-class _Data:
-    """The arrays the search stages read."""
-
-    codec: ResidualCodec
-    codes: np.ndarray
-    residuals: np.ndarray
-    offsets: np.ndarray
-    ivf_offsets: np.ndarray
-    ivf_docs: np.ndarray
-
-    @property
-    def n_docs(self) -> int:
-        return len(self.offsets) - 1
+# Index.open / refresh retry when a file vanished because a writer committed twice meanwhile.
+_OPEN_ATTEMPTS = 5
 
 
 def _progress(enabled: bool | None) -> bool:
     return sys.stderr.isatty() if enabled is None else bool(enabled)
 
 
-def _save_doc_ids(directory: Path, ids: np.ndarray | list[str] | None, files: dict) -> str:
-    """Write the external ids (none for 0..n-1, int64, or UTF-8 strings); returns the id_type."""
-    if ids is None:
-        return "range"
-    if isinstance(ids, np.ndarray):
-        files["doc_ids"] = storage.save_array(directory, "doc_ids", ids)
-        return "int"
-    encoded = [s.encode("utf-8") for s in ids]
-    offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
-    np.cumsum([len(b) for b in encoded], out=offsets[1:])
-    files["doc_id_bytes"] = storage.save_array(directory, "doc_id_bytes", np.frombuffer(b"".join(encoded), np.uint8))
-    files["doc_id_offsets"] = storage.save_array(directory, "doc_id_offsets", offsets)
-    return "str"
+def _train_codec(spill, K: int, nbits: int, kmeans_iters: int, seed: int, normalize: bool | None = None):
+    """k-means + bucket tables on a sample of the spilled tokens. ``normalize=None`` detects unit vectors."""
+    n_tokens = spill.shape[0]
+    rng = np.random.default_rng(seed)
+    n_train = min(n_tokens, K * _KMEANS_POINTS_PER_CENTROID)
+    train, heldout = spill.rows(
+        np.sort(rng.choice(n_tokens, n_train, replace=False)),
+        np.sort(rng.choice(n_tokens, min(n_tokens, _HELDOUT_TOKENS), replace=False)),
+    )
+    if normalize is None:  # ColBERT models emit unit vectors; then decompressed tokens are renormalised too.
+        normalize = bool(np.allclose(np.linalg.norm(heldout, axis=1), 1.0, atol=2e-3))
+    return ResidualCodec.train(train, heldout, K, nbits, kmeans_iters=kmeans_iters, seed=seed, normalize=normalize)
+
+
+def _check_k_centroids(K: int, n_tokens: int) -> int:
+    if not 1 <= K <= n_tokens:
+        raise ValueError(f"n_centroids must be in [1, n_tokens={n_tokens}], got {K}")
+    return K
+
+
+@dataclass(frozen=True)
+class CommitInfo:
+    """What a write did. ``generation`` is the manifest version it committed (unchanged when there was
+    nothing to do). ``drift``: of the added tokens' residual coordinates, the fraction beyond the codec's
+    outermost bucket weights; ``drift_expected`` (``1 / 2**nbits``) is that fraction on the training data,
+    so a ratio well above 1 means the new documents sit far from the codebook (consider
+    ``compact(retrain=True)`` or a rebuild)."""
+
+    op: str
+    generation: int
+    docs_added: int = 0
+    docs_deleted: int = 0
+    tokens_added: int = 0
+    seconds: float = 0.0
+    drift: float | None = None
+    drift_expected: float | None = None
+
+
+class _Snapshot:
+    """One committed manifest version, opened: the codec, the segments and their tombstones."""
+
+    def __init__(self, manifest: dict, codec: ResidualCodec, segments: list[Segment]) -> None:
+        self.manifest, self.codec, self.segments = manifest, codec, segments
+        self.bases = np.zeros(len(segments) + 1, dtype=np.int64)  # global position = bases[i] + slot
+        np.cumsum([s.n_docs for s in segments], out=self.bases[1:])
+        self.id_type = manifest["id_type"]
+        self._lookup = None
+
+    @property
+    def generation(self) -> int:
+        return int(self.manifest["generation"])
+
+    @property
+    def version_key(self) -> tuple:
+        return self.manifest.get("uuid"), self.generation
+
+    @property
+    def n_live(self) -> int:
+        return sum(s.n_live for s in self.segments)
+
+    def ids_of(self, positions: np.ndarray) -> np.ndarray:
+        """External ids of global positions (same shape): int64, or an object array of str."""
+        positions = np.asarray(positions, dtype=np.int64)
+        out = np.empty(positions.shape, dtype=object if self.id_type == "str" else np.int64)
+        which = np.searchsorted(self.bases, positions, side="right") - 1
+        for i, seg in enumerate(self.segments):
+            sel = which == i
+            if sel.any():
+                out[sel] = seg.ids.take(positions[sel] - self.bases[i])
+        return out
+
+    def result(self, per_query: list[tuple[np.ndarray, np.ndarray]]) -> SearchResult:
+        scores = np.stack([s for s, _ in per_query]).astype(np.float32)
+        return SearchResult(ids=self.ids_of(np.stack([p for _, p in per_query])), scores=scores)
+
+    def live_ids(self) -> np.ndarray:
+        ids = [seg.ids.take(np.flatnonzero(seg.live())) for seg in self.segments]
+        if not ids:
+            return np.zeros(0, dtype=object if self.id_type == "str" else np.int64)
+        return np.concatenate(ids)
+
+    def lookup(self, ids) -> np.ndarray:
+        """Global positions of live documents with these external ids (int64, -1 where none)."""
+        if self._lookup is None:
+            parts = [self.bases[i] + np.flatnonzero(s.live()) for i, s in enumerate(self.segments)]
+            live = np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+            ext = self.ids_of(live)
+            if self.id_type == "str":
+                self._lookup = dict(zip(ext.tolist(), live.tolist()))
+            else:
+                order = np.argsort(ext, kind="stable")
+                self._lookup = (ext[order], live[order])
+        if self.id_type == "str":
+            return np.array([self._lookup.get(x, -1) for x in ids], dtype=np.int64)
+        keys, pos = self._lookup
+        ids = np.asarray(ids, dtype=np.int64)
+        if not len(keys):
+            return np.full(len(ids), -1, np.int64)
+        at = np.minimum(np.searchsorted(keys, ids), len(keys) - 1)
+        return np.where(keys[at] == ids, pos[at], -1)
+
+    def locate(self, positions: np.ndarray) -> list[tuple[int, np.ndarray]]:
+        """``(segment index, slots)`` for the segments that hold some of ``positions``."""
+        which = np.searchsorted(self.bases, positions, side="right") - 1
+        return [(i, positions[which == i] - self.bases[i]) for i in np.unique(which)]
+
+
+def _as_id_list(doc_ids, id_type: str):
+    """Ids given to delete / lookup: one id or an iterable, checked against the index's id type."""
+    if isinstance(doc_ids, (str, int, np.integer)):
+        doc_ids = [doc_ids]
+    ids = list(doc_ids)
+    if id_type == "str":
+        if not all(isinstance(x, str) for x in ids):
+            raise TypeError("this index has string ids; got non-string ids")
+        return ids
+    arr = np.asarray(ids) if ids else np.zeros(0, np.int64)
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"this index has integer ids; got {arr.dtype} ids")
+    return arr.astype(np.int64)
 
 
 class Index:
     """A compressed late-interaction index on disk (see the README for the file format).
 
-    Build one with :meth:`build`, open an existing one with :meth:`open`. Use as a context manager
-    or call :meth:`close` to release the memory maps.
+    Build one with :meth:`build`, open an existing one with :meth:`open`. An opened index is a
+    snapshot: it keeps answering from the manifest version it read, whatever writers do, until
+    :meth:`refresh`. :meth:`add`, :meth:`delete`, :meth:`upsert` and :meth:`compact` commit a new version
+    (one writer at a time, through a lock file) and move this object to it. Use as a context manager or
+    call :meth:`close` to release the memory maps.
     """
 
-    def __init__(self, path: Path, manifest: dict, data: _Data, doc_ids, backend) -> None:
+    def __init__(self, path: Path, snapshot: _Snapshot, backend, mmap: bool = True) -> None:
         self.path = path
-        self.manifest = manifest
-        self._data = data
-        self._doc_ids = doc_ids  # None (ids are slots), int64 array, or (utf-8 bytes, offsets)
+        self._snap: _Snapshot | None = snapshot
         self.backend = backend
+        self._mmap = mmap
 
     # ------------------------------------------------------------------ build
     @classmethod
@@ -108,7 +202,7 @@ class Index:
             n_centroids: K; default :func:`colbert_index.codec.default_n_centroids`.
             kmeans_iters, seed: k-means iterations and the seed of every random choice (builds are
                 deterministic for a given seed).
-            overwrite: replace an existing index at ``path``.
+            overwrite: replace an existing index at ``path`` (taking its writer lock meanwhile).
             progress: show progress bars (default: when stderr is a terminal).
 
         Nothing appears at ``path`` unless the whole build succeeds.
@@ -118,74 +212,55 @@ class Index:
             raise ValueError(f"nbits must be 2 or 4, got {nbits!r}")
         kernels = get_backend(backend)
         t0 = time.perf_counter()
-        with storage.atomic_directory(path, overwrite=overwrite) as tmp:
+        replacing = overwrite and (path / storage.MANIFEST).is_file()
+        with (
+            storage.WriterLock(path) if replacing else contextlib.nullcontext(),
+            storage.atomic_directory(path, overwrite=overwrite) as tmp,
+        ):
             # Pass 1 streams the input to a float16 spill file, so memory does not grow with the corpus.
-            spill_path = tmp / "spill.f16"
-            spill, doclens = spill_documents(doc_embeddings, doc_lengths, spill_path, progress=_progress(progress))
+            seg_dir = seg_files.fresh_dir(tmp, seg_files.segment_name(0))
+            spill, doclens = spill_documents(
+                doc_embeddings, doc_lengths, seg_dir / "spill.f16", progress=_progress(progress)
+            )
             n_tokens, dim = spill.shape
             check_nbits_dim(nbits, dim)
             ids = normalize_doc_ids(doc_ids, len(doclens))
-            K = default_n_centroids(n_tokens, dim, nbits) if n_centroids is None else int(n_centroids)
-            if not 1 <= K <= n_tokens:
-                raise ValueError(f"n_centroids must be in [1, n_tokens={n_tokens}], got {K}")
-
-            rng = np.random.default_rng(seed)
-            n_train = min(n_tokens, K * _KMEANS_POINTS_PER_CENTROID)
-            train, heldout = spill.rows(
-                np.sort(rng.choice(n_tokens, n_train, replace=False)),
-                np.sort(rng.choice(n_tokens, min(n_tokens, _HELDOUT_TOKENS), replace=False)),
+            K = _check_k_centroids(
+                default_n_centroids(n_tokens, dim, nbits) if n_centroids is None else int(n_centroids), n_tokens
             )
-            # ColBERT models emit unit vectors; then decompressed tokens are renormalised too.
-            normalize = bool(np.allclose(np.linalg.norm(heldout, axis=1), 1.0, atol=2e-3))
-            codec = ResidualCodec.train(
-                train, heldout, K, nbits, kmeans_iters=kmeans_iters, seed=seed, normalize=normalize
-            )
-            del train, heldout
+            codec = _train_codec(spill, K, nbits, kmeans_iters, seed)
             t_train = time.perf_counter() - t0
-
-            centroids_i8, centroid_scales = quantize_centroids(codec.centroids)
-            files = {
-                "centroids": storage.save_array(tmp, "centroids", centroids_i8),
-                "centroid_scales": storage.save_array(tmp, "centroid_scales", centroid_scales),
-                "bucket_cutoffs": storage.save_array(tmp, "bucket_cutoffs", codec.cutoffs),
-                "bucket_weights": storage.save_array(tmp, "bucket_weights", codec.weights),
-                "doclens": storage.save_array(tmp, "doclens", doclens.astype(np.int32)),
-            }
+            codebook = seg_files.save_codebook(tmp, seg_files.codebook_name(0), codec)
             # Pass 2 compresses the spilled tokens chunk by chunk into the memory-mapped outputs.
-            codes = open_memmap(tmp / "codes.npy", mode="w+", dtype=codec.code_dtype, shape=(n_tokens,))
-            residuals = open_memmap(
-                tmp / "residuals.npy", mode="w+", dtype=np.uint8, shape=(n_tokens, dim * nbits // 8)
+            segment = seg_files.write_segment(
+                tmp, 0, spill, doclens, 0 if ids is None else ids, codec, kernels, _progress(progress)
             )
-            bar = tqdm(total=n_tokens, desc="compress", unit="tok", disable=not _progress(progress))
-            for lo, block in spill.blocks():
-                hi = lo + len(block)
-                codes[lo:hi], residuals[lo:hi] = codec.compress(block, kernels)
-                bar.update(hi - lo)
-            bar.close()
-            spill_path.unlink()
-            codes.flush()
-            residuals.flush()
-            del codes, residuals
-            files["codes"] = storage.file_entry(tmp, "codes")
-            files["residuals"] = storage.file_entry(tmp, "residuals")
-            id_type = _save_doc_ids(tmp, ids, files)
+            if isinstance(ids, list):
+                id_type, next_id = "str", None
+            else:
+                id_type, next_id = "int", len(doclens) if ids is None else int(ids.max()) + 1
             storage.write_manifest(
                 tmp,
                 {
+                    "uuid": uuid.uuid4().hex,
+                    "generation": 0,
                     "dim": dim,
                     "nbits": nbits,
-                    "normalize": normalize,
+                    "normalize": codec.normalize,
                     "n_centroids": K,
                     "n_docs": len(doclens),
                     "n_tokens": n_tokens,
                     "id_type": id_type,
+                    "next_id": next_id,
+                    "next_segment": 1,
+                    "codebook": codebook,
+                    "segments": [segment],
                     "build": {
                         "seed": seed,
                         "kmeans_iters": kmeans_iters,
                         "train_seconds": round(t_train, 3),
                         "seconds": round(time.perf_counter() - t0, 3),
                     },
-                    "files": files,
                 },
             )
         return cls.open(path, backend=backend)
@@ -200,78 +275,77 @@ class Index:
         backend: str = "auto",
         verify: bool = False,
     ) -> Index:
-        """Open an index, memory-mapping its arrays (``mmap=False`` reads them into RAM).
+        """Open the latest committed version of an index, memory-mapping its arrays (``mmap=False`` reads
+        them into RAM).
 
         Everything handed to a kernel is validated first; a damaged index raises
-        :class:`IndexFormatError` naming the file. ``verify=True`` also checksums the large arrays.
+        :class:`IndexFormatError` naming the file. ``verify=True`` also checksums the large arrays and
+        checks that no external id is live twice.
         """
         if device != "cpu":
             raise ValueError(f"device={device!r} is not supported yet; only 'cpu' (Numba) is available")
         path = Path(path)
-        m = storage.load_manifest(path)
+        kernels = get_backend(backend)
+        index = cls(path, None, kernels, mmap)
+        index._snap = index._read_snapshot(None, verify=verify)
+        if verify:
+            ids = index._snap.live_ids()
+            if len(set(ids.tolist())) != len(ids):
+                raise IndexFormatError(f"{path / storage.MANIFEST}: an external id is live in two segments")
+        return index
+
+    def _read_snapshot(self, previous: _Snapshot | None, verify: bool = False) -> _Snapshot:
+        """The newest committed version, reusing ``previous``'s unchanged segments. Retries when files
+        vanish under it because writers committed again meanwhile (they keep only two versions' files)."""
+        for attempt in range(_OPEN_ATTEMPTS):
+            m = storage.load_manifest(self.path)
+            if previous is not None and (m.get("uuid"), m.get("generation")) == previous.version_key:
+                return previous
+            try:
+                return self._load_snapshot(m, previous, verify)
+            except IndexFormatError:
+                again = storage.load_manifest(self.path)
+                if attempt == _OPEN_ATTEMPTS - 1 or (again.get("uuid"), again.get("generation")) == (
+                    m.get("uuid"),
+                    m.get("generation"),
+                ):
+                    raise
+        raise AssertionError("unreachable")
+
+    def _load_snapshot(self, m: dict, previous: _Snapshot | None, verify: bool) -> _Snapshot:
+        path = self.path
         try:
             dim, nbits, K = int(m["dim"]), int(m["nbits"]), int(m["n_centroids"])
-            n_docs, n_tokens, id_type = int(m["n_docs"]), int(m["n_tokens"]), m["id_type"]
-            normalize = m["normalize"]
+            normalize, id_type, generation = m["normalize"], m["id_type"], int(m["generation"])
+            seg_entries = m["segments"]
             if not isinstance(normalize, bool):
                 raise ValueError("normalize must be true or false")
+            if id_type not in ("int", "str") or generation < 0 or not isinstance(seg_entries, list):
+                raise ValueError(f"id_type {id_type!r}, generation {generation}, segments")
             check_nbits_dim(nbits, dim)
         except (KeyError, TypeError, ValueError) as e:
             raise IndexFormatError(f"{path / storage.MANIFEST}: invalid field ({e})") from None
-
-        def load(name, shape, dtypes):
-            arr = storage.load_array(path, m, name, mmap=mmap, verify=verify)
-            if tuple(arr.shape) != shape or arr.dtype not in dtypes:
-                raise IndexFormatError(
-                    f"{path / (name + '.npy')}: expected shape {shape} {dtypes}, got {arr.shape} {arr.dtype}"
-                )
-            return arr
-
-        f32 = (np.dtype(np.float32),)
-        code_dtype = np.dtype(np.uint16 if K <= 65536 else np.uint32)
-        centroids = dequantize_centroids(
-            np.asarray(load("centroids", (K, dim), (np.dtype(np.int8),))),
-            np.asarray(load("centroid_scales", (K,), f32)),
-        )
-        cutoffs = np.ascontiguousarray(load("bucket_cutoffs", (dim, 2**nbits - 1), f32))
-        weights = np.ascontiguousarray(load("bucket_weights", (dim, 2**nbits), f32))
-        doclens = np.asarray(load("doclens", (n_docs,), (np.dtype(np.int32),)))
-        codes = load("codes", (n_tokens,), (code_dtype,))
-        residuals = load("residuals", (n_tokens, dim * nbits // 8), (np.dtype(np.uint8),))
-        for name, arr in (("centroids", centroids), ("bucket_cutoffs", cutoffs), ("bucket_weights", weights)):
-            if not np.isfinite(arr).all():
-                raise IndexFormatError(f"{path / (name + '.npy')}: contains NaN or inf")
-        if n_docs < 1 or (doclens < 1).any() or int(doclens.sum(dtype=np.int64)) != n_tokens:
-            raise IndexFormatError(
-                f"{path / 'doclens.npy'}: document lengths must be >= 1 and sum to n_tokens={n_tokens}"
-            )
-        if n_tokens and int(codes.max()) >= K:
-            raise IndexFormatError(f"{path / 'codes.npy'}: centroid id {int(codes.max())} out of range (K={K})")
-        offsets = np.zeros(n_docs + 1, dtype=np.int64)
-        np.cumsum(doclens, out=offsets[1:])
-
-        if id_type == "range":
-            doc_ids = None
-        elif id_type == "int":
-            doc_ids = np.asarray(load("doc_ids", (n_docs,), (np.dtype(np.int64),)))
-        elif id_type == "str":
-            id_offsets = np.asarray(load("doc_id_offsets", (n_docs + 1,), (np.dtype(np.int64),)))
-            blob = np.asarray(storage.load_array(path, m, "doc_id_bytes", mmap=False))
-            if id_offsets[0] != 0 or (np.diff(id_offsets) < 0).any() or id_offsets[-1] != len(blob):
-                raise IndexFormatError(f"{path / 'doc_id_offsets.npy'}: offsets not monotone within doc_id_bytes")
-            doc_ids = (blob.tobytes(), id_offsets)
+        cache = {}
+        if previous is not None and previous.manifest.get("codebook") == m.get("codebook"):
+            codec = previous.codec
+            cache = {seg_files.segment_key(s.entry): s for s in previous.segments}
         else:
-            raise IndexFormatError(f"{path / storage.MANIFEST}: unknown id_type {id_type!r}")
+            codec = seg_files.load_codebook(path, m.get("codebook"), dim, nbits, K, normalize, self._mmap, verify)
+        segments = [
+            seg_files.load_segment(path, e, codec, self.backend, self._mmap, verify, cache) for e in seg_entries
+        ]
+        return _Snapshot(m, codec, segments)
 
-        kernels = get_backend(backend)
-        codec = ResidualCodec(np.ascontiguousarray(centroids), cutoffs, weights, nbits, normalize)
-        ivf_offsets, ivf_docs = kernels.build_ivf(codes, offsets, K)
-        data = _Data(codec, codes, residuals, offsets, ivf_offsets, ivf_docs)
-        return cls(path, m, data, doc_ids, kernels)
+    def refresh(self) -> bool:
+        """Move to the newest committed version; True if there was a newer one. Searches already running
+        finish on the version they started with."""
+        snap = self._s
+        self._snap = self._read_snapshot(snap)
+        return self._snap is not snap
 
     def close(self) -> None:
         """Drop the memory maps; the object is unusable afterwards."""
-        self._data = None
+        self._snap = None
 
     def __enter__(self) -> Index:
         return self
@@ -281,100 +355,375 @@ class Index:
 
     # ------------------------------------------------------------------ info
     @property
-    def _d(self) -> _Data:
-        if self._data is None:
+    def _s(self) -> _Snapshot:
+        if self._snap is None:
             raise ValueError("index is closed")
-        return self._data
+        return self._snap
+
+    @property
+    def _d(self):
+        """The arrays of the only segment (:class:`colbert_index.segments.SegmentData`)."""
+        segs = self._s.segments
+        if len(segs) != 1:
+            raise ValueError(f"the index has {len(segs)} segments, not one; compact() merges them")
+        return segs[0].data
+
+    _data = _d
+
+    @property
+    def manifest(self) -> dict:
+        """The manifest of the version this object reads."""
+        return self._s.manifest
+
+    @property
+    def codec(self) -> ResidualCodec:
+        """The codebook every segment is encoded with."""
+        return self._s.codec
+
+    @property
+    def generation(self) -> int:
+        """The manifest version this object reads (0 after a build, +1 per commit)."""
+        return self._s.generation
 
     @property
     def dim(self) -> int:
-        return self._d.codec.dim
+        return self._s.codec.dim
 
     @property
     def nbits(self) -> int:
-        return self._d.codec.nbits
+        return self._s.codec.nbits
 
     @property
     def n_centroids(self) -> int:
-        return self._d.codec.n_centroids
+        return self._s.codec.n_centroids
 
     @property
     def n_docs(self) -> int:
-        return self._d.n_docs
+        """Live documents (deleted ones excluded)."""
+        return self._s.n_live
+
+    def __len__(self) -> int:
+        return self.n_docs
 
     @property
     def n_tokens(self) -> int:
-        return len(self._d.codes)
+        """Tokens of the live documents."""
+        return sum(s.live_tokens for s in self._s.segments)
+
+    @property
+    def n_deleted(self) -> int:
+        """Deleted documents whose tokens are still stored (until :meth:`compact`)."""
+        return sum(s.n_deleted for s in self._s.segments)
+
+    def segment_info(self) -> list[dict]:
+        """Per segment: id, stored docs, deleted docs, stored tokens, drift (see :class:`CommitInfo`)."""
+        return [
+            {
+                "id": s.id,
+                "n_docs": s.n_docs,
+                "n_deleted": s.n_deleted,
+                "n_tokens": len(s.data.codes),
+                "drift": (s.entry.get("drift") or {}).get("outside"),
+            }
+            for s in self._s.segments
+        ]
+
+    def drift(self) -> dict:
+        """Token-weighted drift over the segments (see :class:`CommitInfo`): ``outside`` measured,
+        ``expected`` on data like the training data."""
+        measured = [
+            (s.entry["drift"]["outside"], s.entry["drift"]["tokens"]) for s in self._s.segments if s.entry.get("drift")
+        ]
+        tokens = sum(t for _, t in measured)
+        outside = sum(o * t for o, t in measured) / tokens if tokens else None
+        return {"outside": outside, "expected": 1 / 2**self.nbits, "tokens": tokens}
+
+    def doc_ids(self) -> np.ndarray:
+        """External ids of the live documents (int64, or an object array of str), segment by segment."""
+        return self._s.live_ids()
+
+    def __contains__(self, doc_id) -> bool:
+        try:
+            return bool(self._s.lookup(_as_id_list(doc_id, self._s.id_type))[0] >= 0)
+        except TypeError:
+            return False
+
+    def reconstruct(self, doc_id) -> np.ndarray:
+        """The decompressed ``[n_tokens, dim]`` float32 token embeddings of one live document."""
+        snap = self._s
+        pos = snap.lookup(_as_id_list(doc_id, snap.id_type))
+        if pos[0] < 0:
+            raise KeyError(f"no live document with id {doc_id!r}")
+        [(i, slots)] = snap.locate(pos)
+        d = snap.segments[i].data
+        lo, hi = int(d.offsets[slots[0]]), int(d.offsets[slots[0] + 1])
+        return d.codec.decompress(np.asarray(d.codes[lo:hi]), np.asarray(d.residuals[lo:hi]), self.backend)
 
     def disk_bytes(self) -> int:
-        """Total size of the index directory in bytes."""
-        return sum(f.stat().st_size for f in self.path.iterdir() if f.is_file())
+        """Bytes of the files this version uses (the manifest included). Files of the previous version
+        stay on disk until the next commit; tombstoned documents until :meth:`compact`."""
+        m = self._s.manifest
+        entries = list(m["codebook"].values())
+        for s in m["segments"]:
+            entries += list(s["files"].values()) + ([s["deleted"]] if s.get("deleted") else [])
+        return sum(int(e["bytes"]) for e in entries) + (self.path / storage.MANIFEST).stat().st_size
 
     def __repr__(self) -> str:
-        if self._data is None:
+        if self._snap is None:
             return f"Index({str(self.path)!r}, closed)"
         return (
             f"Index({str(self.path)!r}, docs={self.n_docs}, tokens={self.n_tokens}, dim={self.dim}, "
-            f"nbits={self.nbits}, K={self.n_centroids}, backend={self.backend.name})"
+            f"nbits={self.nbits}, K={self.n_centroids}, segments={len(self._s.segments)}, "
+            f"deleted={self.n_deleted}, generation={self.generation}, backend={self.backend.name})"
         )
 
-    def ids_of(self, slots: np.ndarray) -> np.ndarray:
-        """External ids of internal document slots (same shape)."""
-        slots = np.asarray(slots, dtype=np.int64)
-        if self._doc_ids is None:
-            return slots.copy()
-        if isinstance(self._doc_ids, np.ndarray):
-            return self._doc_ids[slots]
-        blob, offs = self._doc_ids
-        out = np.empty(slots.shape, dtype=object)
-        for idx, s in np.ndenumerate(slots):
-            out[idx] = blob[offs[s] : offs[s + 1]].decode("utf-8")
-        return out
+    def ids_of(self, positions: np.ndarray) -> np.ndarray:
+        """External ids of documents by position (segment after segment, deleted ones included)."""
+        return self._s.ids_of(positions)
 
     # ------------------------------------------------------------------ search
-    def _result(self, per_query: list[tuple[np.ndarray, np.ndarray]]) -> SearchResult:
-        scores = np.stack([s for s, _ in per_query]).astype(np.float32)
-        slots = np.stack([d for _, d in per_query])
-        return SearchResult(ids=self.ids_of(slots), scores=scores)
+    def _search_one(self, snap: _Snapshot, Q: np.ndarray, k: int, p: SearchParams):
+        """Each segment's staged top-k (one shared stage 0, its own tombstones), merged by exact score."""
+        if not snap.segments:
+            return np.zeros(0, np.float32), np.zeros(0, np.int64)
+        S = self.backend.centroid_scores(snap.codec.centroids, Q)
+        parts = [staged_search(Q, k, p, seg.data, self.backend, S=S, deleted=seg.deleted) for seg in snap.segments]
+        scores = np.concatenate([s for s, _ in parts])
+        positions = np.concatenate([slots + base for (_, slots), base in zip(parts, snap.bases)])
+        return top_k(scores, positions, k)
 
     def search(self, Q, k: int = 10, params: SearchParams | None = None, query_lengths=None) -> SearchResult:
-        """Top-``k`` documents by approximate-then-exact MaxSim (PLAID's four stages).
+        """Top-``k`` live documents by approximate-then-exact MaxSim (PLAID's four stages).
 
         Args:
             Q: ``[q_len, dim]`` (one query), ``[n_q, q_len, dim]`` or a list of ``[q_len_i, dim]`` arrays.
-            k: results per query. If the index holds fewer than ``k`` documents, all of them are
+            k: results per query. If the index holds fewer than ``k`` live documents, all of them are
                 returned and the result has that many columns (no padding).
             params: :class:`SearchParams`; unset fields follow the PLAID defaults for ``k``.
             query_lengths: for a padded 3-D ``Q``, the real length of each query or a boolean mask
                 ``[n_q, q_len]`` (queries need not be padded with [MASK] tokens).
 
+        Each segment is searched with the same parameters and its top-``k`` merged by exact score.
         A batch runs its queries in parallel, one per Numba thread (``numba.set_num_threads``), each
         query's kernels single-threaded; a single query spreads its kernels over the threads instead.
         """
         k = check_k(k)
-        data = self._d
-        queries = normalize_queries(Q, self.dim, query_lengths)
+        snap = self._s
+        queries = normalize_queries(Q, snap.codec.dim, query_lengths)
         p = (params or SearchParams()).resolved(k)
         n_workers = min(len(queries), numba.get_num_threads()) if self.backend.name == "numba" else 1
         if n_workers <= 1:
-            return self._result([staged_search(q, k, p, data, self.backend) for q in queries])
+            return snap.result([self._search_one(snap, q, k, p) for q in queries])
 
         def one(q: np.ndarray):
             numba.set_num_threads(1)  # thread-local: this worker's kernels stay on its own core
-            return staged_search(q, k, p, data, self.backend)
+            return self._search_one(snap, q, k, p)
 
         # the kernels release the GIL (nogil=True); BLAS (stage 0) stays on the calling worker's core
         with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(n_workers) as pool:
-            return self._result(list(pool.map(one, queries)))
+            return snap.result(list(pool.map(one, queries)))
 
     def search_exact(self, Q, k: int = 10, query_lengths=None) -> SearchResult:
-        """Brute-force MaxSim over every decompressed document (the ground truth of :meth:`search`)."""
+        """Brute-force MaxSim over every decompressed live document (the ground truth of :meth:`search`)."""
         k = check_k(k)
-        data = self._d
-        queries = normalize_queries(Q, self.dim, query_lengths)
-        codec = data.codec
+        snap = self._s
+        queries = normalize_queries(Q, snap.codec.dim, query_lengths)
+        best = [(np.zeros(0, np.float32), np.zeros(0, np.int64)) for _ in queries]
+        for seg, base in zip(snap.segments, snap.bases):
+            data = seg.data
 
-        def chunk(lo: int, hi: int) -> np.ndarray:
-            return codec.decompress(data.codes[lo:hi], data.residuals[lo:hi], self.backend)
+            def chunk(lo: int, hi: int, data=data) -> np.ndarray:
+                return data.codec.decompress(data.codes[lo:hi], data.residuals[lo:hi], self.backend)
 
-        return self._result(brute_force(queries, data.offsets, chunk, k, self.backend.segment_max_sum))
+            # the top k + (deleted) of the segment holds its top k live documents
+            found = brute_force(queries, data.offsets, chunk, k + seg.n_deleted, self.backend.segment_max_sum)
+            for i, (scores, slots) in enumerate(found):
+                if seg.deleted is not None:
+                    keep = ~seg.deleted[slots]
+                    scores, slots = scores[keep][:k], slots[keep][:k]
+                best[i] = top_k(np.concatenate([best[i][0], scores]), np.concatenate([best[i][1], slots + base]), k)
+        return snap.result(best)
+
+    # ------------------------------------------------------------------ writes
+    @contextlib.contextmanager
+    def _writing(self):
+        """Hold the writer lock and move to the newest committed version: writes apply to it."""
+        if self._snap is None:
+            raise ValueError("index is closed")
+        with storage.WriterLock(self.path):
+            self._snap = self._read_snapshot(self._snap)
+            yield self._snap
+
+    def _commit(self, snap: _Snapshot, manifest: dict) -> _Snapshot:
+        """Make ``manifest`` (whose new files are written and synced) the next version, then remove
+        what neither it nor the version before it uses: a reader that read the previous manifest
+        can still open its files."""
+        manifest["generation"] = snap.generation + 1
+        storage.fsync_path(self.path)  # the entries of new segment directories and tombstone files
+        storage.write_manifest(self.path, manifest)
+        storage.remove_unreferenced(self.path, storage.referenced(manifest) | storage.referenced(snap.manifest))
+        self._snap = self._read_snapshot(snap)
+        return self._snap
+
+    def _next_manifest(self, snap: _Snapshot, segments: list[dict], **changes) -> dict:
+        m = copy.deepcopy(snap.manifest)
+        m.pop("upgraded_from", None)
+        m.update(changes, segments=segments)
+        m["n_docs"] = sum(s["n_docs"] - (s["deleted"] or {}).get("count", 0) for s in segments)  # live
+        m["n_tokens"] = sum(s["n_tokens"] for s in segments)  # stored, deleted documents' included
+        if m.get("uuid") is None:
+            m["uuid"] = uuid.uuid4().hex
+        return m
+
+    def _tombstone(self, snap: _Snapshot, positions: np.ndarray, generation: int) -> list[dict]:
+        """Segment entries with ``positions`` deleted: new tombstone files; fully deleted segments dropped."""
+        entries = [copy.deepcopy(s.entry) for s in snap.segments]
+        for i, slots in snap.locate(np.unique(positions)):
+            seg = snap.segments[i]
+            deleted = ~seg.live()
+            deleted[slots] = True
+            if deleted.all():
+                entries[i] = None
+            else:
+                entries[i]["deleted"] = seg_files.save_tombstones(self.path, seg.id, generation, deleted)
+        return [e for e in entries if e is not None]
+
+    def _new_segment(self, snap: _Snapshot, doc_embeddings, doc_ids, doc_lengths, progress, replace: bool):
+        """Encode documents into a new segment with the index's codebook. Returns its entry, the positions
+        of live documents it replaces (upsert) and the manifest's next ``next_id``."""
+        seg_id = int(snap.manifest["next_segment"])
+        name = seg_files.segment_name(seg_id)
+        seg_dir = seg_files.fresh_dir(self.path, name)
+        try:
+            spill, doclens = spill_documents(doc_embeddings, doc_lengths, seg_dir / "spill.f16", _progress(progress))
+            if spill.shape[1] != snap.codec.dim:
+                raise ValueError(f"documents have dim {spill.shape[1]}, the index has dim {snap.codec.dim}")
+            ids = normalize_doc_ids(doc_ids, len(doclens))
+            next_id = snap.manifest.get("next_id")
+            if snap.id_type == "int" and next_id is None:  # an index upgraded from format 1
+                next_id = max([s.ids.max() + 1 for s in snap.segments] + [0])
+            replaced = np.zeros(0, np.int64)
+            if ids is None:
+                if snap.id_type == "str" or replace:
+                    raise ValueError("upsert() needs doc_ids" if replace else "this index has string ids: pass doc_ids")
+                ids, next_id = next_id, next_id + len(doclens)
+            else:
+                if (snap.id_type == "str") != isinstance(ids, list):
+                    kind = "string" if snap.id_type == "str" else "integer"
+                    raise TypeError(f"this index has {kind} ids; doc_ids must be {kind}s too")
+                pos = snap.lookup(ids)
+                replaced = pos[pos >= 0]
+                if len(replaced) and not replace:
+                    some = np.asarray(ids)[pos >= 0][:5].tolist()
+                    raise ValueError(
+                        f"{len(replaced)} id(s) already in the index (e.g. {some}); use upsert() to replace them"
+                    )
+                if snap.id_type == "int" and len(ids):
+                    next_id = max(next_id, int(ids.max()) + 1)
+            entry = seg_files.write_segment(
+                self.path, seg_id, spill, doclens, ids, snap.codec, self.backend, _progress(progress)
+            )
+        except BaseException:
+            shutil.rmtree(seg_dir, ignore_errors=True)
+            raise
+        return entry, replaced, next_id
+
+    def _add(self, op: str, doc_embeddings, doc_ids, doc_lengths, progress) -> CommitInfo:
+        t0 = time.perf_counter()
+        with self._writing() as snap:
+            entry, replaced, next_id = self._new_segment(
+                snap, doc_embeddings, doc_ids, doc_lengths, progress, replace=op == "upsert"
+            )
+            kept = self._tombstone(snap, replaced, snap.generation + 1)
+            m = self._next_manifest(snap, kept + [entry], next_id=next_id, next_segment=entry["id"] + 1, last_op=op)
+            new = self._commit(snap, m)
+        return CommitInfo(
+            op,
+            new.generation,
+            docs_added=entry["n_docs"],
+            docs_deleted=len(replaced),
+            tokens_added=entry["n_tokens"],
+            seconds=time.perf_counter() - t0,
+            drift=entry["drift"]["outside"],
+            drift_expected=1 / 2**snap.codec.nbits,
+        )
+
+    def add(self, doc_embeddings, doc_ids=None, *, doc_lengths=None, progress: bool | None = None) -> CommitInfo:
+        """Encode new documents with the index's codebook into a new segment and commit it.
+
+        ``doc_embeddings`` / ``doc_lengths`` take the forms :meth:`build` takes. ``doc_ids``: ids that are
+        not live in the index (``ValueError`` otherwise; :meth:`upsert` replaces); for an index of integer
+        ids they default to the next unused integers. Searches of this object see the documents on return;
+        other readers after :meth:`refresh`. The returned :class:`CommitInfo` reports the drift.
+        """
+        return self._add("add", doc_embeddings, doc_ids, doc_lengths, progress)
+
+    def upsert(self, doc_embeddings, doc_ids, *, doc_lengths=None, progress: bool | None = None) -> CommitInfo:
+        """Add documents, replacing the live documents with the same ids: delete + add in one commit."""
+        return self._add("upsert", doc_embeddings, doc_ids, doc_lengths, progress)
+
+    def delete(self, doc_ids, *, missing_ok: bool = False) -> CommitInfo:
+        """Delete documents by external id (one id or an iterable) and commit. Deleted documents are never
+        returned again; their space is reclaimed by :meth:`compact`. Ids that are not live raise
+        ``KeyError`` naming them, unless ``missing_ok``; if nothing is left to delete nothing is committed."""
+        t0 = time.perf_counter()
+        with self._writing() as snap:
+            ids = _as_id_list(doc_ids, snap.id_type)
+            pos = snap.lookup(ids)
+            if (pos < 0).any() and not missing_ok:
+                missing = np.asarray(ids)[pos < 0].tolist()
+                more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+                raise KeyError(
+                    f"{len(missing)} id(s) not in the index: {missing[:10]}{more} (missing_ok=True ignores them)"
+                )
+            pos = np.unique(pos[pos >= 0])
+            if not len(pos):
+                return CommitInfo("delete", snap.generation, seconds=time.perf_counter() - t0)
+            segments = self._tombstone(snap, pos, snap.generation + 1)
+            new = self._commit(snap, self._next_manifest(snap, segments, last_op="delete"))
+        return CommitInfo("delete", new.generation, docs_deleted=len(pos), seconds=time.perf_counter() - t0)
+
+    def compact(
+        self,
+        *,
+        retrain: bool = False,
+        n_centroids: int | None = None,
+        kmeans_iters: int = 4,
+        seed: int = 0,
+        progress: bool | None = None,
+    ) -> CommitInfo:
+        """Merge all segments into one without the deleted documents (the IVF is rebuilt at open) and commit.
+
+        Codes and residuals are copied as they are, so search results do not change. ``retrain=True``
+        re-runs k-means and the bucket tables on the live documents (``n_centroids`` defaults to the
+        build rule for their token count) and re-encodes every token with the new codebook. The index
+        keeps no raw embeddings, so it learns from the decompressed tokens: a second quantisation of
+        data already quantised (a rebuild from the raw embeddings is better when they are at hand).
+        Nothing is committed when there is one segment, nothing deleted and no ``retrain``.
+        """
+        t0 = time.perf_counter()
+        with self._writing() as snap:
+            segs = snap.segments
+            if not segs or (not retrain and len(segs) == 1 and segs[0].n_deleted == 0):
+                return CommitInfo("compact", snap.generation, seconds=time.perf_counter() - t0)
+            seg_id, gen = int(snap.manifest["next_segment"]), snap.generation + 1
+            changes = {"next_segment": seg_id + 1, "last_op": "compact"}
+            if retrain:
+                seg_dir = seg_files.fresh_dir(self.path, seg_files.segment_name(seg_id))
+                spill, doclens, ids = seg_files.spill_live(segs, self.backend, seg_dir / "spill.f16")
+                n_tok = spill.shape[0]
+                K = default_n_centroids(n_tok, self.dim, self.nbits) if n_centroids is None else int(n_centroids)
+                codec = _train_codec(
+                    spill, _check_k_centroids(K, n_tok), self.nbits, kmeans_iters, seed, self.codec.normalize
+                )
+                changes.update(
+                    n_centroids=K, codebook=seg_files.save_codebook(self.path, seg_files.codebook_name(gen), codec)
+                )
+                entry = seg_files.write_segment(
+                    self.path, seg_id, spill, doclens, ids, codec, self.backend, _progress(progress)
+                )
+            else:
+                entry = seg_files.write_merged(self.path, seg_id, segs, snap.codec)
+            removed = sum(s.n_deleted for s in segs)
+            new = self._commit(snap, self._next_manifest(snap, [entry], **changes))
+        return CommitInfo("compact", new.generation, docs_deleted=removed, seconds=time.perf_counter() - t0)

@@ -1,33 +1,60 @@
-"""On-disk format: a directory of plain ``.npy`` arrays plus ``manifest.json``.
+"""On-disk format: ``manifest.json`` listing plain ``.npy`` arrays, and the writer's lock.
 
-Writes happen in a hidden temporary directory beside the target that is renamed into place at the
-end, so a crash never leaves a half-written index that opens. :func:`load_manifest` and
-:func:`load_array` validate everything they hand on and raise :class:`IndexFormatError`.
+Format version 2 (see the README): one shared codebook plus immutable segments, each file named in
+the manifest by a path relative to the index directory. Version 1 (one set of arrays at the top level)
+is still read, as an index of one segment. A change writes new files, fsyncs them, then commits by
+atomically replacing the manifest; :func:`load_manifest` and :func:`load_entry` validate everything
+they hand on and raise :class:`IndexFormatError`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import hashlib
 import json
 import os
 import shutil
+import socket
+import time
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Iterable, Iterator
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
 FORMAT_NAME = "colbert_index"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READ_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
+LOCK = "write.lock"
 # Every file's sha256 is in the manifest; files up to this size are checked at every open,
 # larger ones (codes, residuals of big indexes) only with ``verify=True``.
 CHECKSUM_MAX_BYTES = 64 << 20
+# Names this package writes at the top of an index directory (besides the manifest and the lock);
+# only these are ever removed by :func:`remove_unreferenced`.
+_OWNED_PREFIXES = ("seg-", "del-", "codebook-")
+V1_FILES = (
+    "centroids",
+    "centroid_scales",
+    "bucket_cutoffs",
+    "bucket_weights",
+    "doclens",
+    "codes",
+    "residuals",
+    "doc_ids",
+    "doc_id_bytes",
+    "doc_id_offsets",
+)
 
 
 class IndexFormatError(ValueError):
     """The index directory is missing, truncated, corrupted or of an unknown format version."""
+
+
+class IndexLockedError(RuntimeError):
+    """Another writer holds the index's lock; only one writer at a time may change an index."""
 
 
 def _sha256(path: Path) -> str:
@@ -38,7 +65,8 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _fsync(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """fsync a file or a directory (its entries) by path."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -46,29 +74,39 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def save_array(directory: Path, name: str, array: np.ndarray) -> dict:
-    """Write ``name.npy`` and return its manifest entry (shape, dtype, size, sha256)."""
-    path = directory / f"{name}.npy"
-    np.save(path, np.ascontiguousarray(array))
-    return file_entry(directory, name)
+def sync_tree(directory: Path) -> None:
+    """fsync every file directly in ``directory``, then the directory itself (its entries)."""
+    for f in directory.iterdir():
+        if f.is_file():
+            fsync_path(f)
+    fsync_path(directory)
 
 
-def file_entry(directory: Path, name: str) -> dict:
-    """Manifest entry of an ``.npy`` already written in ``directory`` (e.g. through ``open_memmap``)."""
-    path = directory / f"{name}.npy"
+def save_array(root: Path, relpath: str, array: np.ndarray) -> dict:
+    """Write ``root / relpath`` (an ``.npy``) and return its manifest entry (path, shape, dtype, size, sha256)."""
+    np.save(root / relpath, np.ascontiguousarray(array))
+    return file_entry(root, relpath)
+
+
+def file_entry(root: Path, relpath: str) -> dict:
+    """Manifest entry of an ``.npy`` already written under ``root`` (e.g. through ``open_memmap``)."""
+    path = root / relpath
     arr = np.load(path, mmap_mode="r")
-    entry = {"shape": list(arr.shape), "dtype": arr.dtype.str, "bytes": path.stat().st_size}
+    entry = {"path": relpath, "shape": list(arr.shape), "dtype": arr.dtype.str, "bytes": path.stat().st_size}
     del arr
     entry["sha256"] = _sha256(path)
     return entry
 
 
 def write_manifest(directory: Path, manifest: dict) -> None:
-    manifest = {"format": FORMAT_NAME, "version": FORMAT_VERSION, **manifest}
+    """Commit point: write the manifest to a temporary name, fsync it, rename it over ``manifest.json``
+    (atomic) and fsync the directory, so the rename itself survives a power cut."""
+    manifest = {**manifest, "format": FORMAT_NAME, "version": FORMAT_VERSION}
     tmp = directory / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
-    _fsync(tmp)
+    fsync_path(tmp)
     os.replace(tmp, directory / MANIFEST)
+    fsync_path(directory)
 
 
 @contextlib.contextmanager
@@ -85,8 +123,10 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterat
     tmp.mkdir()
     try:
         yield tmp
-        for f in tmp.iterdir():
-            _fsync(f)
+        for sub in tmp.iterdir():
+            if sub.is_dir():
+                sync_tree(sub)
+        sync_tree(tmp)
         if path.exists():
             trash = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
             os.replace(path, trash)
@@ -94,12 +134,14 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterat
             shutil.rmtree(trash, ignore_errors=True)
         else:
             os.replace(tmp, path)
+        fsync_path(path.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
 def load_manifest(path: str | os.PathLike) -> dict:
+    """Read and check ``manifest.json``; a version 1 manifest is returned converted to version 2."""
     path = Path(path)
     if not path.is_dir():
         raise IndexFormatError(f"{path}: no index directory here (build one with Index.build)")
@@ -112,22 +154,73 @@ def load_manifest(path: str | os.PathLike) -> dict:
         raise IndexFormatError(f"{mpath}: unreadable JSON ({e})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         raise IndexFormatError(f"{mpath}: not a {FORMAT_NAME} manifest")
-    if manifest.get("version") != FORMAT_VERSION:
+    if manifest.get("version") not in READ_VERSIONS:
         raise IndexFormatError(
-            f"{mpath}: format version {manifest.get('version')!r}, this build reads version {FORMAT_VERSION}"
+            f"{mpath}: format version {manifest.get('version')!r}, this build reads versions "
+            f"{', '.join(map(str, READ_VERSIONS))} (a newer colbert_index wrote it?)"
         )
+    if manifest["version"] == 1:
+        manifest = _upgrade_v1(manifest, mpath)
     return manifest
 
 
-def load_array(path: Path, manifest: dict, name: str, mmap: bool = True, verify: bool = False) -> np.ndarray:
-    """Load ``name.npy`` and check it against its manifest entry (size, checksum, shape, dtype).
+def _upgrade_v1(m: dict, mpath: Path) -> dict:
+    """A version 1 manifest (one set of arrays at the top level) as the version 2 manifest of one segment
+    whose files stay where they are. Nothing is rewritten; the first commit writes this as version 2."""
+    files = m.get("files")
+    if not isinstance(files, dict):
+        raise IndexFormatError(f"{mpath}: invalid field ('files')")
+
+    def entry(name):
+        if not isinstance(files.get(name), dict):
+            raise IndexFormatError(f"{mpath}: no entry for {name}.npy")
+        return {**files[name], "path": f"{name}.npy"}
+
+    id_type = m.get("id_type")
+    id_files = {"range": (), "int": ("doc_ids",), "str": ("doc_id_bytes", "doc_id_offsets")}.get(id_type)
+    if id_files is None:
+        raise IndexFormatError(f"{mpath}: unknown id_type {id_type!r}")
+    segment = {
+        "id": 0,
+        "n_docs": m.get("n_docs"),
+        "n_tokens": m.get("n_tokens"),
+        "id_type": id_type,
+        "id_start": 0,
+        "files": {name: entry(name) for name in ("doclens", "codes", "residuals", *id_files)},
+        "deleted": None,
+    }
+    out = {k: v for k, v in m.items() if k not in ("files", "id_type")}
+    out.update(
+        version=2,
+        upgraded_from=1,
+        uuid=None,
+        generation=0,
+        id_type="str" if id_type == "str" else "int",
+        next_id=None,  # computed from the ids at open
+        next_segment=1,
+        codebook={name: entry(name) for name in ("centroids", "centroid_scales", "bucket_cutoffs", "bucket_weights")},
+        segments=[segment],
+    )
+    return out
+
+
+def check_relpath(root: Path, relpath) -> Path:
+    """``root / relpath`` for a manifest path, refusing absolute paths and ``..`` (a manifest names
+    files inside its own directory only)."""
+    p = PurePosixPath(relpath) if isinstance(relpath, str) else None
+    if p is None or p.is_absolute() or ".." in p.parts or not p.parts:
+        raise IndexFormatError(f"{root / MANIFEST}: invalid file path {relpath!r}")
+    return root / p
+
+
+def load_entry(root: Path, entry, mmap: bool = True, verify: bool = False, name: str = "?") -> np.ndarray:
+    """Load the ``.npy`` a manifest entry names and check it (size, checksum, shape, dtype).
 
     The sha256 is checked for files up to :data:`CHECKSUM_MAX_BYTES`, and for all with ``verify=True``.
     """
-    fpath = path / f"{name}.npy"
-    entry = manifest.get("files", {}).get(name)
     if not isinstance(entry, dict):
-        raise IndexFormatError(f"{path / MANIFEST}: no entry for {fpath.name}")
+        raise IndexFormatError(f"{root / MANIFEST}: no entry for {name}.npy")
+    fpath = check_relpath(root, entry.get("path"))
     if not fpath.is_file():
         raise IndexFormatError(f"{fpath}: missing")
     size = fpath.stat().st_size
@@ -145,3 +238,74 @@ def load_array(path: Path, manifest: dict, name: str, mmap: bool = True, verify:
             f"{entry.get('shape')} {entry.get('dtype')}"
         )
     return arr
+
+
+def referenced(manifest: dict) -> set[str]:
+    """Top-level names (files or directories) of an index directory that ``manifest`` uses."""
+    entries = list(manifest.get("codebook", {}).values())
+    for seg in manifest.get("segments", []):
+        entries += list(seg.get("files", {}).values())
+        if seg.get("deleted"):
+            entries.append(seg["deleted"])
+    return {PurePosixPath(e["path"]).parts[0] for e in entries}
+
+
+def remove_unreferenced(root: Path, keep: Iterable[str]) -> list[str]:
+    """Delete what this package wrote in ``root`` that no name in ``keep`` covers: segments, codebooks and
+    tombstones of older generations, and leftovers of interrupted writes. Returns the removed names.
+    Call it only while holding the writer lock."""
+    keep = set(keep)
+    removed = []
+    for p in root.iterdir():
+        name = p.name
+        owned = name.startswith(_OWNED_PREFIXES) or name == MANIFEST + ".tmp" or name in {f"{n}.npy" for n in V1_FILES}
+        if owned and name not in keep:
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+            removed.append(name)
+    return removed
+
+
+class WriterLock:
+    """An exclusive, non-blocking ``flock`` on ``<index>/write.lock`` for the duration of one write.
+
+    The kernel releases it when the holder exits or dies, so a crash never leaves a stale lock. The
+    holder writes its pid, host and start time into the file for the error a second writer gets.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.path = Path(directory) / LOCK
+        self._fd: int | None = None
+
+    def __enter__(self) -> WriterLock:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
+            os.close(fd)
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            try:
+                info = json.loads(holder)
+                who = f"pid {info['pid']} on {info['host']}, since {info['since']}"
+            except (ValueError, KeyError, TypeError):
+                who = "holder unknown"
+            raise IndexLockedError(
+                f"{self.path.parent}: another writer holds {self.path.name} ({who}); an index takes one "
+                "writer at a time: retry when it has finished (readers are never blocked)"
+            ) from None
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)

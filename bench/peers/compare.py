@@ -225,6 +225,7 @@ def measure(args: argparse.Namespace, data: Path, index_root: Path, gt: np.ndarr
             res = run_engine(engine, "search", data, index_root / engine, args.nbits, args.k, args.threads)
             ids = np.asarray(res.pop("ids"))
             res.pop("times_ms")
+            res.pop("cpu_ms", None)
             res.update(
                 waited_s=waited,
                 recall10=round(recall_at(ids, gt, args.k), 4),
@@ -233,7 +234,8 @@ def measure(args: argparse.Namespace, data: Path, index_root: Path, gt: np.ndarr
             )
             row[engine] = res
             log(
-                f"round {r + 1}: {engine} p50 {res['latency']['p50_ms']} ms, R@10 {res['recall10']}, "
+                f"round {r + 1}: {engine} p50 {res['latency']['p50_ms']} ms (CPU {res['cpu_latency']['p50_ms']} ms), "
+                f"R@10 {res['recall10']}, "
                 f"others {res['others_cpu_cores']}"
             )
         rounds.append({"order": order, "engines": row})
@@ -268,6 +270,9 @@ def summarize(engines: list[str], builds: dict, rounds: list) -> dict:
             "p50_ms": round(float(np.median([x["latency"]["p50_ms"] for x in per])), 3),
             "p95_ms": round(float(np.median([x["latency"]["p95_ms"] for x in per])), 3),
             "p50_ms_rounds": [x["latency"]["p50_ms"] for x in per],
+            "cpu_p50_ms": round(float(np.median([x["cpu_latency"]["p50_ms"] for x in per])), 3),
+            "cpu_p95_ms": round(float(np.median([x["cpu_latency"]["p95_ms"] for x in per])), 3),
+            "cpu_p50_ms_rounds": [x["cpu_latency"]["p50_ms"] for x in per],
             "recall10": per[0]["recall10"],
             "mrr10": per[0]["mrr10"],
             "same_ids_every_round": len({x["ids_digest"] for x in per}) == 1,
@@ -276,11 +281,10 @@ def summarize(engines: list[str], builds: dict, rounds: list) -> dict:
         }
     if "ours" in out:
         for e in engines:
-            ratios = [
-                rd["engines"][e]["latency"]["p50_ms"] / rd["engines"]["ours"]["latency"]["p50_ms"] for rd in rounds
-            ]
-            out[e]["p50_over_ours_rounds"] = [round(x, 2) for x in ratios]
-            out[e]["p50_over_ours"] = round(float(np.median(ratios)), 2)
+            for kind, prefix in (("latency", ""), ("cpu_latency", "cpu_")):
+                ratios = [rd["engines"][e][kind]["p50_ms"] / rd["engines"]["ours"][kind]["p50_ms"] for rd in rounds]
+                out[e][f"{prefix}p50_over_ours_rounds"] = [round(x, 2) for x in ratios]
+                out[e][f"{prefix}p50_over_ours"] = round(float(np.median(ratios)), 2)
     return out
 
 
@@ -299,17 +303,19 @@ def render_markdown(res: dict) -> str:
         f"{env['loadavg_start']} at start, {res['loadavg_end']} at end; wall time {res['wall_s']} s.",
         "",
         "| engine | version (torch) | build s | K | B/token | R@10 vs exact raw | MRR@10 | p50 ms | p95 ms "
-        "| p50 / ours | p50 per round | other load (max) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
+        "| CPU p50 ms | CPU p95 ms | p50 / ours | CPU p50 / ours | p50 per round | other load (max) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
     for e, x in s.items():
         version = ", ".join(f"{k} {v}" for k, v in x["version"].items()) or "-"
         torch_v = f" (torch {x['torch']})" if x["torch"] else ""
         reused = " (cached)" if res["builds"][e].get("reused") else ""
         ratio = f"{x['p50_over_ours']}x" if "p50_over_ours" in x else "n/a"
+        cpu_ratio = f"{x['cpu_p50_over_ours']}x" if "cpu_p50_over_ours" in x else "n/a"
         lines.append(
             f"| {LABELS[e]} | {version}{torch_v} | {x['build_s']}{reused} | {x['K'] or 'n/a'} | "
-            f"{x['bytes_per_token']} | {x['recall10']} | {x['mrr10']} | {x['p50_ms']} | {x['p95_ms']} | {ratio} | "
+            f"{x['bytes_per_token']} | {x['recall10']} | {x['mrr10']} | {x['p50_ms']} | {x['p95_ms']} | "
+            f"{x['cpu_p50_ms']} | {x['cpu_p95_ms']} | {ratio} | {cpu_ratio} | "
             f"{' / '.join(str(v) for v in x['p50_ms_rounds'])} | {x['others_cpu_cores_max']} |"
         )
     ok = all(x["same_ids_every_round"] for x in s.values())

@@ -708,22 +708,27 @@ class Index:
                 return CommitInfo("compact", snap.generation, seconds=time.perf_counter() - t0)
             seg_id, gen = int(snap.manifest["next_segment"]), snap.generation + 1
             changes = {"next_segment": seg_id + 1, "last_op": "compact"}
-            if retrain:
-                seg_dir = seg_files.fresh_dir(self.path, seg_files.segment_name(seg_id))
-                spill, doclens, ids = seg_files.spill_live(segs, self.backend, seg_dir / "spill.f16")
-                n_tok = spill.shape[0]
-                K = default_n_centroids(n_tok, self.dim, self.nbits) if n_centroids is None else int(n_centroids)
-                codec = _train_codec(
-                    spill, _check_k_centroids(K, n_tok), self.nbits, kmeans_iters, seed, self.codec.normalize
-                )
-                changes.update(
-                    n_centroids=K, codebook=seg_files.save_codebook(self.path, seg_files.codebook_name(gen), codec)
-                )
-                entry = seg_files.write_segment(
-                    self.path, seg_id, spill, doclens, ids, codec, self.backend, _progress(progress)
-                )
-            else:
-                entry = seg_files.write_merged(self.path, seg_id, segs, snap.codec)
+            new_files = [self.path / seg_files.segment_name(seg_id), self.path / seg_files.codebook_name(gen)]
+            try:
+                if retrain:
+                    seg_dir = seg_files.fresh_dir(self.path, seg_files.segment_name(seg_id))
+                    spill, doclens, ids = seg_files.spill_live(segs, self.backend, seg_dir / "spill.f16")
+                    n_tok = spill.shape[0]
+                    K = default_n_centroids(n_tok, self.dim, self.nbits) if n_centroids is None else int(n_centroids)
+                    codec = _train_codec(
+                        spill, _check_k_centroids(K, n_tok), self.nbits, kmeans_iters, seed, self.codec.normalize
+                    )
+                    codebook = seg_files.save_codebook(self.path, seg_files.codebook_name(gen), codec)
+                    changes.update(n_centroids=K, codebook=codebook)
+                    entry = seg_files.write_segment(
+                        self.path, seg_id, spill, doclens, ids, codec, self.backend, _progress(progress)
+                    )
+                else:
+                    entry = seg_files.write_merged(self.path, seg_id, segs, snap.codec)
+            except BaseException:
+                for d in new_files:
+                    shutil.rmtree(d, ignore_errors=True)
+                raise
             removed = sum(s.n_deleted for s in segs)
             new = self._commit(snap, self._next_manifest(snap, [entry], **changes))
         return CommitInfo("compact", new.generation, docs_deleted=removed, seconds=time.perf_counter() - t0)

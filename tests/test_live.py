@@ -245,6 +245,8 @@ def test_add_rejects_bad_input_and_leaves_nothing(live):
         idx.add([np.full((2, 48), np.nan, np.float32)])
     with pytest.raises(ValueError, match="duplicate"):
         idx.add(_docs(rng, 2), [50, 50])
+    with pytest.raises(ValueError, match="n_centroids must be in"):
+        idx.compact(retrain=True, n_centroids=10**6)
     assert sorted(p.name for p in idx.path.iterdir()) == sorted(before + ["write.lock"]) and idx.generation == 0
     idx.close()
     with pytest.raises(ValueError, match="closed"):

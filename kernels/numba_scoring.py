@@ -14,6 +14,7 @@ from numba import njit, prange
 
 from .numba_codec import decompress_range, decompress_token
 from .numba_ivf import probed_centroids
+from .numba_prefetch import prefetch_candidate
 
 _BLOCK = 32  # documents per parallel work item
 
@@ -34,6 +35,7 @@ def centroid_interaction(centroid_scores, codes, offsets, candidates, threshold)
     for blk in prange(nblocks):
         best = np.empty(q_len, dtype=np.float32)
         for i in range(blk * _BLOCK, min(n, (blk + 1) * _BLOCK)):
+            prefetch_candidate(offsets, candidates, i, codes, 1)
             d = candidates[i]
             for q in range(q_len):
                 best[q] = -np.inf
@@ -63,6 +65,7 @@ def refined_interaction(Q, centroid_scores, cells, codes, packed, offsets, candi
         vec = np.empty((1, dim), dtype=np.float32)
         best = np.empty(q_len, dtype=np.float32)
         for i in range(blk * _BLOCK, min(n, (blk + 1) * _BLOCK)):
+            prefetch_candidate(offsets, candidates, i, codes, 1)
             d = candidates[i]
             if offsets[d + 1] == offsets[d]:
                 continue
@@ -92,6 +95,8 @@ def refined_interaction(Q, centroid_scores, cells, codes, packed, offsets, candi
 @njit(cache=True, nogil=True, parallel=True, fastmath=True)
 def exact_maxsim(Q, codes, packed, offsets, candidates, centroids, table, normalize):
     q_len, dim = Q.shape
+    nbytes = packed.shape[1]
+    flat = packed.reshape(packed.shape[0] * nbytes)  # 1-D view for the prefetch
     n = candidates.shape[0]
     out = np.zeros(n, dtype=np.float32)
     longest = 0
@@ -102,6 +107,7 @@ def exact_maxsim(Q, codes, packed, offsets, candidates, centroids, table, normal
         doc = np.empty((longest, dim), dtype=np.float32)
         best = np.empty(q_len, dtype=np.float32)
         for i in range(blk * _BLOCK, min(n, (blk + 1) * _BLOCK)):
+            prefetch_candidate(offsets, candidates, i, flat, nbytes)
             d = candidates[i]
             lo, hi = offsets[d], offsets[d + 1]
             if hi == lo:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
 # PLAID's defaults by k: (max k, nprobe, centroid_score_threshold, ndocs)
 _DEFAULTS = ((10, 1, 0.5, 256), (100, 2, 0.45, 1024))
+_NDOCS_SCALE_FROM = 62_500  # documents up to which the default ndocs is PLAID's
 
 
 @dataclass(frozen=True)
@@ -18,7 +20,9 @@ class SearchParams:
     nprobe: centroids probed per query token (stage 1).
     centroid_score_threshold: stage 2 ignores doc tokens whose centroid scores below this for every
         query token.
-    ndocs: candidates kept after stage 2; stage 3 keeps ``ndocs // 4`` for the exact rerank.
+    ndocs: candidates kept after stage 2; stage 3 keeps ``ndocs // 4`` for the exact rerank. Unset, it
+        is PLAID's value for ``k`` up to 62,500 documents and grows with the square root of the number
+        of documents beyond (:meth:`default_ndocs`): the probe reaches that many more candidates.
     """
 
     nprobe: int | None = None
@@ -27,25 +31,37 @@ class SearchParams:
 
     @staticmethod
     def defaults(k: int) -> SearchParams:
+        """PLAID's table (what :meth:`default_ndocs` scales for large indexes)."""
         for max_k, nprobe, thr, ndocs in _DEFAULTS:
             if k <= max_k:
                 return SearchParams(nprobe, thr, ndocs)
         return SearchParams(4, 0.4, max(4 * k, 4096))
 
+    @staticmethod
+    def default_ndocs(k: int, n_docs: int) -> int:
+        """PLAID's ``ndocs`` for ``k``, times ``sqrt(n_docs / 62,500)`` when that is above 1.
+
+        The default K grows with the square root of the corpus, so one probed cell, and the candidate
+        list, grows with it too: 1M passages reach ~28k candidates at nprobe=1 (10k: ~2.5k), and
+        keeping 256 of them lost 5% of recall@10 vs exact (0.905 -> 0.95 with 1024; bench/RESULTS.md).
+        """
+        scale = max(1.0, math.sqrt(n_docs / _NDOCS_SCALE_FROM))
+        return int(round(SearchParams.defaults(k).ndocs * scale / 32)) * 32
+
     def resolved(self, k: int) -> SearchParams:
-        """A copy with every ``None`` filled from :meth:`defaults` (never mutates ``self``)."""
+        """A copy with ``nprobe`` and the threshold filled from :meth:`defaults` (never mutates ``self``).
+
+        ``ndocs`` stays ``None`` when unset: the search sizes it for the index it searches.
+        """
         d = SearchParams.defaults(k)
-        p = replace(
-            d,
-            **{
-                f: getattr(self, f)
-                for f in ("nprobe", "centroid_score_threshold", "ndocs")
-                if getattr(self, f) is not None
-            },
+        p = SearchParams(
+            d.nprobe if self.nprobe is None else self.nprobe,
+            d.centroid_score_threshold if self.centroid_score_threshold is None else self.centroid_score_threshold,
+            self.ndocs,
         )
         if int(p.nprobe) < 1:
             raise ValueError(f"nprobe must be >= 1, got {p.nprobe}")
-        if int(p.ndocs) < 1:
+        if p.ndocs is not None and int(p.ndocs) < 1:
             raise ValueError(f"ndocs must be >= 1, got {p.ndocs}")
         if not np.isfinite(p.centroid_score_threshold):
             raise ValueError(f"centroid_score_threshold must be finite, got {p.centroid_score_threshold}")
@@ -112,11 +128,12 @@ def staged_search(
         if len(cands) >= k or nprobe >= codec.n_centroids:
             break
         nprobe *= 2
-    ndocs = max(params.ndocs, k)
+    ndocs = params.ndocs if params.ndocs is not None else SearchParams.default_ndocs(k, data.n_docs)
+    n_exact = max(ndocs // 4, k)
+    ndocs = max(ndocs, k)
     if len(cands) > ndocs:  # stage 2: centroid interaction with pruning
         approx = backend.centroid_interaction(S, data.codes, data.offsets, cands, params.centroid_score_threshold)
         cands = top_k(approx, cands, ndocs)[1]
-    n_exact = max(params.ndocs // 4, k)
     if len(cands) > n_exact:  # stage 3: centroid interaction without pruning, exact in probed cells
         approx = backend.refined_interaction(
             Q, S, cells, data.codes, data.residuals, data.offsets, cands, codec.centroids, codec.table, codec.normalize

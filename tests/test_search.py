@@ -125,6 +125,14 @@ def test_search_params_defaults_follow_plaid_table():
     assert SearchParams.defaults(100) == SearchParams(2, 0.45, 1024)
     assert SearchParams.defaults(1000) == SearchParams(4, 0.4, 4096)
     assert SearchParams(ndocs=64).resolved(10) == SearchParams(1, 0.5, 64)
+    assert SearchParams().resolved(10) == SearchParams(1, 0.5, None)  # sized per index at search time
+
+
+def test_default_ndocs_grows_with_the_square_root_of_the_corpus():
+    assert SearchParams.default_ndocs(10, 2_000) == SearchParams.default_ndocs(10, 62_500) == 256
+    assert SearchParams.default_ndocs(10, 1_000_000) == 1024
+    assert SearchParams.default_ndocs(100, 1_000_000) == 4096
+    assert 256 < SearchParams.default_ndocs(10, 100_000) < 1024
 
 
 def test_metric_doctests():

@@ -483,14 +483,12 @@ class Index:
 
     # ------------------------------------------------------------------ search
     def _search_one(self, snap: _Snapshot, Q: np.ndarray, k: int, p: SearchParams):
-        """Each segment's staged top-k (one shared stage 0, its own tombstones), merged by exact score."""
+        """All segments as one index: each stage keeps its best candidates across them (their tombstones
+        applied right after the probe)."""
         if not snap.segments:
             return np.zeros(0, np.float32), np.zeros(0, np.int64)
-        S = self.backend.centroid_scores(snap.codec.centroids, Q)
-        parts = [staged_search(Q, k, p, seg.data, self.backend, S=S, deleted=seg.deleted) for seg in snap.segments]
-        scores = np.concatenate([s for s, _ in parts])
-        positions = np.concatenate([slots + base for (_, slots), base in zip(parts, snap.bases)])
-        return top_k(scores, positions, k)
+        datas, deleted = [s.data for s in snap.segments], [s.deleted for s in snap.segments]
+        return staged_search(Q, k, p, datas, self.backend, deleted=deleted)
 
     def search(self, Q, k: int = 10, params: SearchParams | None = None, query_lengths=None) -> SearchResult:
         """Top-``k`` live documents by approximate-then-exact MaxSim (PLAID's four stages).

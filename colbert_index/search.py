@@ -108,12 +108,20 @@ def staged_search(
 ) -> tuple[np.ndarray, np.ndarray]:
     """One query through the four stages; returns ``(scores, slots)`` of length ``min(k, live docs)``.
 
+    ``data``: one index's arrays, or a list of segments' arrays that share one codebook. Segments are
+    searched as one index: every stage keeps its best candidates across all of them, and slot ``s`` of
+    segment ``i`` is returned as ``s`` plus the documents of segments ``0..i-1``.
     ``S``: the query's ``[K, q_len]`` centroid scores, when the caller shares them between indexes of
-    one codebook. ``deleted``: bool ``[n_docs]``, slots that must never be returned; they are dropped
-    right after the probe, so they never take a candidate's place in a later stage.
+    one codebook. ``deleted``: bool ``[n_docs]`` (a list of such or ``None`` with segments), slots that
+    must never be returned; they are dropped right after the probe, so they never take a candidate's
+    place in a later stage.
     """
-    codec = data.codec
-    k = min(k, data.n_docs - (int(np.count_nonzero(deleted)) if deleted is not None else 0))
+    segs = list(data) if isinstance(data, (list, tuple)) else [data]
+    dels = [deleted] if not isinstance(data, (list, tuple)) else (deleted or [None] * len(segs))
+    codec = segs[0].codec
+    bases = np.zeros(len(segs) + 1, dtype=np.int64)
+    np.cumsum([d.n_docs for d in segs], out=bases[1:])
+    k = min(k, int(bases[-1]) - sum(int(np.count_nonzero(x)) for x in dels if x is not None))
     if k <= 0:
         return np.zeros(0, np.float32), np.zeros(0, np.int64)
     # [K, q_len]: one contiguous row of query-token scores per centroid, the layout stages 2/3 read.
@@ -122,27 +130,36 @@ def staged_search(
     nprobe = params.nprobe
     while True:  # stage 1; widen the probe in the rare case it finds fewer than k documents
         cells = backend.probe_cells(S, nprobe)
-        cands = backend.probe(cells, data.ivf_offsets, data.ivf_docs, data.n_docs)
-        if deleted is not None:
-            cands = cands[~deleted[cands]]
-        if len(cands) >= k or nprobe >= codec.n_centroids:
+        cands = [backend.probe(cells, d.ivf_offsets, d.ivf_docs, d.n_docs) for d in segs]
+        cands = [c if x is None else c[~x[c]] for c, x in zip(cands, dels)]
+        if sum(map(len, cands)) >= k or nprobe >= codec.n_centroids:
             break
         nprobe *= 2
-    ndocs = params.ndocs if params.ndocs is not None else SearchParams.default_ndocs(k, data.n_docs)
+    ndocs = params.ndocs if params.ndocs is not None else SearchParams.default_ndocs(k, int(bases[-1]))
     n_exact = max(ndocs // 4, k)
     ndocs = max(ndocs, k)
-    if len(cands) > ndocs:  # stage 2: centroid interaction with pruning
-        approx = backend.centroid_interaction(S, data.codes, data.offsets, cands, params.centroid_score_threshold)
-        cands = top_k(approx, cands, ndocs)[1]
-    if len(cands) > n_exact:  # stage 3: centroid interaction without pruning, exact in probed cells
-        approx = backend.refined_interaction(
-            Q, S, cells, data.codes, data.residuals, data.offsets, cands, codec.centroids, codec.table, codec.normalize
-        )
-        cands = top_k(approx, cands, n_exact)[1]
-    scores = backend.exact_maxsim(
-        Q, data.codes, data.residuals, data.offsets, cands, codec.centroids, codec.table, codec.normalize
-    )  # stage 4
-    return top_k(scores, cands, k)
+    if sum(map(len, cands)) > ndocs:  # stage 2: centroid interaction with pruning
+        thr = params.centroid_score_threshold
+        approx = [backend.centroid_interaction(S, d.codes, d.offsets, c, thr) for d, c in zip(segs, cands)]
+        cands = _best_across(approx, cands, bases, ndocs)
+    tables = (codec.centroids, codec.table, codec.normalize)
+    if sum(map(len, cands)) > n_exact:  # stage 3: centroid interaction without pruning, exact in probed cells
+        approx = [
+            backend.refined_interaction(Q, S, cells, d.codes, d.residuals, d.offsets, c, *tables)
+            for d, c in zip(segs, cands)
+        ]
+        cands = _best_across(approx, cands, bases, n_exact)
+    scores = [backend.exact_maxsim(Q, d.codes, d.residuals, d.offsets, c, *tables) for d, c in zip(segs, cands)]
+    return top_k(np.concatenate(scores), np.concatenate([c + b for c, b in zip(cands, bases)]), k)  # stage 4
+
+
+def _best_across(scores: list, cands: list, bases: np.ndarray, n: int) -> list:
+    """The ``n`` best candidates over all segments (``scores[i]`` of ``cands[i]``), split back by segment."""
+    if len(cands) == 1:
+        return [top_k(scores[0], cands[0], n)[1]]
+    best = top_k(np.concatenate(scores), np.concatenate([c + b for c, b in zip(cands, bases)]), n)[1]
+    which = np.searchsorted(bases, best, side="right") - 1
+    return [(best[which == i] - bases[i]).astype(c.dtype) for i, c in enumerate(cands)]
 
 
 def brute_force(

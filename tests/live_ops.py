@@ -5,9 +5,9 @@ at ``g`` (:func:`op_for`), so any process can replay the schedule and know what 
 holds. Run as a script it is one of the test's processes:
 
 ``python live_ops.py zygote INDEX ACK``: imports everything once, then for each ``run DELAY`` line on stdin
-forks a writer that applies the schedule to INDEX (appending each generation it commits to ACK), kills it
-with SIGKILL after DELAY seconds and answers ``killed``. Forking from a process that has run no OpenMP or
-Numba thread pool yet keeps the children safe and starts each in about a millisecond.
+forks a writer that applies the schedule to INDEX (appending to ACK the generation it opened, then each one
+it commits), kills it with SIGKILL after DELAY seconds and answers ``killed``. Forking from a process that has
+run no OpenMP or Numba thread pool yet keeps the children safe and starts each in about a millisecond.
 
 ``python live_ops.py reader INDEX STOP``: searches INDEX in a loop until the file STOP exists, refreshing
 between searches, and checks every version it sees against the schedule; prints a JSON summary.
@@ -51,8 +51,8 @@ def build(path: Path):
 def op_for(generation: int, live: list[int]) -> tuple:
     """The write from ``generation`` to ``generation + 1``: ``(kind, *args)``."""
     rng = np.random.default_rng([SEED, generation])
-    if generation % 10 == 9:
-        return ("compact", generation % 30 == 29)  # every third compaction retrains the codebook
+    if generation % 5 == 4:
+        return ("compact", generation % 15 == 14)  # every third compaction retrains the codebook
     r = rng.random()
     if not live or r < 0.45:
         n = int(rng.integers(1, 6))
@@ -121,6 +121,8 @@ def _writer(path: Path, ack: Path) -> None:
     one_thread()
     index = Index.open(path, backend="numpy")
     with open(ack, "a") as log:
+        log.write(f"{index.generation}\n")  # the version it starts from
+        log.flush()
         while True:
             g = step(index)
             log.write(f"{g}\n")

@@ -156,13 +156,17 @@ def time_queries(search_one: Callable[[np.ndarray], np.ndarray], queries: np.nda
 
 # ---------------------------------------------------------------------------------------- runner CLI
 BuildFn = Callable[[Corpus, Path, int], dict]
-OpenFn = Callable[[Corpus, Path, int, int], tuple[Callable[[np.ndarray], np.ndarray], dict]]
+# (corpus, index_dir, k, threads, params=None) -> (one-query function, facts)
+OpenFn = Callable[..., tuple[Callable[[np.ndarray], np.ndarray], dict]]
 # (corpus, index_dir, k, threads) -> one-query function returning ({stage: ms}, document positions)
 ProfileFn = Callable[[Corpus, Path, int, int], Callable[[np.ndarray], tuple[dict, list]]]
 
 
 def profile_queries(profile_one: Callable[[np.ndarray], tuple[dict, list]], queries: np.ndarray, k: int) -> dict:
-    """Per-stage median / mean milliseconds over the queries (after a warm-up), and the ids returned."""
+    """Per-stage median / mean milliseconds over the queries (after a warm-up), and the ids returned.
+
+    The runners time stages in process CPU time, which waiting for a core on a shared machine does not inflate.
+    """
     for q in queries[:WARMUP_QUERIES]:
         profile_one(q)
     stages: dict[str, list[float]] = {}
@@ -180,6 +184,11 @@ def profile_queries(profile_one: Callable[[np.ndarray], tuple[dict, list]], quer
     }
 
 
+def _number(text: str) -> int | float:
+    """``"256"`` -> 256, ``"0.45"`` -> 0.45."""
+    return float(text) if any(c in text for c in ".eE") else int(text)
+
+
 def runner_main(
     engine: str,
     build: BuildFn,
@@ -190,7 +199,8 @@ def runner_main(
     """Command line shared by the runners (see the module docstring).
 
     ``build(corpus, index_dir, nbits)`` builds the index and returns extra facts (K, ...);
-    ``open_search(corpus, index_dir, k, threads)`` opens it, limits the engine to ``threads`` threads and
+    ``open_search(corpus, index_dir, k, threads, params=None)`` opens it (``params``: the engine's own search
+    parameters from ``--param``, its defaults otherwise), limits the engine to ``threads`` threads and
     returns a one-query search function (``[q_len, dim]`` float32 -> document positions, best first) and facts;
     ``profile`` (command ``profile``) returns a one-query function that times each stage of the same search.
     """
@@ -202,7 +212,16 @@ def runner_main(
     p.add_argument("--nbits", type=int, default=2)
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--threads", type=int, default=1, help="search threads (build uses all)")
+    p.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a search parameter of the engine (search only; e.g. ndocs=1024, n_full_scores=256); default: its own",
+    )
     args = p.parse_args()
+    params = {name: _number(value) for name, value in (item.split("=", 1) for item in args.param)}
+    extra = {"params": params} if params else {}
     corpus = load_corpus(args.data)
     result: dict = {"engine": engine, "command": args.command, "versions": versions()}
     result["python"] = platform.python_version()
@@ -241,7 +260,7 @@ def runner_main(
         result.update(threads=args.threads, k=args.k, **facts, **prof, same_ids_as_search=float(np.mean(same)), **load)
         log(f"{engine}: stages p50 {prof['stages_p50_ms']}")
     else:
-        search_one, facts = open_search(corpus, args.index, args.k, args.threads)
+        search_one, facts = open_search(corpus, args.index, args.k, args.threads, **extra)
         load = {}
         with load_figures(load):
             timing = time_queries(search_one, corpus.queries, args.k)

@@ -20,6 +20,8 @@ import torch
 from common import Corpus, runner_main
 from fast_plaid import search as fp_search
 
+DEFAULT_PARAMS = {"n_ivf_probe": 8, "n_full_scores": 4096}  # FastPlaid.search's defaults in 1.7.0
+
 
 def build(corpus: Corpus, index_dir: Path, nbits: int) -> dict:
     """Build a fast-plaid index of the corpus into ``index_dir`` (all threads)."""
@@ -33,16 +35,17 @@ def build(corpus: Corpus, index_dir: Path, nbits: int) -> dict:
     return {"K": K, "torch_threads": torch.get_num_threads()}
 
 
-def open_search(corpus: Corpus, index_dir: Path, k: int, threads: int):
-    """The loaded index; one-query function on ``threads`` threads with fast-plaid's default parameters."""
+def open_search(corpus: Corpus, index_dir: Path, k: int, threads: int, params: dict | None = None):
+    """The loaded index; one-query function on ``threads`` threads (fast-plaid's defaults unless ``params``)."""
     torch.set_num_threads(threads)
     index = fp_search.FastPlaid(index=str(index_dir), device="cpu")
+    chosen = {**DEFAULT_PARAMS, **(params or {})}
 
     def search_one(q: np.ndarray) -> list[int]:
-        res = index.search(torch.from_numpy(np.ascontiguousarray(q))[None], top_k=k, show_progress=False)
+        res = index.search(torch.from_numpy(np.ascontiguousarray(q))[None], top_k=k, show_progress=False, **chosen)
         return [pid for pid, _ in res[0]]
 
-    return search_one, {"params": {"n_ivf_probe": 8, "n_full_scores": 4096}, "torch_threads": torch.get_num_threads()}
+    return search_one, {"params": chosen, "torch_threads": torch.get_num_threads()}
 
 
 def versions() -> dict:

@@ -34,21 +34,30 @@ def build(corpus: Corpus, index_dir: Path, nbits: int) -> dict:
     return facts
 
 
-def open_search(corpus: Corpus, index_dir: Path, k: int, threads: int):
-    """The opened index; one-query function on ``threads`` Numba/BLAS threads, default parameters."""
+def _resolved(params: SearchParams, k: int, n_docs: int) -> SearchParams:
+    """``params`` with every field set as the search sets it for ``k`` on an index of ``n_docs`` documents."""
+    p = params.resolved(k)
+    if p.ndocs is None:  # sized per index (SearchParams.default_ndocs) since commit 24130c6
+        p = SearchParams(p.nprobe, p.centroid_score_threshold, SearchParams.default_ndocs(k, n_docs))
+    return p
+
+
+def open_search(corpus: Corpus, index_dir: Path, k: int, threads: int, params: dict | None = None):
+    """The opened index; one-query function on ``threads`` Numba/BLAS threads (``SearchParams(**params)``)."""
     numba.set_num_threads(threads)
     threadpool_limits(limits=threads)  # stays in force for the process
     index = Index.open(index_dir)
-    params = SearchParams().resolved(k)
+    chosen = SearchParams(**(params or {}))
+    resolved = _resolved(chosen, k, index.n_docs)
 
     def search_one(q: np.ndarray) -> np.ndarray:
-        return index.search(q, k=k).ids[0]
+        return index.search(q, k=k, params=chosen).ids[0]
 
     facts = {
         "params": {
-            "nprobe": params.nprobe,
-            "centroid_score_threshold": params.centroid_score_threshold,
-            "ndocs": params.ndocs,
+            "nprobe": resolved.nprobe,
+            "centroid_score_threshold": resolved.centroid_score_threshold,
+            "ndocs": resolved.ndocs,
         },
         "numba_threads": numba.get_num_threads(),
         "backend": index.backend.name,
@@ -57,7 +66,7 @@ def open_search(corpus: Corpus, index_dir: Path, k: int, threads: int):
 
 
 def profile(corpus: Corpus, index_dir: Path, k: int, threads: int):
-    """``colbert_index.search.staged_search`` for one query, step by step with a timer per stage.
+    """``colbert_index.search.staged_search`` for one query, step by step, CPU time (``process_time``) per stage.
 
     Mirrors ``staged_search`` at the commit it was written for; ``same_ids_as_search`` in the output tells
     whether it still returns what ``Index.search`` does.
@@ -65,14 +74,14 @@ def profile(corpus: Corpus, index_dir: Path, k: int, threads: int):
     numba.set_num_threads(threads)
     threadpool_limits(limits=threads)
     index = Index.open(index_dir)
-    data, be, p = index._d, index.backend, SearchParams().resolved(k)
+    data, be, p = index._d, index.backend, _resolved(SearchParams(), k, index.n_docs)
     codec = data.codec
 
     def one(q: np.ndarray) -> tuple[dict, list]:
         Q = np.ascontiguousarray(q, dtype=np.float32)
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         S = be.centroid_scores(codec.centroids, Q)
-        t1 = time.perf_counter()
+        t1 = time.process_time()
         nprobe = p.nprobe
         while True:
             cells = be.probe_cells(S, nprobe)
@@ -80,11 +89,11 @@ def profile(corpus: Corpus, index_dir: Path, k: int, threads: int):
             if len(cands) >= k or nprobe >= codec.n_centroids:
                 break
             nprobe *= 2
-        t2 = time.perf_counter()
+        t2 = time.process_time()
         if len(cands) > max(p.ndocs, k):
             approx = be.centroid_interaction(S, data.codes, data.offsets, cands, p.centroid_score_threshold)
             cands = top_k(approx, cands, max(p.ndocs, k))[1]
-        t3 = time.perf_counter()
+        t3 = time.process_time()
         n_exact = max(p.ndocs // 4, k)
         if len(cands) > n_exact:
             approx = be.refined_interaction(
@@ -100,13 +109,13 @@ def profile(corpus: Corpus, index_dir: Path, k: int, threads: int):
                 codec.normalize,
             )
             cands = top_k(approx, cands, n_exact)[1]
-        t4 = time.perf_counter()
+        t4 = time.process_time()
         scores = be.exact_maxsim(
             Q, data.codes, data.residuals, data.offsets, cands, codec.centroids, codec.table, codec.normalize
         )
         _, slots = top_k(scores, cands, min(k, data.n_docs))
         ids = index.ids_of(slots)
-        t5 = time.perf_counter()
+        t5 = time.process_time()
         ms = [(b - a) * 1e3 for a, b in zip((t0, t1, t2, t3, t4), (t1, t2, t3, t4, t5))]
         names = ("0 centroid scores", "1 probe IVF", "2 pruned interaction", "3 refined interaction", "4 exact maxsim")
         return dict(zip(names, ms)), list(ids)

@@ -94,11 +94,12 @@ def build(corpus: Corpus, index_dir: Path, nbits: int) -> dict:
     return {"K": int(indexer.num_partitions), "torch_threads": torch.get_num_threads()}
 
 
-def _searcher(corpus: Corpus, index_dir: Path, k: int, threads: int) -> Searcher:
+def _searcher(corpus: Corpus, index_dir: Path, k: int, threads: int, params: dict | None = None) -> Searcher:
     """A ``Searcher`` around an ``IndexScorer`` (no checkpoint), its config settled for ``k`` by a first search."""
     torch.set_num_threads(threads)
     config = ColBERTConfig.load_from_index(str(index_dir))
     config.configure(query_maxlen=int(corpus.queries.shape[1]), gpus=0, load_index_with_mmap=False)
+    config.configure(**(params or {}))  # ncells / centroid_score_threshold / ndocs; the rest from dense_search
     searcher = Searcher.__new__(Searcher)  # no checkpoint: queries arrive as embeddings
     searcher.verbose = 0
     searcher.config = config
@@ -112,9 +113,9 @@ def _tensor(q: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(q))[None]
 
 
-def open_search(corpus: Corpus, index_dir: Path, k: int, threads: int):
-    """Searcher (PLAID defaults for ``k``) over the index; one-query function on ``threads`` threads."""
-    searcher = _searcher(corpus, index_dir, k, threads)
+def open_search(corpus: Corpus, index_dir: Path, k: int, threads: int, params: dict | None = None):
+    """Searcher (PLAID defaults for ``k`` unless ``params``) over the index; one-query function on ``threads``."""
+    searcher = _searcher(corpus, index_dir, k, threads, params)
 
     def search_one(q: np.ndarray) -> list[int]:
         pids, _, _ = searcher.dense_search(_tensor(q), k=k)
@@ -125,17 +126,17 @@ def open_search(corpus: Corpus, index_dir: Path, k: int, threads: int):
 
 
 def profile(corpus: Corpus, index_dir: Path, k: int, threads: int):
-    """``IndexScorer.rank`` on the CPU for one query (Q.size(0) == 1), step by step with a timer per stage."""
+    """``IndexScorer.rank`` on the CPU for one query (Q.size(0) == 1), step by step, CPU time per stage."""
     searcher = _searcher(corpus, index_dir, k, threads)
     ranker, config, codec = searcher.ranker, searcher.config, searcher.ranker.codec
 
     def one(q: np.ndarray) -> tuple[dict, list]:
         Q = _tensor(q)
         with torch.inference_mode():
-            t0 = time.perf_counter()
+            t0 = time.process_time()
             Qc = Q[:, : config.query_maxlen].squeeze(0)
             scores = codec.centroids @ Qc.T
-            t1 = time.perf_counter()
+            t1 = time.process_time()
             if config.ncells == 1:
                 cells = scores.argmax(dim=0, keepdim=True).permute(1, 0)
             else:
@@ -143,12 +144,12 @@ def profile(corpus: Corpus, index_dir: Path, k: int, threads: int):
             cells = cells.flatten().contiguous().unique(sorted=False)
             pids, _ = ranker.ivf.lookup(cells)
             pids = torch.unique_consecutive(pids.sort().values)
-            t2 = time.perf_counter()
+            t2 = time.process_time()
             idx = scores.max(-1).values >= config.centroid_score_threshold
             pids = IndexScorer.filter_pids(
                 pids, scores, ranker.embeddings.codes, ranker.doclens, ranker.offsets, idx, config.ndocs
             )
-            t3 = time.perf_counter()
+            t3 = time.process_time()
             D_packed = IndexScorer.decompress_residuals(
                 pids,
                 ranker.doclens,
@@ -164,11 +165,11 @@ def profile(corpus: Corpus, index_dir: Path, k: int, threads: int):
             )
             D_packed = torch.nn.functional.normalize(D_packed.to(torch.float32), p=2, dim=-1)
             D_mask = ranker.doclens[pids.long()]
-            t4 = time.perf_counter()
+            t4 = time.process_time()
             s = colbert_score_packed(Q, D_packed, D_mask, config)
             order = s.sort(descending=True).indices
             top = pids[order].tolist()[:k]
-            t5 = time.perf_counter()
+            t5 = time.process_time()
         ms = [(b - a) * 1e3 for a, b in zip((t0, t1, t2, t3, t4), (t1, t2, t3, t4, t5))]
         names = ("0 centroid scores", "1 probe IVF", "2+3 filter_pids", "4a decompress", "4b maxsim + sort")
         return dict(zip(names, ms)), top

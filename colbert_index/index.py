@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import os
 import shutil
 import sys
@@ -18,6 +19,7 @@ import numba
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from colbert_index import drift as drift_stats
 from colbert_index import segments as seg_files
 from colbert_index import storage
 from colbert_index.backend import get_backend
@@ -48,7 +50,8 @@ def _train_codec(spill, K: int, nbits: int, kmeans_iters: int, seed: int, normal
     )
     if normalize is None:  # ColBERT models emit unit vectors; then decompressed tokens are renormalised too.
         normalize = bool(np.allclose(np.linalg.norm(heldout, axis=1), 1.0, atol=2e-3))
-    return ResidualCodec.train(train, heldout, K, nbits, kmeans_iters=kmeans_iters, seed=seed, normalize=normalize)
+    codec = ResidualCodec.train(train, heldout, K, nbits, kmeans_iters=kmeans_iters, seed=seed, normalize=normalize)
+    return codec, drift_stats.outlier_norm(codec, heldout)
 
 
 def _check_k_centroids(K: int, n_tokens: int) -> int:
@@ -60,10 +63,12 @@ def _check_k_centroids(K: int, n_tokens: int) -> int:
 @dataclass(frozen=True)
 class CommitInfo:
     """What a write did. ``generation`` is the manifest version it committed (unchanged when there was
-    nothing to do). ``drift``: of the added tokens' residual coordinates, the fraction beyond the codec's
-    outermost bucket weights; ``drift_expected`` (``1 / 2**nbits``) is that fraction on the training data,
-    so a ratio well above 1 means the new documents sit far from the codebook (consider
-    ``compact(retrain=True)`` or a rebuild)."""
+    nothing to do). For an add (see :mod:`colbert_index.drift`): ``outliers`` is the fraction of the new
+    tokens farther from their nearest centroid than 99% of the training tokens were (about 0.01 on data like
+    the training data); above 0.05 the codebook was extended by ``centroids_added`` centroids trained on
+    them. ``drift``: of the new tokens' residual coordinates, the fraction beyond the outermost bucket
+    weights of the codebook they were encoded with; ``drift_expected`` (``1 / 2**nbits``) is that fraction
+    on the training data, so a ratio well above 1 means the documents sit far from the codebook."""
 
     op: str
     generation: int
@@ -73,6 +78,8 @@ class CommitInfo:
     seconds: float = 0.0
     drift: float | None = None
     drift_expected: float | None = None
+    outliers: float | None = None
+    centroids_added: int = 0
 
 
 class _Snapshot:
@@ -142,6 +149,27 @@ class _Snapshot:
         """``(segment index, slots)`` for the segments that hold some of ``positions``."""
         which = np.searchsorted(self.bases, positions, side="right") - 1
         return [(i, positions[which == i] - self.bases[i]) for i in np.unique(which)]
+
+
+def _extends(codec: ResidualCodec, old: ResidualCodec) -> bool:
+    """``codec`` is ``old`` with centroids appended (what an add with ``expand`` commits)."""
+    K = old.n_centroids
+    return (
+        codec.n_centroids >= K
+        and codec.code_dtype == old.code_dtype
+        and (codec.nbits, codec.normalize) == (old.nbits, old.normalize)
+        and np.array_equal(codec.centroids[:K], old.centroids)
+        and np.array_equal(codec.cutoffs, old.cutoffs)
+        and np.array_equal(codec.weights, old.weights)
+    )
+
+
+def _with_codec(segment: Segment, codec: ResidualCodec) -> Segment:
+    """A segment of the previous snapshot under an extended codebook: the new centroids' IVF lists are empty."""
+    d = segment.data
+    extra = np.full(codec.n_centroids - d.codec.n_centroids, d.ivf_offsets[-1], dtype=d.ivf_offsets.dtype)
+    data = dataclasses.replace(d, codec=codec, ivf_offsets=np.concatenate([d.ivf_offsets, extra]))
+    return dataclasses.replace(segment, data=data)
 
 
 def _as_id_list(doc_ids, id_type: str):
@@ -228,7 +256,7 @@ class Index:
             K = _check_k_centroids(
                 default_n_centroids(n_tokens, dim, nbits) if n_centroids is None else int(n_centroids), n_tokens
             )
-            codec = _train_codec(spill, K, nbits, kmeans_iters, seed)
+            codec, outlier_norm = _train_codec(spill, K, nbits, kmeans_iters, seed)
             t_train = time.perf_counter() - t0
             codebook = seg_files.save_codebook(tmp, seg_files.codebook_name(0), codec)
             # Pass 2 compresses the spilled tokens chunk by chunk into the memory-mapped outputs.
@@ -254,6 +282,7 @@ class Index:
                     "next_id": next_id,
                     "next_segment": 1,
                     "codebook": codebook,
+                    "outlier_norm": outlier_norm,
                     "segments": [segment],
                     "build": {
                         "seed": seed,
@@ -331,6 +360,8 @@ class Index:
             cache = {seg_files.segment_key(s.entry): s for s in previous.segments}
         else:
             codec = seg_files.load_codebook(path, m.get("codebook"), dim, nbits, K, normalize, self._mmap, verify)
+            if previous is not None and _extends(codec, previous.codec):  # an add appended centroids
+                cache = {seg_files.segment_key(s.entry): _with_codec(s, codec) for s in previous.segments}
         segments = [
             seg_files.load_segment(path, e, codec, self.backend, self._mmap, verify, cache) for e in seg_entries
         ]
@@ -586,12 +617,40 @@ class Index:
                 entries[i]["deleted"] = seg_files.save_tombstones(self.path, seg.id, generation, deleted)
         return [e for e in entries if e is not None]
 
-    def _new_segment(self, snap: _Snapshot, doc_embeddings, doc_ids, doc_lengths, progress, replace: bool):
-        """Encode documents into a new segment with the index's codebook. Returns its entry, the positions
-        of live documents it replaces (upsert) and the manifest's next ``next_id``."""
+    def _extend_codebook(self, snap: _Snapshot, spill) -> tuple[ResidualCodec, dict, dict]:
+        """The codebook to encode ``spill`` with: extended when it holds many outliers (:mod:`.drift`).
+        Returns the codec, the manifest changes (a new codebook) and the outlier figures."""
+        m = snap.manifest
+        norm = m.get("outlier_norm")
+        if norm is None and snap.segments:  # built before the figure was recorded
+            norm = drift_stats.estimate_outlier_norm(snap.segments, self.backend)
+        if norm is None:
+            return snap.codec, {}, {"outliers": None, "centroids_added": 0}
+        stored = tuple(
+            np.asarray(storage.load_entry(self.path, m["codebook"][name], mmap=False, name=name))
+            for name in ("centroids", "centroid_scales")
+        )
+        K = snap.codec.n_centroids
+        per_centroid = sum(len(s.data.codes) for s in snap.segments) / K if snap.segments else spill.shape[0] / K
+        codec, stored, info = drift_stats.extend_codebook(snap.codec, stored, spill, norm, per_centroid, seed=K)
+        changes = {"outlier_norm": norm}
+        if info["centroids_added"]:
+            name = seg_files.codebook_name(snap.generation + 1)
+            changes.update(
+                codebook=seg_files.save_codebook(self.path, name, codec, stored), n_centroids=codec.n_centroids
+            )
+        return codec, changes, info
+
+    def _new_segment(
+        self, snap: _Snapshot, doc_embeddings, doc_ids, doc_lengths, progress, replace: bool, expand: bool
+    ):
+        """Encode documents into a new segment with the index's codebook (extended first if ``expand`` and
+        they need it). Returns its entry, the positions of live documents it replaces (upsert), the
+        manifest's next ``next_id``, the manifest changes of an extended codebook and the outlier figures."""
         seg_id = int(snap.manifest["next_segment"])
         name = seg_files.segment_name(seg_id)
         seg_dir = seg_files.fresh_dir(self.path, name)
+        codec, changes, info = snap.codec, {}, {"outliers": None, "centroids_added": 0}
         try:
             spill, doclens = spill_documents(doc_embeddings, doc_lengths, seg_dir / "spill.f16", _progress(progress))
             if spill.shape[1] != snap.codec.dim:
@@ -618,22 +677,26 @@ class Index:
                     )
                 if snap.id_type == "int" and len(ids):
                     next_id = max(next_id, int(ids.max()) + 1)
-            entry = seg_files.write_segment(
-                self.path, seg_id, spill, doclens, ids, snap.codec, self.backend, _progress(progress)
-            )
+            if expand:
+                codec, changes, info = self._extend_codebook(snap, spill)
+            progress = _progress(progress)
+            entry = seg_files.write_segment(self.path, seg_id, spill, doclens, ids, codec, self.backend, progress)
         except BaseException:
             shutil.rmtree(seg_dir, ignore_errors=True)
+            shutil.rmtree(self.path / seg_files.codebook_name(snap.generation + 1), ignore_errors=True)
             raise
-        return entry, replaced, next_id
+        return entry, replaced, next_id, changes, info
 
-    def _add(self, op: str, doc_embeddings, doc_ids, doc_lengths, progress) -> CommitInfo:
+    def _add(self, op: str, doc_embeddings, doc_ids, doc_lengths, progress, expand: bool) -> CommitInfo:
         t0 = time.perf_counter()
         with self._writing() as snap:
-            entry, replaced, next_id = self._new_segment(
-                snap, doc_embeddings, doc_ids, doc_lengths, progress, replace=op == "upsert"
+            entry, replaced, next_id, changes, info = self._new_segment(
+                snap, doc_embeddings, doc_ids, doc_lengths, progress, op == "upsert", expand
             )
             kept = self._tombstone(snap, replaced, snap.generation + 1)
-            m = self._next_manifest(snap, kept + [entry], next_id=next_id, next_segment=entry["id"] + 1, last_op=op)
+            m = self._next_manifest(
+                snap, kept + [entry], next_id=next_id, next_segment=entry["id"] + 1, last_op=op, **changes
+            )
             new = self._commit(snap, m)
         return CommitInfo(
             op,
@@ -644,21 +707,34 @@ class Index:
             seconds=time.perf_counter() - t0,
             drift=entry["drift"]["outside"],
             drift_expected=1 / 2**snap.codec.nbits,
+            **info,
         )
 
-    def add(self, doc_embeddings, doc_ids=None, *, doc_lengths=None, progress: bool | None = None) -> CommitInfo:
+    def add(
+        self,
+        doc_embeddings,
+        doc_ids=None,
+        *,
+        doc_lengths=None,
+        expand: bool = True,
+        progress: bool | None = None,
+    ) -> CommitInfo:
         """Encode new documents with the index's codebook into a new segment and commit it.
 
         ``doc_embeddings`` / ``doc_lengths`` take the forms :meth:`build` takes. ``doc_ids``: ids that are
         not live in the index (``ValueError`` otherwise; :meth:`upsert` replaces); for an index of integer
-        ids they default to the next unused integers. Searches of this object see the documents on return;
-        other readers after :meth:`refresh`. The returned :class:`CommitInfo` reports the drift.
+        ids they default to the next unused integers. ``expand``: when more than 5% of the new tokens are
+        outliers for the codebook (new topics), first extend it with centroids trained on them (existing
+        segments are unaffected; see :mod:`colbert_index.drift`). Searches of this object see the documents
+        on return; other readers after :meth:`refresh`. The returned :class:`CommitInfo` reports the drift.
         """
-        return self._add("add", doc_embeddings, doc_ids, doc_lengths, progress)
+        return self._add("add", doc_embeddings, doc_ids, doc_lengths, progress, expand)
 
-    def upsert(self, doc_embeddings, doc_ids, *, doc_lengths=None, progress: bool | None = None) -> CommitInfo:
+    def upsert(
+        self, doc_embeddings, doc_ids, *, doc_lengths=None, expand: bool = True, progress: bool | None = None
+    ) -> CommitInfo:
         """Add documents, replacing the live documents with the same ids: delete + add in one commit."""
-        return self._add("upsert", doc_embeddings, doc_ids, doc_lengths, progress)
+        return self._add("upsert", doc_embeddings, doc_ids, doc_lengths, progress, expand)
 
     def delete(self, doc_ids, *, missing_ok: bool = False) -> CommitInfo:
         """Delete documents by external id (one id or an iterable) and commit. Deleted documents are never
@@ -713,11 +789,11 @@ class Index:
                     spill, doclens, ids = seg_files.spill_live(segs, self.backend, seg_dir / "spill.f16")
                     n_tok = spill.shape[0]
                     K = default_n_centroids(n_tok, self.dim, self.nbits) if n_centroids is None else int(n_centroids)
-                    codec = _train_codec(
+                    codec, outlier_norm = _train_codec(
                         spill, _check_k_centroids(K, n_tok), self.nbits, kmeans_iters, seed, self.codec.normalize
                     )
                     codebook = seg_files.save_codebook(self.path, seg_files.codebook_name(gen), codec)
-                    changes.update(n_centroids=K, codebook=codebook)
+                    changes.update(n_centroids=K, codebook=codebook, outlier_norm=outlier_norm)
                     entry = seg_files.write_segment(
                         self.path, seg_id, spill, doclens, ids, codec, self.backend, _progress(progress)
                     )

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from colbert_index import storage
 from colbert_index.codec import ResidualCodec, dequantize_centroids, quantize_centroids
+from colbert_index.drift import outside_count
 from colbert_index.inputs import Spill
 from colbert_index.storage import IndexFormatError
 
@@ -121,10 +122,14 @@ def fresh_dir(root: Path, name: str) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------- codebook
-def save_codebook(root: Path, name: str, codec: ResidualCodec) -> dict:
-    """Write the codebook (centroids as int8 + per-centroid scales, bucket cutoffs and weights) to ``root/name``."""
+def save_codebook(root: Path, name: str, codec: ResidualCodec, stored: tuple | None = None) -> dict:
+    """Write the codebook (centroids as int8 + per-centroid scales, bucket cutoffs and weights) to ``root/name``.
+
+    ``stored``: the int8 centroids and scales to write, when they are known (an extended codebook keeps
+    the bytes of the centroids it extends, so existing codes decompress exactly as before).
+    """
     fresh_dir(root, name)
-    q, scales = quantize_centroids(codec.centroids)
+    q, scales = stored if stored is not None else quantize_centroids(codec.centroids)
     arrays = dict(zip(CODEBOOK_FILES, (q, scales, codec.cutoffs, codec.weights)))
     entries = {k: storage.save_array(root, f"{name}/{k}.npy", a) for k, a in arrays.items()}
     storage.sync_tree(root / name)
@@ -159,14 +164,6 @@ def load_codebook(
 
 
 # ---------------------------------------------------------------------------------------------- writing
-def outside_count(x: np.ndarray, codes: np.ndarray, codec: ResidualCodec) -> int:
-    """Residual coordinates (token - assigned centroid, per dimension) beyond the codec's outermost bucket
-    weights, i.e. the medians of the lowest and highest buckets of the training residuals: by construction
-    ``1 / 2**nbits`` of them when the data matches the training data, more when it has drifted."""
-    r = x - codec.centroids[codes]
-    return int(np.count_nonzero((r < codec.weights[:, 0]) | (r > codec.weights[:, -1])))
-
-
 def _save_ids(root: Path, name: str, ids, files: dict) -> tuple[str, int]:
     """Write a segment's ids: an int (first id of a range, no file), an int64 array or a list of str."""
     if isinstance(ids, (int, np.integer)):

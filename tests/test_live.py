@@ -148,17 +148,34 @@ def test_compact_retrain_reencodes_with_a_new_codebook(live):
     assert reopened.n_centroids == 8 and reopened.doc_ids().tolist() == idx.doc_ids().tolist()
 
 
-def test_drift_is_reported(tmp_path):
+def test_drift_is_reported_and_new_topics_extend_the_codebook(tmp_path):
+    from colbert_index.metrics import recall_at
     from colbert_index.synthetic import make_corpus
 
     docs = make_corpus(800, dim=64, n_queries=0, seed=1).documents()
-    other = make_corpus(200, dim=64, n_queries=0, seed=99).documents()  # other topics: what drift looks like
-    idx = Index.build(tmp_path / "d", docs[:600], progress=False)
-    same = idx.add(docs[600:])
-    drifted = idx.add(other)
+    other = make_corpus(200, dim=64, n_queries=20, seed=99)  # other topics: what drift looks like
+    fixed = Index.build(tmp_path / "fixed", docs[:600], progress=False)
+    shutil.copytree(fixed.path, tmp_path / "extended")
+    same = fixed.add(docs[600:])
     assert same.drift_expected == 0.25 and abs(same.drift - 0.25) < 0.03
-    assert drifted.drift > 0.4  # measured 0.48
-    assert same.drift < idx.drift()["outside"] < drifted.drift
+    assert same.outliers < 0.03 and same.centroids_added == 0  # like the training data: nothing to extend
+    drifted = fixed.add(other.documents(), expand=False)
+    assert drifted.drift > 0.4 and drifted.outliers is None  # measured 0.48
+    assert same.drift < fixed.drift()["outside"] < drifted.drift
+    q = other.queries
+    assert recall_at(fixed.search(q, k=10).ids, fixed.search_exact(q, k=10).ids, 10) < 0.5  # measured 0.12
+
+    index = Index.open(tmp_path / "extended")
+    before = [index.reconstruct(i) for i in (0, 599)]
+    info = index.add(docs[600:])
+    info = index.add(other.documents())
+    assert info.outliers > 0.5 and info.centroids_added > 0 and info.drift < 0.35  # measured 0.97, 96, 0.28
+    assert index.n_centroids == fixed.n_centroids + info.centroids_added
+    assert recall_at(index.search(q, k=10).ids, index.search_exact(q, k=10).ids, 10) >= 0.9  # measured 1.0
+    for i, tokens in zip((0, 599), before):
+        np.testing.assert_array_equal(index.reconstruct(i), tokens)  # existing codes keep their meaning
+    reopened = Index.open(index.path, verify=True)
+    np.testing.assert_array_equal(reopened.search(q, k=10).ids, index.search(q, k=10).ids)
 
 
 def test_delete_everything_then_add(live):
@@ -320,6 +337,7 @@ _OPS = st.one_of(
     st.tuples(st.just("add"), st.integers(1, 4)),
     st.tuples(st.just("delete"), st.lists(st.integers(0, 12), min_size=1, max_size=4)),
     st.tuples(st.just("upsert"), st.lists(st.integers(0, 12), min_size=1, max_size=3, unique=True)),
+    st.tuples(st.just("topic"), st.just(8)),  # documents of a new topic: extends the codebook
     st.tuples(st.just("compact"), st.booleans()),
     st.tuples(st.just("reopen"), st.just(0)),
 )
@@ -358,7 +376,17 @@ def test_random_operations_match_a_brute_force_model(tmp_path_factory, one_threa
     model.check(index, queries)
     for op, arg in ops:
         live = sorted(model.docs)
-        if op == "add":
+        if op == "topic":
+            direction = rng.standard_normal(dim).astype(np.float32)
+            docs = [direction + 0.3 * d * np.sqrt(dim) / 4 for d in _docs(rng, arg, dim=dim, max_len=12)]
+            docs = [d / np.linalg.norm(d, axis=1, keepdims=True) for d in docs]
+            ids = [name(counter + j) for j in range(arg)]
+            counter += arg
+            K = index.n_centroids
+            info = index.add(docs, ids)
+            assert index.n_centroids == K + info.centroids_added
+            model.docs.update({i: _roundtrip(index.codec, index.backend, d) for i, d in zip(ids, docs)})
+        elif op == "add":
             docs = new_docs(arg)
             auto = not str_ids and rng.random() < 0.5  # integer ids default to the next unused ones
             ids = list(range(counter, counter + arg)) if auto else [name(counter + 1 + j) for j in range(arg)]

@@ -63,7 +63,7 @@ def recall_vs_latency(files: list[Path], out: Path) -> None:
     ax.set_ylabel("recall@10 vs exact MaxSim (search_exact)")
     ax.set_title("k=10, sweep of nprobe/ndocs (labels); circled: defaults", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)

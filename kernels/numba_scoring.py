@@ -14,9 +14,12 @@ from numba import njit, prange
 
 from .numba_codec import decompress_range, decompress_token
 from .numba_ivf import probed_centroids
-from .numba_prefetch import prefetch_candidate
+from .numba_prefetch import prefetch, prefetch_candidate
 
 _BLOCK = 32  # documents per parallel work item
+# prefetch distance, in doc tokens, for centroid-score rows in stage 3 (1.21x at 1M, 1024 docs; in
+# stage 2, where ~85% of tokens are pruned, prefetching the kept ones' rows was slower)
+_AHEAD_TOKENS = 4
 
 
 @njit(cache=True, nogil=True, parallel=True, fastmath=True)
@@ -57,6 +60,8 @@ def centroid_interaction(centroid_scores, codes, offsets, candidates, threshold)
 @njit(cache=True, nogil=True, parallel=True, fastmath=True)
 def refined_interaction(Q, centroid_scores, cells, codes, packed, offsets, candidates, centroids, table, normalize):
     q_len, dim = Q.shape
+    K = centroid_scores.shape[0]
+    flat_scores = centroid_scores.reshape(K * q_len)  # 1-D view for the prefetch
     probed = probed_centroids(cells)
     n = candidates.shape[0]
     out = np.zeros(n, dtype=np.float32)
@@ -70,7 +75,10 @@ def refined_interaction(Q, centroid_scores, cells, codes, packed, offsets, candi
             if offsets[d + 1] == offsets[d]:
                 continue
             best[:] = -np.inf
-            for t in range(offsets[d], offsets[d + 1]):
+            hi = offsets[d + 1]
+            for t in range(offsets[d], hi):
+                if t + _AHEAD_TOKENS < hi:  # the score rows are random reads in a table of K rows
+                    prefetch(flat_scores, codes[t + _AHEAD_TOKENS] * q_len)
                 c = codes[t]
                 if not probed[c]:
                     for q in range(q_len):

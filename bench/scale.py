@@ -90,6 +90,16 @@ def cached_exact(index: Index, queries: list[np.ndarray], name: str, seed: int) 
     return exact
 
 
+def assignment_check(index: Index, stream: SyntheticStream, n_docs: int = 3000) -> dict:
+    """How often the build's (approximate above 16,384 centroids) assignment picks the exact nearest centroid,
+    on the tokens of ``n_docs`` random documents (regenerated)."""
+    docs = np.random.default_rng(1).choice(stream.n_docs, min(n_docs, stream.n_docs), replace=False)
+    x = np.concatenate([stream.document(int(d)) for d in docs])
+    agreement, excess = index.codec.assignment_agreement(x)
+    return {"assignment_tokens": len(x), "assignment_agreement": round(agreement, 4),
+            "assignment_residual_sq_norm_excess": round(excess, 5)}  # fmt: skip
+
+
 def cold_open(path: Path, query: np.ndarray) -> dict:
     """Open time and first-query latency with the page cache dropped (needs root; else not measured)."""
     os.sync()
@@ -229,6 +239,7 @@ def main(argv: list[str] | None = None) -> dict:
         row["recall100_vs_exact"] = recall(ids100[:n_ex], exact, 100)
         row["exact_recall10_raw"] = recall(exact, raw[:n_ex], 10)
         row["exact_queries"] = n_ex
+        row.update(assignment_check(index, stream))
         grid = [tuple(int(x) for x in pair.split(":")) for pair in args.sweep.split(",") if pair]
         swept = sweep(index, queries, raw, exact[:, :10], grid)
     finally:

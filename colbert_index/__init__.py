@@ -4,7 +4,7 @@ from colbert_index.encoder import Encoder
 from colbert_index.index import Index
 from colbert_index.kernels.reference import maxsim
 from colbert_index.search import SearchParams, SearchResult
-from colbert_index.storage import IndexFormatError
+from colbert_index.storage import IndexFormatError, IndexLockedError
 
-__all__ = ["Encoder", "Index", "IndexFormatError", "SearchParams", "SearchResult", "maxsim"]
+__all__ = ["Encoder", "Index", "IndexFormatError", "IndexLockedError", "SearchParams", "SearchResult", "maxsim"]
 __version__ = "0.1.0"

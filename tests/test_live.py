@@ -14,8 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from colbert_index import Index, IndexFormatError, SearchParams, maxsim
-from colbert_index.storage import IndexLockedError, WriterLock
+from colbert_index import Index, IndexFormatError, IndexLockedError, SearchParams, maxsim
+from colbert_index.storage import WriterLock
 
 DATA = Path(__file__).parent / "data"
 # probe every centroid and rerank every candidate: the staged search is then exact on small indexes

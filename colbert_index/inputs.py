@@ -30,9 +30,17 @@ def _check_finite(a: np.ndarray, what: str) -> None:
 def iter_documents(doc_embeddings, doc_lengths=None) -> Iterable[np.ndarray]:
     """Yield one ``[n_i, dim]`` array per document from any accepted input form.
 
-    Accepted: a list of ``[n_i, dim]`` arrays; an iterable of such lists (batches); or, with
-    ``doc_lengths``, one flat ``[n_tokens, dim]`` array.
+    Accepted: a list of ``[n_i, dim]`` arrays; an iterable of such lists (batches); with
+    ``doc_lengths``, one flat ``[n_tokens, dim]`` array; or a list of flat shards (e.g. ``.npy`` files
+    opened with ``mmap_mode="r"``) with a list of their ``doc_lengths``, read one document at a time.
     """
+    if isinstance(doc_lengths, (list, tuple)) and isinstance(doc_embeddings, (list, tuple)) and doc_lengths:
+        if all(np.ndim(x) == 1 for x in doc_lengths) and all(np.ndim(x) == 2 for x in doc_embeddings):
+            if len(doc_lengths) != len(doc_embeddings):
+                raise ValueError(f"{len(doc_embeddings)} shards but {len(doc_lengths)} doc_lengths arrays")
+            for shard, lengths in zip(doc_embeddings, doc_lengths):
+                yield from iter_documents(shard, lengths)
+            return
     if doc_lengths is not None:
         flat = _as_float_matrix(doc_embeddings, "doc_embeddings")
         lengths = np.asarray(doc_lengths, dtype=np.int64)

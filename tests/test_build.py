@@ -44,6 +44,21 @@ def test_input_forms_give_the_same_index(tmp_path, tiny_docs):
     assert d.n_tokens == a.n_tokens and d.search(tiny_docs[3], k=1).ids[0, 0] == 3
 
 
+def test_build_from_memory_mapped_shards(tmp_path, tiny_docs):
+    """A list of flat .npy shards opened with mmap_mode="r", with a list of their doc lengths."""
+    a = Index.build(tmp_path / "list", tiny_docs, progress=False)
+    shards, lengths = [], []
+    for i, part in enumerate((tiny_docs[:5], tiny_docs[5:])):
+        np.save(tmp_path / f"shard{i}.npy", np.concatenate(part))
+        shards.append(np.load(tmp_path / f"shard{i}.npy", mmap_mode="r"))
+        lengths.append(np.array([len(d) for d in part]))
+    b = Index.build(tmp_path / "shards", shards, doc_lengths=lengths, progress=False)
+    np.testing.assert_array_equal(np.asarray(a._data.codes), np.asarray(b._data.codes))
+    np.testing.assert_array_equal(np.asarray(a._data.residuals), np.asarray(b._data.residuals))
+    with pytest.raises(ValueError, match="2 shards but 1 doc_lengths"):
+        Index.build(tmp_path / "bad", shards, doc_lengths=lengths[:1], progress=False)
+
+
 def test_build_is_deterministic(tmp_path, corpus_2k):
     docs = corpus_2k.documents()[:500]
     a = Index.build(tmp_path / "a", docs, seed=3, progress=False)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from types import SimpleNamespace
 
@@ -27,14 +30,41 @@ BACKENDS = ("auto", "numpy", "numba")
 
 @lru_cache(maxsize=1)
 def _blas() -> ThreadpoolController:
-    return ThreadpoolController()
+    return ThreadpoolController()  # inspects the loaded libraries: once, not per query
+
+
+_blas_lock = threading.Lock()
+_blas_users = 0
+_blas_limiter = None
+
+
+@contextmanager
+def one_blas_thread() -> Iterator[None]:
+    """BLAS limited to one thread while any caller, in any thread, is inside.
+
+    The limit is process-wide, so concurrent searches share it: the first one in sets it, the last one out
+    restores the original (a plain limit per call would let one thread restore two BLAS threads under another,
+    or leave the process at one when two calls interleave).
+    """
+    global _blas_users, _blas_limiter
+    with _blas_lock:
+        if _blas_users == 0:
+            _blas_limiter = _blas().limit(limits=1, user_api="blas")
+        _blas_users += 1
+    try:
+        yield
+    finally:
+        with _blas_lock:
+            _blas_users -= 1
+            if _blas_users == 0:
+                _blas_limiter.restore_original_limits()
 
 
 def _centroid_scores_one_blas_thread(centroids, Q):
     """Stage 0 on one BLAS thread: with two, OpenBLAS's workers and Numba's OpenMP workers (which spin
     between regions) take turns on the cores, and one query on 2 threads took 8.1 ms instead of 3.6 on
     one (10k docs)."""
-    with _blas().limit(limits=1, user_api="blas"):
+    with one_blas_thread():
         return reference.centroid_scores(centroids, Q)
 
 

@@ -17,12 +17,11 @@ from pathlib import Path
 
 import numba
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from colbert_index import drift as drift_stats
 from colbert_index import segments as seg_files
 from colbert_index import storage
-from colbert_index.backend import get_backend
+from colbert_index.backend import get_backend, one_blas_thread
 from colbert_index.codec import ResidualCodec, check_nbits_dim, default_n_centroids
 from colbert_index.inputs import normalize_doc_ids, normalize_queries, spill_documents
 from colbert_index.search import SearchParams, SearchResult, brute_force, check_k, staged_search, top_k
@@ -549,7 +548,7 @@ class Index:
             return self._search_one(snap, q, k, p)
 
         # the kernels release the GIL (nogil=True); BLAS (stage 0) stays on the calling worker's core
-        with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(n_workers) as pool:
+        with one_blas_thread(), ThreadPoolExecutor(n_workers) as pool:
             return snap.result(list(pool.map(one, queries)))
 
     def search_exact(self, Q, k: int = 10, query_lengths=None) -> SearchResult:

@@ -8,16 +8,22 @@ import sys
 from pathlib import Path
 
 
-def test_bench_quick_run(tmp_path):
+def _quick_run(script: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    """``bench/<script> --quick`` in a subprocess, results to ``tmp_path``; fails the test if it fails."""
     repo = Path(__file__).resolve().parents[1]
     out = subprocess.run(
-        [sys.executable, str(repo / "bench" / "run.py"), "--quick", "--out", str(tmp_path)],
+        [sys.executable, str(repo / "bench" / script), "--quick", "--out", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=600,
         cwd=tmp_path,
     )
     assert out.returncode == 0, out.stderr[-2000:]
+    return out
+
+
+def test_bench_quick_run(tmp_path):
+    out = _quick_run("run.py", tmp_path)
     rows = json.loads((tmp_path / "quick.json").read_text())
     text = json.dumps(rows)
     assert "recall10_vs_exact" in text and "bytes_per_token" in text
@@ -25,15 +31,7 @@ def test_bench_quick_run(tmp_path):
 
 
 def test_live_bench_quick_run(tmp_path):
-    repo = Path(__file__).resolve().parents[1]
-    out = subprocess.run(
-        [sys.executable, str(repo / "bench" / "live.py"), "--quick", "--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=tmp_path,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
+    out = _quick_run("live.py", tmp_path)
     results = json.loads((tmp_path / "live_n600_d64.json").read_text())
     assert results["drift"]["extended"]["add"]["centroids_added"] > 0
     assert "| half + 10 add(s) | 11 |" in out.stdout

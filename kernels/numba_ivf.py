@@ -33,69 +33,86 @@ def build_ivf(codes, offsets, n_centroids):
     return ivf_offsets, ivf_docs
 
 
-@njit(cache=True, nogil=True)
+_SCAN_BLOCK = 16  # centroids whose per-query-token maxima are checked before any is looked at alone
+
+
+@njit(cache=True, nogil=True, fastmath=True)
 def probe_cells(centroid_scores, nprobe):
     K, q_len = centroid_scores.shape
-    cells = np.zeros((K, q_len), dtype=np.bool_)
-    nprobe = min(nprobe, K)
-    if nprobe < 1:
-        return cells
-    # rows in memory order (centroid outer), a tiny sorted top-nprobe buffer per query token;
-    # strict > keeps the lower centroid id on ties
-    top_id = np.empty((q_len, nprobe), dtype=np.int64)
+    nprobe = max(0, min(nprobe, K))
+    top_id = np.zeros((q_len, nprobe), dtype=np.int32)
+    if nprobe == 0:
+        return top_id
+    # A sorted top-nprobe buffer per query token. Rows are read in memory order, a block at a time: the
+    # block's maximum per query token (a vectorised loop) is compared with each token's current
+    # nprobe-th best, and only blocks that beat one are looked at row by row. Strict > keeps the lower
+    # centroid id on ties. (One branch per score took 3.4 ms at K=65536, q_len=32.)
     top_val = np.empty((q_len, nprobe), dtype=np.float32)
     n_top = np.zeros(q_len, dtype=np.int64)
-    for c in range(K):
+    floor = np.full(q_len, -np.inf, dtype=np.float32)  # nprobe-th best so far; -inf until full
+    block_max = np.empty(q_len, dtype=np.float32)
+    for c0 in range(0, K, _SCAN_BLOCK):
+        c1 = min(K, c0 + _SCAN_BLOCK)
+        block_max[:] = centroid_scores[c0]
+        for c in range(c0 + 1, c1):
+            for q in range(q_len):
+                block_max[q] = max(block_max[q], centroid_scores[c, q])
+        better = False
         for q in range(q_len):
-            v = centroid_scores[c, q]
-            n = n_top[q]
-            if n == nprobe and v <= top_val[q, n - 1]:
-                continue
-            pos = n if n < nprobe else nprobe - 1
-            while pos > 0 and v > top_val[q, pos - 1]:
-                top_val[q, pos] = top_val[q, pos - 1]
-                top_id[q, pos] = top_id[q, pos - 1]
-                pos -= 1
-            top_val[q, pos] = v
-            top_id[q, pos] = c
-            if n < nprobe:
-                n_top[q] = n + 1
-    for q in range(q_len):
-        for i in range(n_top[q]):
-            cells[top_id[q, i], q] = True
-    return cells
+            better |= (block_max[q] > floor[q]) | (n_top[q] < nprobe)
+        if not better:
+            continue
+        for c in range(c0, c1):
+            for q in range(q_len):
+                v = centroid_scores[c, q]
+                n = n_top[q]
+                if n == nprobe and not v > top_val[q, n - 1]:
+                    continue
+                pos = n if n < nprobe else nprobe - 1
+                while pos > 0 and v > top_val[q, pos - 1]:
+                    top_val[q, pos] = top_val[q, pos - 1]
+                    top_id[q, pos] = top_id[q, pos - 1]
+                    pos -= 1
+                top_val[q, pos] = v
+                top_id[q, pos] = c
+                if n < nprobe:
+                    n_top[q] = n + 1
+                if n_top[q] == nprobe:
+                    floor[q] = top_val[q, nprobe - 1]
+    return top_id
 
 
 @njit(cache=True, nogil=True)
-def probed_centroids(cells):
-    """``[K]`` bool: centroids that some query token probes (a row of ``cells`` has a True)."""
-    K, q_len = cells.shape
+def probed_centroids(cells, K):
+    """``[K]`` bool: centroids that some query token probes (appear in ``cells``, ids of probe_cells)."""
     probed = np.zeros(K, dtype=np.bool_)
-    for c in range(K):
-        for q in range(q_len):
-            if cells[c, q]:
-                probed[c] = True
-                break
+    for q in range(cells.shape[0]):
+        for j in range(cells.shape[1]):
+            probed[cells[q, j]] = True
     return probed
 
 
 @njit(cache=True, nogil=True)
 def probe(cells, ivf_offsets, ivf_docs, n_docs):
-    K = cells.shape[0]
-    probed = probed_centroids(cells)
+    probed = np.unique(cells.ravel())
     total = 0
-    for c in range(K):
-        if probed[c]:
-            total += ivf_offsets[c + 1] - ivf_offsets[c]
+    for c in probed:
+        total += ivf_offsets[c + 1] - ivf_offsets[c]
     seen = np.zeros(n_docs, dtype=np.bool_)
     out = np.empty(total, dtype=np.int32)
     n = 0
-    for c in range(K):
-        if probed[c]:
-            for p in range(ivf_offsets[c], ivf_offsets[c + 1]):
-                d = ivf_docs[p]
-                if not seen[d]:
-                    seen[d] = True
-                    out[n] = d
-                    n += 1
-    return np.sort(out[:n])
+    for c in probed:
+        for p in range(ivf_offsets[c], ivf_offsets[c + 1]):
+            d = ivf_docs[p]
+            if not seen[d]:
+                seen[d] = True
+                out[n] = d
+                n += 1
+    if n * 16 < n_docs:  # few candidates: sort them; many: read them off the bitmap, already in order
+        return np.sort(out[:n])
+    n = 0
+    for d in range(n_docs):
+        if seen[d]:
+            out[n] = d
+            n += 1
+    return out[:n]

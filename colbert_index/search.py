@@ -89,9 +89,15 @@ def check_k(k: int) -> int:
 
 
 def top_k(scores: np.ndarray, slots: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` best (score desc, slot asc) of parallel arrays, sorted."""
+    """The ``k`` best (score desc, slot asc) of parallel arrays, sorted.
+
+    Ties at the cut go to the lower slots (argpartition alone picks any of them), so every backend and
+    device keeps the same candidates when stage scores tie exactly (documents of the same centroids)."""
     if len(scores) > k:
-        part = np.argpartition(-scores, k - 1)[:k]
+        kth = scores[np.argpartition(-scores, k - 1)[k - 1]]
+        above = np.flatnonzero(scores > kth)
+        tied = np.flatnonzero(scores == kth)
+        part = np.concatenate([above, tied[np.argsort(slots[tied], kind="stable")[: k - len(above)]]])
         scores, slots = scores[part], slots[part]
     order = np.lexsort((slots, -scores))
     return scores[order], slots[order]

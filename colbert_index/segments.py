@@ -19,6 +19,7 @@ import numpy as np
 from numpy.lib.format import open_memmap
 from tqdm.auto import tqdm
 
+from colbert_index import metadata as meta_files
 from colbert_index import storage
 from colbert_index.codec import ResidualCodec, dequantize_centroids, quantize_centroids
 from colbert_index.drift import outside_count
@@ -86,6 +87,7 @@ class Segment:
     ids: DocIds
     deleted: np.ndarray | None = None  # bool [n_docs], None when nothing is deleted
     n_deleted: int = 0
+    meta: meta_files.MetadataStore | None = None  # per-document metadata, None when the segment has none
 
     @property
     def n_docs(self) -> int:
@@ -180,10 +182,14 @@ def _save_ids(root: Path, name: str, ids, files: dict) -> tuple[str, int]:
     return "str", 0
 
 
-def _finish_segment(root, seg_id, doclens, ids, files, outside, codec) -> dict:
+def _finish_segment(root, seg_id, doclens, ids, files, outside, codec, metadata=None) -> dict:
     name = segment_name(seg_id)
     files["doclens"] = storage.save_array(root, f"{name}/doclens.npy", np.asarray(doclens, dtype=np.int32))
     id_type, id_start = _save_ids(root, name, ids, files)
+    if metadata is not None:
+        files["metadata"] = meta_files.write_store(root, name, metadata)
+        if files["metadata"]["rows"] != len(doclens):
+            raise ValueError(f"metadata has {files['metadata']['rows']} entries for {len(doclens)} documents")
     storage.sync_tree(root / name)
     n_tokens = int(np.sum(doclens, dtype=np.int64))
     return {
@@ -199,10 +205,19 @@ def _finish_segment(root, seg_id, doclens, ids, files, outside, codec) -> dict:
 
 
 def write_segment(
-    root: Path, seg_id: int, spill: Spill, doclens: np.ndarray, ids, codec: ResidualCodec, kernels, progress=False
+    root: Path,
+    seg_id: int,
+    spill: Spill,
+    doclens: np.ndarray,
+    ids,
+    codec: ResidualCodec,
+    kernels,
+    progress=False,
+    metadata=None,
 ) -> dict:
     """Compress the spilled tokens with ``codec`` into ``root/seg-<id>/`` (created by :func:`fresh_dir`,
-    where the spill lies; it is removed) and return the segment's manifest entry, with its drift."""
+    where the spill lies; it is removed) and return the segment's manifest entry, with its drift.
+    ``metadata``: the documents' metadata JSON texts in order (:mod:`colbert_index.metadata`), or None."""
     name = segment_name(seg_id)
     n_tokens, dim = spill.shape
     codes = open_memmap(root / name / "codes.npy", mode="w+", dtype=codec.code_dtype, shape=(n_tokens,))
@@ -222,7 +237,7 @@ def write_segment(
     residuals.flush()
     del codes, residuals
     files = {k: storage.file_entry(root, f"{name}/{k}.npy") for k in ("codes", "residuals")}
-    return _finish_segment(root, seg_id, doclens, ids, files, outside, codec)
+    return _finish_segment(root, seg_id, doclens, ids, files, outside, codec, metadata)
 
 
 def _live_blocks(segments: list[Segment]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -266,7 +281,12 @@ def write_merged(root: Path, seg_id: int, segments: list[Segment], codec: Residu
     measured = [(p["outside"], p["tokens"]) for p in parts if isinstance(p, dict)]
     tokens = sum(t for _, t in measured)
     outside = sum(o * t for o, t in measured) / tokens * n_tokens * codec.dim if tokens else 0.0
-    return _finish_segment(root, seg_id, doclens, ids, files, outside, codec)
+    return _finish_segment(root, seg_id, doclens, ids, files, outside, codec, live_metadata(segments))
+
+
+def live_metadata(segments: list[Segment]):
+    """The live documents' metadata in order for a merged segment, or None when no segment has any."""
+    return meta_files.live_rows(segments) if any(s.meta is not None for s in segments) else None
 
 
 def spill_live(segments: list[Segment], kernels, path: Path) -> tuple[Spill, np.ndarray, object]:
@@ -355,9 +375,10 @@ def load_segment(
                 f"{root / files['doc_id_offsets']['path']}: offsets not monotone within doc_id_bytes"
             )
         ids = DocIds("str", n_docs, blob=blob.tobytes(), offsets=id_offsets)
+    meta = meta_files.open_store(root, files.get("metadata"), n_docs, verify)
     ivf_offsets, ivf_docs = kernels.build_ivf(codes, offsets, codec.n_centroids)
     data = SegmentData(codec, codes, residuals, offsets, ivf_offsets, ivf_docs)
-    return Segment(seg_id, entry, data, doclens, ids, deleted, n_deleted)
+    return Segment(seg_id, entry, data, doclens, ids, deleted, n_deleted, meta)
 
 
 def segment_key(entry: dict) -> str:

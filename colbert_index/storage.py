@@ -57,7 +57,7 @@ class IndexLockedError(RuntimeError):
     """Another writer holds the index's lock; only one writer at a time may change an index."""
 
 
-def _sha256(path: Path) -> str:
+def sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -94,7 +94,7 @@ def file_entry(root: Path, relpath: str) -> dict:
     arr = np.load(path, mmap_mode="r")
     entry = {"path": relpath, "shape": list(arr.shape), "dtype": arr.dtype.str, "bytes": path.stat().st_size}
     del arr
-    entry["sha256"] = _sha256(path)
+    entry["sha256"] = sha256(path)
     return entry
 
 
@@ -213,6 +213,20 @@ def check_relpath(root: Path, relpath) -> Path:
     return root / p
 
 
+def check_file(root: Path, entry: dict, verify: bool = False) -> Path:
+    """The path a manifest file entry names, checked: inside ``root``, present, of the recorded size, and
+    of the recorded sha256 (files up to :data:`CHECKSUM_MAX_BYTES`, all with ``verify=True``)."""
+    fpath = check_relpath(root, entry.get("path"))
+    if not fpath.is_file():
+        raise IndexFormatError(f"{fpath}: missing")
+    size = fpath.stat().st_size
+    if size != entry.get("bytes"):
+        raise IndexFormatError(f"{fpath}: {size} bytes, manifest says {entry.get('bytes')} (truncated or replaced?)")
+    if (verify or size <= CHECKSUM_MAX_BYTES) and sha256(fpath) != entry.get("sha256"):
+        raise IndexFormatError(f"{fpath}: checksum mismatch (file corrupted)")
+    return fpath
+
+
 def load_entry(root: Path, entry, mmap: bool = True, verify: bool = False, name: str = "?") -> np.ndarray:
     """Load the ``.npy`` a manifest entry names and check it (size, checksum, shape, dtype).
 
@@ -220,14 +234,7 @@ def load_entry(root: Path, entry, mmap: bool = True, verify: bool = False, name:
     """
     if not isinstance(entry, dict):
         raise IndexFormatError(f"{root / MANIFEST}: no entry for {name}.npy")
-    fpath = check_relpath(root, entry.get("path"))
-    if not fpath.is_file():
-        raise IndexFormatError(f"{fpath}: missing")
-    size = fpath.stat().st_size
-    if size != entry.get("bytes"):
-        raise IndexFormatError(f"{fpath}: {size} bytes, manifest says {entry.get('bytes')} (truncated or replaced?)")
-    if (verify or size <= CHECKSUM_MAX_BYTES) and _sha256(fpath) != entry.get("sha256"):
-        raise IndexFormatError(f"{fpath}: checksum mismatch (file corrupted)")
+    fpath = check_file(root, entry, verify)
     try:
         arr = np.load(fpath, mmap_mode="r" if mmap else None, allow_pickle=False)
     except Exception as e:  # numpy raises ValueError/OSError/EOFError/... on damaged headers

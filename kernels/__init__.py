@@ -1,4 +1,7 @@
-"""Kernels: numpy references (`reference`) and Numba CPU versions (`numba_*`) with the same contracts.
+"""Kernels: numpy references (`reference`) and Numba CPU versions (`numba_*`) with the same contracts;
+for the device pipeline, Triton GPU versions (`triton_scoring`) and a torch fallback (`torch_scoring`) on
+torch tensors, with batched (many queries x their own candidates) variants. Only importing
+`triton_scoring` imports triton.
 
 Shared conventions
 ------------------

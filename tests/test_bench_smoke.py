@@ -35,3 +35,16 @@ def test_live_bench_quick_run(tmp_path):
     results = json.loads((tmp_path / "live_n600_d64.json").read_text())
     assert results["drift"]["extended"]["add"]["centroids_added"] > 0
     assert "| half + 10 add(s) | 11 |" in out.stdout
+
+
+def test_filters_bench_quick_run(tmp_path):
+    out = _quick_run("filters.py", tmp_path)
+    results = json.loads((tmp_path / "filters_quick.json").read_text())
+    assert {r["selectivity"] for r in results["rows"]} == {"50%", "10%", "1%", "0.1%"}
+    assert "| selectivity |" in out.stdout
+
+
+def test_load_test_quick_run(tmp_path):
+    _quick_run("load_test.py", tmp_path)
+    results = json.loads((tmp_path / "load_n600_quick.json").read_text())
+    assert results["searches"] > 0 and results["writes"] > 0 and results["errors"] == 0, results["error_samples"]

@@ -1,0 +1,150 @@
+"""The staged search on torch tensors of any device, for a batch of queries at once.
+
+The same four stages as :func:`colbert_index.search.staged_search`, with the same parameters and the same
+rules (probe widened until a query has ``k`` candidates, stage 2 only past ``ndocs`` candidates, stage 3
+only past ``max(ndocs // 4, k)``, ties broken towards the lower slot); torch does the glue (stage 0's
+matrix product, the probe, per-query top-n), the hot loops are the ``*_batched`` kernels of the given
+namespace (:mod:`colbert_index.kernels.triton_scoring` or :mod:`colbert_index.kernels.torch_scoring`).
+
+Differences from the CPU path: probe ties between exactly equal centroid scores may pick another centroid
+(``torch.topk`` does not promise the lower id), and scores are summed in another order (float tolerance).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import torch
+
+from colbert_index.search import SearchParams
+
+
+@dataclass
+class DeviceData:
+    """An index's arrays on one torch device: every segment concatenated (global positions as slots)."""
+
+    centroids: torch.Tensor  # float32 [K, dim]
+    table: torch.Tensor  # float32 [nbytes, 256, 8 // nbits]
+    normalize: bool
+    codes: torch.Tensor  # uint16 / uint32 [n_tokens]
+    residuals: torch.Tensor  # uint8 [n_tokens, nbytes]
+    offsets: torch.Tensor  # int64 [n_docs + 1]
+    ivf_offsets: torch.Tensor  # int64 [K + 1]
+    ivf_docs: torch.Tensor  # int32 [n_postings]
+    deleted: torch.Tensor | None  # bool [n_docs], None when nothing is deleted
+
+    @property
+    def n_docs(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def n_live(self) -> int:
+        return self.n_docs - (0 if self.deleted is None else int(self.deleted.sum()))
+
+
+def centroid_scores(data: DeviceData, Q: torch.Tensor) -> torch.Tensor:
+    """Stage 0: ``[n_q, K, q_max]`` float32, one row of query-token scores per centroid (padding scores 0)."""
+    return torch.matmul(data.centroids, Q.transpose(1, 2)).contiguous()
+
+
+def probe(
+    data: DeviceData, S: torch.Tensor, q_lens: torch.Tensor, nprobe: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Stage 1 for every query with its own ``nprobe``: ``(cells, candidates, cand_q)``.
+
+    ``cells [n_q, q_max, P]`` int32: each query token's best ``nprobe`` centroids (``reference.probe_cells``
+    per query, ``P`` the largest ``nprobe``), -1 past a query's ``nprobe`` and on padding tokens. Candidates
+    are sorted by (query, slot), deleted documents dropped."""
+    n_q, K, q_max = S.shape
+    device = S.device
+    q_valid = torch.arange(q_max, device=device)[None, :] < q_lens[:, None]  # [n_q, q_max]
+    P = int(min(int(nprobe.max()), K))
+    scores = S.transpose(1, 2).masked_fill(~q_valid[:, :, None], float("-inf"))  # [n_q, q_max, K]
+    top = torch.topk(scores, P, dim=2).indices  # [n_q, q_max, P]
+    valid = (torch.arange(P, device=device)[None, None, :] < nprobe[:, None, None]) & q_valid[:, :, None]
+    qi, qt, r = torch.nonzero(valid, as_tuple=True)
+    probed = torch.zeros((n_q, K), dtype=torch.bool, device=device)
+    probed[qi, top[qi, qt, r]] = True
+    cells = torch.where(valid, top, -1).to(torch.int32)
+    pq, pc = torch.nonzero(probed, as_tuple=True)  # probed (query, centroid) pairs
+    starts = data.ivf_offsets[pc]
+    lens = data.ivf_offsets[pc + 1] - starts
+    owner = torch.repeat_interleave(torch.arange(len(pc), device=device), lens)
+    first = torch.cumsum(lens, 0) - lens
+    docs = data.ivf_docs[starts[owner] + torch.arange(len(owner), device=device) - first[owner]].long()
+    keys = torch.unique(pq[owner].long() * data.n_docs + docs)  # sorted: by query, then slot
+    if data.deleted is not None:
+        keys = keys[~data.deleted[keys % data.n_docs]]
+    return cells, keys % data.n_docs, (keys // data.n_docs).to(torch.int32)
+
+
+def keep_top(
+    scores: torch.Tensor, cands: torch.Tensor, cand_q: torch.Tensor, n_q: int, n: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The ``n`` best candidates of each query (score desc, slot asc); input sorted by (query, slot).
+
+    Returns ``(scores, cands, cand_q)`` grouped by query, best first within each query.
+    """
+    order = torch.argsort(scores, descending=True, stable=True)  # ties keep (query, slot) order
+    order = order[torch.argsort(cand_q[order], stable=True)]
+    counts = torch.bincount(cand_q.long(), minlength=n_q)
+    first = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(len(order), device=order.device) - first[cand_q[order].long()]
+    order = order[rank < n]
+    return scores[order], cands[order], cand_q[order]
+
+
+def _by_slot(cands: torch.Tensor, cand_q: torch.Tensor, n_docs: int) -> tuple[torch.Tensor, torch.Tensor]:
+    order = torch.argsort(cand_q.long() * n_docs + cands)
+    return cands[order], cand_q[order]
+
+
+def staged_search_batched(
+    Q: torch.Tensor, q_lens: torch.Tensor, k: int, params: SearchParams, data: DeviceData, kernels: SimpleNamespace
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-``k`` of each query of ``Q [n_q, q_max, dim]`` (padded; real lengths ``q_lens`` int32).
+
+    ``params`` as :meth:`SearchParams.resolved` returns it. Returns ``(scores [n_q, k'], positions [n_q, k'])``
+    on the device, best first, ``k' = min(k, live documents)``.
+    """
+    n_q, device, n_docs = Q.shape[0], Q.device, data.n_docs
+    k = min(k, data.n_live)
+    if k <= 0 or n_q == 0:
+        return torch.zeros((n_q, 0), device=device), torch.zeros((n_q, 0), dtype=torch.int64, device=device)
+    S = centroid_scores(data, Q)
+    K = S.shape[1]
+    nprobe = torch.full((n_q,), int(params.nprobe), dtype=torch.int64, device=device)
+    while True:  # stage 1; widen the probe of a query in the rare case it finds fewer than k documents
+        cells, cands, cand_q = probe(data, S, q_lens, nprobe)
+        counts = torch.bincount(cand_q.long(), minlength=n_q)
+        short = (counts < k) & (nprobe < K)
+        if not bool(short.any()):
+            break
+        nprobe = torch.where(short, nprobe * 2, nprobe)
+    ndocs = params.ndocs if params.ndocs is not None else SearchParams.default_ndocs(k, n_docs)
+    n_exact = max(ndocs // 4, k)
+    ndocs = max(ndocs, k)
+    tables = (data.centroids, data.table, data.normalize)
+    for n, stage in ((ndocs, 2), (n_exact, 3)):
+        big = counts > n  # only those queries run the stage: the others keep all their candidates
+        if not bool(big.any()):
+            continue
+        sel = torch.nonzero(big[cand_q.long()]).squeeze(1)
+        scores = torch.zeros(len(cands), dtype=torch.float32, device=device)
+        if stage == 2:
+            thr = params.centroid_score_threshold
+            cs = (S, q_lens, data.codes, data.offsets, cands[sel], cand_q[sel])
+            part = kernels.centroid_interaction_batched(*cs, thr)
+        else:
+            cs = (Q, q_lens, S, cells, data.codes, data.residuals, data.offsets, cands[sel], cand_q[sel])
+            part = kernels.refined_interaction_batched(*cs, *tables)
+        scores[sel] = part
+        _, cands, cand_q = keep_top(scores, cands, cand_q, n_q, n)
+        cands, cand_q = _by_slot(cands, cand_q, n_docs)
+        counts = torch.bincount(cand_q.long(), minlength=n_q)
+    exact = kernels.exact_maxsim_batched(Q, q_lens, data.codes, data.residuals, data.offsets, cands, cand_q, *tables)
+    scores, cands, cand_q = keep_top(exact, cands, cand_q, n_q, k)  # stage 4
+    if len(cands) != n_q * k:
+        raise RuntimeError(f"internal: {len(cands)} results for {n_q} queries x k={k}")
+    return scores.reshape(n_q, k), cands.reshape(n_q, k)

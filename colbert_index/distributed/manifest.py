@@ -1,0 +1,72 @@
+"""The cluster manifest: one small JSON file naming the shards of a sharded index.
+
+``cluster.json`` in the sharded index's root directory::
+
+    {"format": "colbert_index.cluster", "version": 1, "uuid": ..., "n_shards": 4,
+     "hash": "blake2b-8(str(id)) mod n_shards", "dim": 64, "nbits": 2, "n_centroids": 4096,
+     "id_type": "int" | "str", "codebook_sha256": ..., "build": {...},
+     "shards": [{"shard": 0, "path": "b1c2d3e4-shard-0000", "node": null, "n_docs": ..., "n_tokens": ...,
+                 "disk_bytes": ..., "uuid": ...}, ...]}
+
+A shard ``path`` is relative to the root when the shard lives inside it (shared filesystem), absolute
+otherwise (per-node disks); ``node`` is the IP address of the node whose disk holds it (its build task
+and its search actor are pinned there), or null when every node sees the path. The file is written to a
+temporary name, fsynced and renamed over ``cluster.json``: it names a complete set of shards or none.
+Counts (``n_docs``, ``n_tokens``, ``disk_bytes``) are as of the build; later writes commit in the shards'
+own manifests (:meth:`ShardedIndex.info` reports the live figures).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from colbert_index import storage
+from colbert_index.storage import IndexFormatError
+
+CLUSTER_MANIFEST = "cluster.json"
+FORMAT_NAME = "colbert_index.cluster"
+FORMAT_VERSION = 1
+
+
+def write_cluster_manifest(root: Path, manifest: dict) -> None:
+    """Commit ``manifest`` as ``root/cluster.json`` atomically (temp file, fsync, rename, fsync dir)."""
+    root.mkdir(parents=True, exist_ok=True)
+    manifest = {**manifest, "format": FORMAT_NAME, "version": FORMAT_VERSION}
+    tmp = root / (CLUSTER_MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    storage.fsync_path(tmp)
+    os.replace(tmp, root / CLUSTER_MANIFEST)
+    storage.fsync_path(root)
+
+
+def load_cluster_manifest(root: str | os.PathLike) -> dict:
+    """Read and check ``root/cluster.json``; :class:`IndexFormatError` names what is wrong."""
+    path = Path(root) / CLUSTER_MANIFEST
+    if not path.is_file():
+        hint = (
+            " (it is a single index: use colbert_index.Index.open)" if (Path(root) / storage.MANIFEST).is_file() else ""
+        )
+        raise FileNotFoundError(f"{path}: no cluster manifest; build a sharded index with build_sharded(){hint}")
+    try:
+        m = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise IndexFormatError(f"{path}: unreadable cluster manifest ({e})") from None
+    if not isinstance(m, dict) or m.get("format") != FORMAT_NAME:
+        raise IndexFormatError(f"{path}: not a colbert_index cluster manifest")
+    if m.get("version") != FORMAT_VERSION:
+        raise IndexFormatError(f"{path}: cluster format version {m.get('version')}, this build reads {FORMAT_VERSION}")
+    shards = m.get("shards")
+    if not isinstance(shards, list) or not shards or len(shards) != m.get("n_shards"):
+        raise IndexFormatError(f"{path}: 'shards' must list n_shards={m.get('n_shards')} entries")
+    for i, s in enumerate(shards):
+        if not isinstance(s, dict) or s.get("shard") != i or not isinstance(s.get("path"), str):
+            raise IndexFormatError(f"{path}: shard entry {i} is malformed ({s!r})")
+    return m
+
+
+def shard_path(root: Path, entry: dict) -> Path:
+    """The directory of a shard entry (relative paths are under ``root``)."""
+    p = Path(entry["path"])
+    return p if p.is_absolute() else root / p

@@ -1,0 +1,464 @@
+"""HTTP server: an index behind a small JSON API (FastAPI + uvicorn; ``pip install -e ".[server]"``).
+
+``create_app(path, model=..., api_key=...)`` returns the app; ``colbert-index serve PATH`` runs it. Endpoints:
+
+==========================  ============================================================================
+``GET  /health``            liveness (never needs the API key)
+``GET  /stats``             docs, tokens, bytes, segments, deleted, generation, dim, nbits, centroids
+``POST /search``            one query: ``query`` (``[q_len, dim]`` embeddings) or ``text`` (with a model)
+``POST /search/batch``      many queries: ``queries`` or ``texts``; run in parallel over the cores
+``POST /documents``         add documents: ``{"documents": [{"id", "embeddings" | "text", "metadata"}]}``
+``POST /documents/upsert``  the same, replacing live documents with the same ids
+``POST /documents/delete``  ``{"ids": [...], "missing_ok": false}``
+``POST /compact``           ``{"retrain": false}``
+==========================  ============================================================================
+
+Searches take ``k``, ``filter`` (a list of ids or a metadata filter, see :mod:`colbert_index.filters`),
+``params`` (``nprobe``, ``ndocs``, ``centroid_score_threshold``) and ``include_metadata``. They run in a pool of
+one thread per core (each query's kernels on one thread), so the event loop never blocks and concurrent queries
+use every core; they are not micro-batched (on 2 cores that measured no faster, bench/RESULTS.md). Writes run one
+at a time in their own thread, holding the index's writer lock. Before a search the server picks up versions other
+processes committed (``Index.refresh``, at most every ``refresh_s`` seconds).
+
+Bad input gets a 4xx whose ``detail`` names the field (``400`` malformed JSON, ``401`` missing or wrong API
+key, ``404`` unknown ids, ``409`` another writer holds the index, ``413`` body too large, ``422`` invalid
+field). With ``api_key`` set, every endpoint but ``/health`` requires ``Authorization: Bearer KEY``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import numba
+import numpy as np
+
+try:
+    from fastapi import Depends, FastAPI, Header, HTTPException, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
+except ImportError as e:  # pragma: no cover - the extra is missing
+    raise ImportError(f'the server needs the "server" extra: pip install -e ".[server]" ({e})') from e
+
+from colbert_index.index import Index
+from colbert_index.search import SearchParams
+from colbert_index.storage import IndexFormatError, IndexLockedError
+
+MAX_K = 1000
+MAX_QUERY_TOKENS = 512
+MAX_BATCH = 256  # queries in one batch request
+MAX_DOCS = 1000  # documents in one add / upsert request
+MAX_DOC_TOKENS = 8192
+MAX_TEXT = 100_000  # characters of one text
+MAX_IDS = 100_000  # ids in one delete request or id-list filter
+MAX_BODY_BYTES = 64 << 20
+
+Id = StrictInt | StrictStr
+Vectors = Annotated[list[Annotated[list[float], Field(min_length=1, max_length=4096)]], Field(min_length=1)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class Params(_Model):
+    """:class:`colbert_index.SearchParams`; unset fields follow the defaults for ``k``."""
+
+    nprobe: int | None = Field(None, ge=1, le=1 << 16)
+    ndocs: int | None = Field(None, ge=1, le=1 << 20)
+    centroid_score_threshold: float | None = None
+
+
+class _SearchOptions(_Model):
+    k: int = Field(10, ge=1, le=MAX_K)
+    filter: dict[str, Any] | Annotated[list[Id], Field(max_length=MAX_IDS)] | None = None
+    params: Params | None = None
+    include_metadata: bool = False
+
+
+class SearchRequest(_SearchOptions):
+    """One query: ``query`` (token embeddings ``[q_len, dim]``) or ``text`` (needs a model)."""
+
+    query: Annotated[Vectors, Field(max_length=MAX_QUERY_TOKENS)] | None = None
+    text: str | None = Field(None, min_length=1, max_length=MAX_TEXT)
+
+    @model_validator(mode="after")
+    def _one_query(self) -> SearchRequest:
+        if (self.query is None) == (self.text is None):
+            raise ValueError("give exactly one of query (embeddings) or text")
+        return self
+
+
+class BatchSearchRequest(_SearchOptions):
+    """Many queries, all with the same options: ``queries`` (embeddings) or ``texts``."""
+
+    queries: (
+        Annotated[
+            list[Annotated[Vectors, Field(max_length=MAX_QUERY_TOKENS)]], Field(min_length=1, max_length=MAX_BATCH)
+        ]
+        | None
+    ) = None
+    texts: (
+        Annotated[
+            list[Annotated[str, Field(min_length=1, max_length=MAX_TEXT)]], Field(min_length=1, max_length=MAX_BATCH)
+        ]
+        | None
+    ) = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> BatchSearchRequest:
+        if (self.queries is None) == (self.texts is None):
+            raise ValueError("give exactly one of queries (embeddings) or texts")
+        return self
+
+
+class Document(_Model):
+    """A document to add: ``embeddings`` (``[n_tokens, dim]``) or ``text`` (needs a model), an optional ``id``
+    (required for string-id indexes and upserts) and optional ``metadata``."""
+
+    id: Id | None = None
+    embeddings: Annotated[Vectors, Field(max_length=MAX_DOC_TOKENS)] | None = None
+    text: str | None = Field(None, min_length=1, max_length=MAX_TEXT)
+    metadata: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _one_content(self) -> Document:
+        if (self.embeddings is None) == (self.text is None):
+            raise ValueError("give exactly one of embeddings or text")
+        return self
+
+
+class DocumentsRequest(_Model):
+    documents: list[Document] = Field(min_length=1, max_length=MAX_DOCS)
+
+
+class DeleteRequest(_Model):
+    ids: list[Id] = Field(min_length=1, max_length=MAX_IDS)
+    missing_ok: bool = False
+
+
+class CompactRequest(_Model):
+    retrain: bool = False
+
+
+class _BodyLimit:
+    """ASGI middleware: 413 for a request body over ``limit`` bytes, declared (Content-Length) or streamed."""
+
+    def __init__(self, app, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            response = JSONResponse({"detail": f"request body larger than {self.limit} bytes"}, status_code=413)
+            return await response(scope, receive, send)
+        seen = 0
+
+        async def limited():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:  # raised inside the endpoint's body parsing: FastAPI answers with it
+                    raise HTTPException(413, f"request body larger than {self.limit} bytes")
+            return message
+
+        await self.app(scope, limited, send)
+
+
+def _matrix(rows: list[list[float]], dim: int, field: str) -> np.ndarray:
+    """A ``[n, dim]`` float32 array from JSON rows; 422 naming ``field`` when a row has another length."""
+    bad = next((i for i, r in enumerate(rows) if len(r) != dim), None)
+    if bad is not None:
+        raise HTTPException(422, f"{field}[{bad}]: {len(rows[bad])} values, the index has dim {dim}")
+    return np.asarray(rows, dtype=np.float32)
+
+
+class _Service:
+    """The state behind the endpoints: the index, the optional encoder, the thread pools."""
+
+    def __init__(self, index_path, model, device: str, workers: int | None, refresh_s: float) -> None:
+        self.index = Index.open(index_path)
+        self.encoder = None
+        if model is not None:
+            from colbert_index.encoder import Encoder
+
+            self.encoder = Encoder.from_pretrained(model, device=device)
+            if self.encoder.dim != self.index.dim:
+                raise ValueError(f"the model gives {self.encoder.dim}-dim vectors, the index {self.index.dim}")
+        self.workers = workers or numba.get_num_threads()
+        self.search_pool = ThreadPoolExecutor(self.workers, thread_name_prefix="search")
+        self.write_pool = ThreadPoolExecutor(1, thread_name_prefix="write")
+        self.write_lock = threading.Lock()  # the writer thread vs refresh()
+        self.encode_lock = threading.Lock()
+        self.refresh_s, self._refreshed = refresh_s, time.monotonic()
+
+    def close(self) -> None:
+        self.search_pool.shutdown(wait=True)
+        self.write_pool.shutdown(wait=True)
+        self.index.close()
+
+    # -- threads
+    def _maybe_refresh(self) -> None:
+        """Pick up versions committed by other processes, at most every ``refresh_s`` (skipped during a write)."""
+        if time.monotonic() - self._refreshed >= self.refresh_s and self.write_lock.acquire(blocking=False):
+            try:
+                self._refreshed = time.monotonic()
+                self.index.refresh()
+            finally:
+                self.write_lock.release()
+
+    async def search(self, fn, parallel: bool = False):
+        def run():
+            # one query: its kernels on this worker's thread only (the pool gives one worker per core);
+            # a batch: spread over the cores by Index.search itself
+            numba.set_num_threads(numba.config.NUMBA_NUM_THREADS if parallel else 1)
+            self._maybe_refresh()
+            return fn()
+
+        return await asyncio.get_running_loop().run_in_executor(self.search_pool, run)
+
+    async def write(self, fn):
+        def run():
+            with self.write_lock:
+                return fn()
+
+        return await asyncio.get_running_loop().run_in_executor(self.write_pool, run)
+
+    # -- helpers
+    def encode_queries(self, texts: list[str]):
+        if self.encoder is None:
+            raise HTTPException(422, "text: this server has no model (start it with --model DIR); send embeddings")
+        with self.encode_lock:
+            return self.encoder.encode_queries(texts, progress=False)
+
+    def encode_documents(self, texts: list[str]) -> list[np.ndarray]:
+        if self.encoder is None:
+            raise HTTPException(422, "text: this server has no model (start it with --model DIR); send embeddings")
+        with self.encode_lock:
+            return self.encoder.encode_documents(texts, progress=False)
+
+    def hits(self, res, include_metadata: bool) -> list[list[dict]]:
+        out = []
+        for ids, scores in zip(res.ids.tolist(), res.scores.tolist()):
+            # as of now: a document deleted since the search ran gets None
+            metas = self.index.metadata(ids, missing_ok=True) if include_metadata else None
+            out.append(
+                [
+                    {"id": i, "score": s, **({"metadata": metas[j]} if include_metadata else {})}
+                    for j, (i, s) in enumerate(zip(ids, scores))
+                ]
+            )
+        return out
+
+
+def _params(p: Params | None) -> SearchParams | None:
+    return None if p is None else SearchParams(p.nprobe, p.centroid_score_threshold, p.ndocs)
+
+
+def _error_detail(exc: RequestValidationError) -> tuple[int, dict]:
+    """400 for unparsable JSON, else 422; ``detail`` names each bad field (``documents.0.embeddings``)."""
+    errors = exc.errors()
+    status = 400 if any(e.get("type") == "json_invalid" for e in errors) else 422
+    parts, listed = [], []
+    for e in errors[:20]:
+        loc = ".".join(str(x) for x in e.get("loc", ())[1:] if not str(x).startswith(("function-", "list[", "dict[")))
+        msg = e.get("msg", "invalid")
+        if e.get("type") == "json_invalid":
+            loc, msg = "body", f"malformed JSON (at character {loc}): {(e.get('ctx') or {}).get('error', msg)}"
+        parts.append(f"{loc or 'body'}: {msg}")
+        listed.append({"loc": [str(x) for x in e.get("loc", ())], "msg": msg, "type": e.get("type")})
+    return status, {"detail": "; ".join(parts), "errors": listed}
+
+
+def create_app(
+    index_path: str | os.PathLike,
+    *,
+    model: str | os.PathLike | None = None,
+    device: str = "cpu",
+    api_key: str | None = None,
+    workers: int | None = None,
+    refresh_s: float = 1.0,
+    max_body_bytes: int = MAX_BODY_BYTES,
+) -> FastAPI:
+    """The FastAPI app serving the index at ``index_path`` (see the module docstring for the endpoints).
+
+    Args:
+        model: a local checkpoint directory (:class:`colbert_index.Encoder`) for text queries and documents.
+        api_key: when set, required as ``Authorization: Bearer KEY`` on every endpoint but ``GET /health``.
+        workers: search threads (default: Numba's thread count, one per core).
+        refresh_s: how often (at most) searches check for versions committed by other processes.
+        max_body_bytes: larger request bodies get 413.
+    """
+    index_path = Path(index_path)
+    if api_key is not None and not api_key:
+        raise ValueError("api_key must not be empty (leave it unset to serve without one)")
+    service = _Service(index_path, model, device, workers, refresh_s)
+    expected = api_key.encode() if api_key is not None else None
+
+    @asynccontextmanager
+    async def lifespan(_app):
+        yield
+        service.close()
+
+    app = FastAPI(title="colbert_index", lifespan=lifespan)
+    app.state.service = service
+
+    def authorize(authorization: Annotated[str | None, Header()] = None) -> None:
+        if expected is None:
+            return
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
+            raise HTTPException(
+                401, "missing or wrong API key: send Authorization: Bearer KEY", headers={"WWW-Authenticate": "Bearer"}
+            )
+
+    auth = [Depends(authorize)]
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError):
+        status, body = _error_detail(exc)
+        return JSONResponse(body, status_code=status)
+
+    def _error(status: int):
+        async def handler(_request: Request, exc: Exception):
+            msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+            return JSONResponse({"detail": str(msg)}, status_code=status)
+
+        return handler
+
+    # the index's own checks of user input raise ValueError / TypeError (bad queries, ids, filters, metadata)
+    app.add_exception_handler(ValueError, _error(422))
+    app.add_exception_handler(TypeError, _error(422))
+    app.add_exception_handler(KeyError, _error(404))  # unknown ids
+    app.add_exception_handler(IndexLockedError, _error(409))
+    app.add_exception_handler(IndexFormatError, _error(500))  # a damaged index is not the client's fault
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok", "generation": service.index.generation}
+
+    @app.get("/stats", dependencies=auth)
+    async def stats() -> dict:
+        def collect():
+            idx = service.index
+            return {
+                "docs": idx.n_docs,
+                "tokens": idx.n_tokens,
+                "bytes": idx.disk_bytes(),
+                "segments": len(idx.segment_info()),
+                "deleted": idx.n_deleted,
+                "generation": idx.generation,
+                "dim": idx.dim,
+                "nbits": idx.nbits,
+                "n_centroids": idx.n_centroids,
+                "model": service.encoder is not None,
+            }
+
+        return await service.search(collect)
+
+    @app.post("/search", dependencies=auth)
+    async def search(req: SearchRequest) -> dict:
+        dim = service.index.dim
+        if req.query is not None:
+            Q, lengths = _matrix(req.query, dim, "query"), None
+        else:
+            Q, lengths = await service.search(lambda: service.encode_queries([req.text]))
+        params = _params(req.params)
+
+        def run():
+            res = service.index.search(Q, k=req.k, params=params, query_lengths=lengths, filter=req.filter)
+            return service.hits(res, req.include_metadata)[0]
+
+        return {"results": await service.search(run), "generation": service.index.generation}
+
+    @app.post("/search/batch", dependencies=auth)
+    async def search_batch(req: BatchSearchRequest) -> dict:
+        dim = service.index.dim
+        if req.queries is not None:
+            Q, lengths = [_matrix(q, dim, f"queries[{i}]") for i, q in enumerate(req.queries)], None
+        else:
+            Q, lengths = await service.search(lambda: service.encode_queries(req.texts))
+        params = _params(req.params)
+
+        def run():
+            res = service.index.search(Q, k=req.k, params=params, query_lengths=lengths, filter=req.filter)
+            return service.hits(res, req.include_metadata)
+
+        return {"results": await service.search(run, parallel=True), "generation": service.index.generation}
+
+    async def _documents(req: DocumentsRequest, upsert: bool) -> dict:
+        given = [d.id is not None for d in req.documents]
+        if any(given) and not all(given):
+            raise HTTPException(422, "documents[].id: give an id for every document or for none")
+        ids = [d.id for d in req.documents] if all(given) else None
+        if upsert and ids is None:
+            raise HTTPException(422, "documents[].id: upsert needs the id of every document")
+        metadata = [d.metadata for d in req.documents]
+        metadata = metadata if any(m is not None for m in metadata) else None
+
+        def arrays() -> list[np.ndarray]:
+            """The documents' token embeddings (texts encoded), off the event loop."""
+            dim = service.index.dim
+            docs = [
+                None if d.embeddings is None else _matrix(d.embeddings, dim, f"documents[{i}].embeddings")
+                for i, d in enumerate(req.documents)
+            ]
+            texts = [(i, d.text) for i, d in enumerate(req.documents) if d.text is not None]
+            if texts:
+                for (i, _), e in zip(texts, service.encode_documents([t for _, t in texts])):
+                    docs[i] = e
+            return docs
+
+        docs = await service.search(arrays)
+        idx = service.index
+        op = idx.upsert if upsert else idx.add
+        info = await service.write(lambda: op(docs, ids, metadata=metadata, progress=False))
+        return {
+            "generation": info.generation,
+            "added": info.docs_added,
+            "replaced": info.docs_deleted,
+            "tokens": info.tokens_added,
+            "seconds": round(info.seconds, 4),
+        }
+
+    @app.post("/documents", dependencies=auth)
+    async def add(req: DocumentsRequest) -> dict:
+        return await _documents(req, upsert=False)
+
+    @app.post("/documents/upsert", dependencies=auth)
+    async def upsert(req: DocumentsRequest) -> dict:
+        return await _documents(req, upsert=True)
+
+    @app.post("/documents/delete", dependencies=auth)
+    async def delete(req: DeleteRequest) -> dict:
+        info = await service.write(lambda: service.index.delete(req.ids, missing_ok=req.missing_ok))
+        return {"generation": info.generation, "deleted": info.docs_deleted, "seconds": round(info.seconds, 4)}
+
+    @app.post("/compact", dependencies=auth)
+    async def compact(req: CompactRequest | None = None) -> dict:
+        retrain = req.retrain if req is not None else False
+        info = await service.write(lambda: service.index.compact(retrain=retrain, progress=False))
+        return {"generation": info.generation, "removed": info.docs_deleted, "seconds": round(info.seconds, 3)}
+
+    app.add_middleware(_BodyLimit, limit=max_body_bytes)
+    return app
+
+
+def serve(
+    index_path: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info", **options
+) -> None:
+    """Run :func:`create_app` under uvicorn (one process; searches in its thread pool)."""
+    import uvicorn
+
+    uvicorn.run(create_app(index_path, **options), host=host, port=port, log_level=log_level)

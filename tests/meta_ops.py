@@ -1,0 +1,87 @@
+"""A deterministic schedule of writes with metadata, for tests/test_metadata.py's crash test.
+
+The write from generation ``g`` depends only on ``g`` and the live ids, and every document written at
+generation ``g`` gets the metadata ``{"id": its id, "gen": g}``, so replaying the schedule tells what each
+committed version's metadata must be. Run as a script (``python meta_ops.py zygote INDEX``) it imports
+everything once, then for each ``run DELAY`` line on stdin forks a writer that applies the schedule to INDEX,
+kills it with SIGKILL after DELAY seconds and answers ``killed`` (as tests/live_ops.py does).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+DIM = 16
+SEED = 3
+
+
+def docs_from(rng: np.random.Generator, n: int) -> list[np.ndarray]:
+    out = []
+    for m in rng.integers(1, 8, size=n):
+        d = rng.standard_normal((int(m), DIM)).astype(np.float32)
+        out.append(d / np.linalg.norm(d, axis=1, keepdims=True))
+    return out
+
+
+def build(path: Path):
+    from colbert_index import Index
+
+    rng = np.random.default_rng(SEED)
+    meta = [{"id": i, "gen": 0} for i in range(12)]
+    return Index.build(path, docs_from(rng, 12), metadata=meta, n_centroids=8, progress=False, backend="numpy")
+
+
+def step(index) -> None:
+    """Apply the schedule's write from the index's generation."""
+    g = index.generation
+    live = sorted(index.doc_ids().tolist())
+    rng = np.random.default_rng([SEED, g])
+    kind = g % 5
+    if kind in (0, 3) or len(live) < 4:
+        ids = [max(live + [0]) + 1 + j for j in range(3)]
+        index.add(docs_from(rng, 3), ids, metadata=[{"id": i, "gen": g + 1} for i in ids], progress=False)
+    elif kind == 1:
+        ids = [int(rng.choice(live))]
+        index.upsert(docs_from(rng, 1), ids, metadata=[{"id": ids[0], "gen": g + 1}], progress=False)
+    elif kind == 2:
+        index.delete([int(x) for x in rng.choice(live, 2, replace=False)])
+    else:
+        index.compact(retrain=g % 15 == 14, n_centroids=8 if g % 15 == 14 else None, progress=False)
+
+
+def state(index) -> dict:
+    """``{id: metadata}`` of the live documents."""
+    ids = sorted(index.doc_ids().tolist())
+    return dict(zip(ids, index.metadata(ids)))
+
+
+def zygote(path: Path) -> None:
+    import faiss
+
+    from colbert_index import Index
+
+    faiss.omp_set_num_threads(1)
+    for line in sys.stdin:
+        delay = float(line.split()[1])
+        pid = os.fork()
+        if pid == 0:
+            try:
+                index = Index.open(path, backend="numpy")
+                while True:
+                    step(index)
+            finally:
+                os._exit(1)
+        time.sleep(delay)
+        os.kill(pid, signal.SIGKILL)
+        _, status = os.waitpid(pid, 0)
+        print("killed" if os.WIFSIGNALED(status) else f"exited {status}", flush=True)
+
+
+if __name__ == "__main__":
+    zygote(Path(sys.argv[2]))

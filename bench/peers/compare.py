@@ -131,7 +131,9 @@ def wait_for_quiet(max_wait_s: float, threshold: float = 0.25) -> float:
 OURS_SRC: list[Path] = []  # set by main(): the snapshot of our sources that run_ours.py imports
 
 
-def run_engine(engine: str, command: str, data: Path, index: Path, nbits: int, k: int, threads: int | None) -> dict:
+def run_engine(
+    engine: str, command: str, data: Path, index: Path, nbits: int, k: int, threads: int | None, params: list = ()
+) -> dict:
     """Run one runner subcommand in the engine's environment; returns its JSON result.
 
     ``threads=None`` (builds) leaves every thread pool at its default (all cores).
@@ -147,6 +149,7 @@ def run_engine(engine: str, command: str, data: Path, index: Path, nbits: int, k
         out = Path(f.name)
     cmd = [str(python), str(script), command, "--data", str(data), "--index", str(index), "--out", str(out)]
     cmd += ["--nbits", str(nbits), "--k", str(k), "--threads", str(threads or 1)]
+    cmd += [arg for param in params for arg in ("--param", param)]
     logfile = index.parent / f"{engine}.{command}.log"
     index.parent.mkdir(parents=True, exist_ok=True)
     with open(logfile, "w") as log_f:
@@ -192,6 +195,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="HEAD",
         help="git commit of our engine to measure (default HEAD; 'worktree': the working tree as it is)",
     )
+    p.add_argument(
+        "--ours-param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a SearchParams field of ours (e.g. ndocs=160: another operating point); results get their own name",
+    )
     p.add_argument("--no-profile", action="store_true", help="skip the per-stage profiles")
     p.add_argument("--no-markdown", action="store_true", help="do not touch bench/RESULTS.md")
     p.add_argument("--render", type=Path, metavar="JSON", help="only re-render the markdown of a results file")
@@ -217,6 +227,10 @@ def build_all(args: argparse.Namespace, data: Path, index_root: Path) -> dict:
     return builds
 
 
+def _params(args: argparse.Namespace, engine: str) -> list:
+    return args.ours_param if engine == "ours" else []
+
+
 def measure(args: argparse.Namespace, data: Path, index_root: Path, gt: np.ndarray, targets: np.ndarray) -> list:
     """``--rounds`` rounds of single-query latency over the engines, in rotating order."""
     rounds = []
@@ -225,7 +239,9 @@ def measure(args: argparse.Namespace, data: Path, index_root: Path, gt: np.ndarr
         row = {}
         for engine in order:
             waited = wait_for_quiet(args.wait_quiet)
-            res = run_engine(engine, "search", data, index_root / engine, args.nbits, args.k, args.threads)
+            res = run_engine(
+                engine, "search", data, index_root / engine, args.nbits, args.k, args.threads, _params(args, engine)
+            )
             ids = np.asarray(res.pop("ids"))
             res.pop("times_ms")
             res.pop("cpu_ms", None)
@@ -251,7 +267,9 @@ def profile_all(args: argparse.Namespace, data: Path, index_root: Path) -> dict:
     for engine in [e for e in args.engines if e in PROFILED]:
         wait_for_quiet(args.wait_quiet)
         try:
-            res = run_engine(engine, "profile", data, index_root / engine, args.nbits, args.k, args.threads)
+            res = run_engine(
+                engine, "profile", data, index_root / engine, args.nbits, args.k, args.threads, _params(args, engine)
+            )
         except RuntimeError as exc:  # a profile mirrors the engine's code and may lag behind it
             log(f"profile {engine} failed: {exc}")
             out[engine] = {"error": str(exc).splitlines()[-1]}
@@ -374,10 +392,11 @@ def main(argv: list[str] | None = None) -> dict | None:
         return None
     t0 = time.perf_counter()
     name = f"n{args.n_docs}_d{args.dim}" + ("" if args.nbits == 2 else f"_b{args.nbits}")
+    index_root = BENCH_DIR / "indexes" / f"peers_{name}_b{args.nbits}"
+    name += "".join(f"_ours-{p.replace('=', '')}" for p in args.ours_param)
     data = export(args.n_docs, args.dim)
     meta = json.loads((data / "meta.json").read_text())
     gt, targets = np.load(data / "gt_ids.npy"), np.load(data / "targets.npy")
-    index_root = BENCH_DIR / "indexes" / f"peers_{name}_b{args.nbits}"
     src, ours_sha = snapshot_ours(args.ours_ref)
     OURS_SRC[:] = [src] if src is not None else []
     env = {

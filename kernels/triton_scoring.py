@@ -45,6 +45,19 @@ def _configs() -> list[triton.Config]:
     return [triton.Config({"BLOCK_T": bt}, num_warps=w, num_stages=s) for bt, w, s in shapes]
 
 
+@triton.jit
+def _decompress(code, t, mask, packed_ptr, nbytes, byte_col, shift, weights_ptr, centroids_ptr, rd, dim,
+                NBITS: tl.constexpr, NORMALIZE: tl.constexpr):  # fmt: skip
+    """``[BLOCK_T, BLOCK_D]`` tokens ``t`` (codes ``code``) decompressed in registers: bucket weight + centroid."""
+    byte = tl.load(packed_ptr + t[:, None] * nbytes + byte_col[None, :], mask=mask, other=0).to(tl.int32)
+    bucket = (byte >> shift[None, :]) & ((1 << NBITS) - 1)
+    v = tl.load(weights_ptr + rd[None, :] * (1 << NBITS) + bucket, mask=mask, other=0.0)
+    v += tl.load(centroids_ptr + code[:, None] * dim + rd[None, :], mask=mask, other=0.0)
+    if NORMALIZE:
+        v = v / tl.maximum(tl.sqrt(tl.sum(v * v, axis=1)), 1e-12)[:, None]
+    return v
+
+
 # ----------------------------------------------------------------------------------- stage 4: exact
 @triton.autotune(configs=_configs(), key=["dim", "BLOCK_Q", "NBITS", "NORMALIZE"])
 @triton.jit
@@ -97,12 +110,9 @@ def _exact_maxsim_kernel(
         t_mask = t < hi
         m2 = t_mask[:, None] & d_mask[None, :]
         code = tl.load(codes_ptr + t, mask=t_mask, other=0).to(tl.int64)
-        byte = tl.load(packed_ptr + t[:, None] * nbytes + byte_col[None, :], mask=m2, other=0).to(tl.int32)
-        bucket = (byte >> shift[None, :]) & ((1 << NBITS) - 1)
-        v = tl.load(weights_ptr + rd[None, :] * (1 << NBITS) + bucket, mask=m2, other=0.0)
-        v += tl.load(centroids_ptr + code[:, None] * dim + rd[None, :], mask=m2, other=0.0)
-        if NORMALIZE:
-            v = v / tl.maximum(tl.sqrt(tl.sum(v * v, axis=1)), 1e-12)[:, None]
+        v = _decompress(
+            code, t, m2, packed_ptr, nbytes, byte_col, shift, weights_ptr, centroids_ptr, rd, dim, NBITS, NORMALIZE
+        )
         s = tl.dot(q, tl.trans(v), input_precision=PRECISION)  # [BLOCK_Q, BLOCK_T]
         s = tl.where(t_mask[None, :], s, float("-inf"))
         best = tl.maximum(best, tl.max(s, axis=1))
@@ -225,12 +235,9 @@ def _refined_interaction_kernel(
         probed = tl.load(probed_ptr + qi * n_centroids + code, mask=t_mask, other=0) != 0
         if tl.sum(probed.to(tl.int32), axis=0) > 0:  # decompress only the tokens of probed cells
             m2 = probed[:, None] & d_mask[None, :]
-            byte = tl.load(packed_ptr + t[:, None] * nbytes + byte_col[None, :], mask=m2, other=0).to(tl.int32)
-            bucket = (byte >> shift[None, :]) & ((1 << NBITS) - 1)
-            v = tl.load(weights_ptr + rd[None, :] * (1 << NBITS) + bucket, mask=m2, other=0.0)
-            v += tl.load(centroids_ptr + code[:, None] * dim + rd[None, :], mask=m2, other=0.0)
-            if NORMALIZE:
-                v = v / tl.maximum(tl.sqrt(tl.sum(v * v, axis=1)), 1e-12)[:, None]
+            v = _decompress(
+                code, t, m2, packed_ptr, nbytes, byte_col, shift, weights_ptr, centroids_ptr, rd, dim, NBITS, NORMALIZE
+            )
             exact = tl.dot(q, tl.trans(v), input_precision=PRECISION)
             cell = tl.zeros([BLOCK_Q, BLOCK_T], tl.int1)
             for j in range(nprobe):  # is (code, q) a probed cell: code among token q's nprobe ids

@@ -144,26 +144,24 @@ def exact_maxsim(Q, codes, packed, offsets, candidates, centroids, table, normal
         j = min(n, max(i + 1, int(np.searchsorted(local, local[i] + _EXACT_BLOCK_TOKENS, side="right")) - 1))
         m = int(local[j] - local[i])
         if m:
-            decompress_docs(codes, packed, offsets, candidates[i:j], centroids, table, normalize, buf)
-            out[i:j] = segment_max_sum(buf[:m] @ QT, local[i : j + 1] - local[i])
+            rows = local[i : j + 1] - local[i]  # where each document's tokens go in buf
+            decompress_docs(codes, packed, offsets, candidates[i:j], rows, centroids, table, normalize, buf)
+            out[i:j] = segment_max_sum(buf[:m] @ QT, rows)
         i = j
     return out
 
 
 @njit(cache=True, nogil=True, parallel=True, fastmath=True)
-def decompress_docs(codes, packed, offsets, candidates, centroids, table, normalize, out):
-    """The tokens of ``candidates``, one document after another, into the first rows of ``out``."""
+def decompress_docs(codes, packed, offsets, candidates, rows, centroids, table, normalize, out):
+    """The tokens of ``candidates[i]`` into ``out[rows[i] : rows[i + 1]]`` (one document after another)."""
     n = candidates.shape[0]
-    start = np.zeros(n + 1, dtype=np.int64)
-    for i in range(n):
-        start[i + 1] = start[i] + offsets[candidates[i] + 1] - offsets[candidates[i]]
     nbytes = packed.shape[1]
     flat = packed.reshape(packed.shape[0] * nbytes)  # 1-D view for the prefetch
     for blk in prange((n + _BLOCK - 1) // _BLOCK):
         for i in range(blk * _BLOCK, min(n, (blk + 1) * _BLOCK)):
             prefetch_candidate(offsets, candidates, i, flat, nbytes)
             d = candidates[i]
-            decompress_range(codes, packed, offsets[d], offsets[d + 1], centroids, table, normalize, out, start[i])
+            decompress_range(codes, packed, offsets[d], offsets[d + 1], centroids, table, normalize, out, rows[i])
 
 
 @njit(cache=True, nogil=True, parallel=True)

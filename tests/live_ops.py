@@ -21,6 +21,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -30,10 +31,11 @@ N_INITIAL = 20
 SEED = 7
 
 
-def docs_from(rng: np.random.Generator, n: int) -> list[np.ndarray]:
+def docs_from(rng: np.random.Generator, n: int, dim: int = DIM, max_len: int = 11) -> list[np.ndarray]:
+    """``n`` documents of 1..max_len unit vectors."""
     out = []
-    for m in rng.integers(1, 12, size=n):
-        d = rng.standard_normal((int(m), DIM)).astype(np.float32)
+    for m in rng.integers(1, max_len + 1, size=n):
+        d = rng.standard_normal((int(m), dim)).astype(np.float32)
         out.append(d / np.linalg.norm(d, axis=1, keepdims=True))
     return out
 
@@ -129,21 +131,27 @@ def _writer(path: Path, ack: Path) -> None:
             log.flush()
 
 
-def zygote(path: Path, ack: Path) -> None:
-    import colbert_index  # noqa: F401  (imports everything the writers need, before any fork)
-
+def fork_and_kill(child: Callable[[], None]) -> None:
+    """For each ``run DELAY`` line on stdin: fork, run ``child`` in the fork, SIGKILL it after DELAY seconds and
+    answer ``killed`` (or how it exited)."""
     for line in sys.stdin:
         delay = float(line.split()[1])
         pid = os.fork()
         if pid == 0:
             try:
-                _writer(path, ack)
+                child()
             finally:
                 os._exit(1)
         time.sleep(delay)
         os.kill(pid, signal.SIGKILL)
         _, status = os.waitpid(pid, 0)
         print("killed" if os.WIFSIGNALED(status) else f"exited {status}", flush=True)
+
+
+def zygote(path: Path, ack: Path) -> None:
+    import colbert_index  # noqa: F401  (imports everything the writers need, before any fork)
+
+    fork_and_kill(lambda: _writer(path, ack))
 
 
 def reader(path: Path, stop: Path) -> None:

@@ -9,12 +9,10 @@ kills it with SIGKILL after DELAY seconds and answers ``killed`` (as tests/live_
 
 from __future__ import annotations
 
-import os
-import signal
 import sys
-import time
 from pathlib import Path
 
+import live_ops
 import numpy as np
 
 DIM = 16
@@ -22,11 +20,7 @@ SEED = 3
 
 
 def docs_from(rng: np.random.Generator, n: int) -> list[np.ndarray]:
-    out = []
-    for m in rng.integers(1, 8, size=n):
-        d = rng.standard_normal((int(m), DIM)).astype(np.float32)
-        out.append(d / np.linalg.norm(d, axis=1, keepdims=True))
-    return out
+    return live_ops.docs_from(rng, n, DIM, max_len=7)
 
 
 def build(path: Path):
@@ -61,26 +55,21 @@ def state(index) -> dict:
     return dict(zip(ids, index.metadata(ids)))
 
 
+def _writer(path: Path) -> None:
+    from colbert_index import Index
+
+    index = Index.open(path, backend="numpy")
+    while True:
+        step(index)
+
+
 def zygote(path: Path) -> None:
     import faiss
 
-    from colbert_index import Index
+    import colbert_index  # noqa: F401  (imports everything the writers need, before any fork)
 
     faiss.omp_set_num_threads(1)
-    for line in sys.stdin:
-        delay = float(line.split()[1])
-        pid = os.fork()
-        if pid == 0:
-            try:
-                index = Index.open(path, backend="numpy")
-                while True:
-                    step(index)
-            finally:
-                os._exit(1)
-        time.sleep(delay)
-        os.kill(pid, signal.SIGKILL)
-        _, status = os.waitpid(pid, 0)
-        print("killed" if os.WIFSIGNALED(status) else f"exited {status}", flush=True)
+    live_ops.fork_and_kill(lambda: _writer(path))
 
 
 if __name__ == "__main__":

@@ -14,8 +14,9 @@ from colbert_index.kernels.reference import decode_table
 NBITS = (2, 4)
 # Up to this K, tokens are assigned to their exact nearest centroid (a BLAS product, ~K*dim flops per
 # token). Beyond it that is too slow on a CPU (60M tokens x 65536 centroids: hours), so k-means assigns
-# through an HNSW graph and compression through an inverted file over the centroids, probing
-# ASSIGN_NPROBE of its lists; `assignment_agreement` measures what that gives up.
+# through an HNSW graph and compression through coarse cells over the centroids, each row scored
+# against the centroids of its ASSIGN_NPROBE nearest cells; `assignment_agreement` measures what that
+# gives up.
 FLAT_ASSIGN_MAX_K = 16384
 ASSIGN_NPROBE = 16
 
@@ -134,29 +135,53 @@ class ResidualCodec:
         return index
 
     @cached_property
-    def _ivf_index(self) -> faiss.IndexIVFFlat:
+    def _coarse_cells(self) -> tuple[faiss.IndexFlatIP, list[np.ndarray], list[np.ndarray]]:
+        """``(coarse, members, member_rows)`` for :meth:`assign` above ``FLAT_ASSIGN_MAX_K``: the centroids
+        clustered into ``nlist ~ sqrt(K)`` coarse cells (a flat index over them), each cell's centroid ids
+        and their rows transposed (``[dim, n_members]``, the right operand of one BLAS product)."""
         nlist = 2 ** round(math.log2(math.sqrt(self.n_centroids)))
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(self.dim), self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
-        index.cp.min_points_per_centroid = 1  # clustering the centroids themselves: few points is fine
-        index.train(self.centroids)
-        index.add(self.centroids)
-        index.nprobe = ASSIGN_NPROBE
-        return index
+        km = faiss.Kmeans(self.dim, nlist, niter=10, seed=0, spherical=True, min_points_per_centroid=1)
+        km.train(self.centroids)
+        coarse = np.ascontiguousarray(km.centroids, dtype=np.float32)
+        owner = np.argmax(self.centroids @ coarse.T, axis=1)
+        members = [np.flatnonzero(owner == j) for j in range(nlist)]
+        index = faiss.IndexFlatIP(self.dim)
+        index.add(coarse)
+        return index, members, [np.ascontiguousarray(self.centroids[m].T) for m in members]
 
     def assign(self, embeddings: np.ndarray, exact: bool | None = None) -> np.ndarray:
         """Nearest centroid (max inner product) of each row, as int64.
 
-        ``exact`` defaults to ``K <= FLAT_ASSIGN_MAX_K``; otherwise an inverted file over the
-        centroids finds the nearest among the centroids of ``ASSIGN_NPROBE`` lists.
+        ``exact`` defaults to ``K <= FLAT_ASSIGN_MAX_K``; otherwise each row is scored against the
+        centroids of its ``ASSIGN_NPROBE`` nearest coarse cells (:attr:`_coarse_cells`), as an inverted
+        file would probe them, but cell by cell: the rows probing a cell in one BLAS product (faiss's
+        IndexIVFFlat, row by row, was 2x slower at K=65536 for the same choices).
         """
         x = np.ascontiguousarray(embeddings, dtype=np.float32)
         if exact if exact is not None else self.n_centroids <= FLAT_ASSIGN_MAX_K:
             return self._flat_index.search(x, 1)[1][:, 0]
-        idx = self._ivf_index.search(x, 1)[1][:, 0]
-        missed = idx < 0  # nothing found in the probed lists (cannot happen with non-empty lists)
-        if missed.any():
-            idx[missed] = self._flat_index.search(x[missed], 1)[1][:, 0]
-        return idx
+        coarse, members, member_rows = self._coarse_cells
+        nprobe = min(ASSIGN_NPROBE, len(members))
+        cells = coarse.search(x, nprobe)[1].ravel()  # BLAS and a heap: 5x faster than argpartition
+        row_of = np.repeat(np.arange(len(x)), nprobe)
+        order = np.argsort(cells, kind="stable")
+        bounds = np.searchsorted(cells[order], np.arange(len(members) + 1))
+        best = np.full(len(x), -np.inf, dtype=np.float32)
+        out = np.zeros(len(x), dtype=np.int64)
+        for j in np.flatnonzero(np.diff(bounds)):
+            if not len(members[j]):
+                continue
+            rows = row_of[order[bounds[j] : bounds[j + 1]]]
+            scores = x[rows] @ member_rows[j]
+            top = np.argmax(scores, axis=1)
+            value = scores[np.arange(len(rows)), top]
+            better = value > best[rows]
+            best[rows[better]] = value[better]
+            out[rows[better]] = members[j][top[better]]
+        missed = np.flatnonzero(best == -np.inf)  # every probed cell empty: cannot happen with k-means cells
+        if len(missed):
+            out[missed] = self._flat_index.search(x[missed], 1)[1][:, 0]
+        return out
 
     def assignment_agreement(self, embeddings: np.ndarray) -> tuple[float, float]:
         """(fraction of rows assigned their exact nearest centroid, mean relative increase of the

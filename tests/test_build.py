@@ -216,13 +216,13 @@ def test_float16_overflow_is_refused(tmp_path):
 
 
 def test_large_k_assignment_path(tmp_path, corpus_2k, monkeypatch):
-    """Above FLAT_ASSIGN_MAX_K, k-means assigns through HNSW and compression through an IVF over the
-    centroids; the fraction of tokens that miss their exact nearest centroid stays small."""
+    """Above FLAT_ASSIGN_MAX_K, k-means assigns through HNSW and compression through coarse cells over the
+    centroids (ASSIGN_NPROBE probed); the fraction of tokens that miss their exact nearest centroid stays small."""
     from colbert_index import codec
 
     monkeypatch.setattr(codec, "FLAT_ASSIGN_MAX_K", 64)
     docs = corpus_2k.documents()
-    idx = Index.build(tmp_path / "big-k", docs, n_centroids=4096, progress=False)  # IVF of 64 lists
+    idx = Index.build(tmp_path / "big-k", docs, n_centroids=4096, progress=False)  # 64 coarse cells
     agree, extra = idx._data.codec.assignment_agreement(np.concatenate(docs[:300]))
     assert 0.9 <= agree < 1.0 and 0 < extra < 0.05
     q = corpus_2k.queries[:10]

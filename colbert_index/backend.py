@@ -24,6 +24,7 @@ KERNELS = (
     "build_ivf",
     "probe_cells",
     "probe",
+    "probe_bound",
 )
 BACKENDS = ("auto", "numpy", "numba")
 

@@ -49,34 +49,55 @@ def centroid_scores(data: DeviceData, Q: torch.Tensor) -> torch.Tensor:
 
 
 def probe(
-    data: DeviceData, S: torch.Tensor, q_lens: torch.Tensor, nprobe: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Stage 1 for every query with its own ``nprobe``: ``(cells, candidates, cand_q)``.
+    data: DeviceData, S: torch.Tensor, q_lens: torch.Tensor, nprobe: torch.Tensor, bound_cells: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Stage 1 for every query with its own ``nprobe``: ``(cells, candidates, cand_q, bound)``.
 
     ``cells [n_q, q_max, P]`` int32: each query token's best ``nprobe`` centroids (``reference.probe_cells``
     per query, ``P`` the largest ``nprobe``), -1 past a query's ``nprobe`` and on padding tokens. Candidates
-    are sorted by (query, slot), deleted documents dropped."""
+    are sorted by (query, slot), deleted documents dropped; ``bound`` is ``reference.probe_bound``'s upper
+    bound of their centroid interaction over each token's best ``max(nprobe, bound_cells)`` centroids."""
     n_q, K, q_max = S.shape
     device = S.device
     q_valid = torch.arange(q_max, device=device)[None, :] < q_lens[:, None]  # [n_q, q_max]
-    P = int(min(int(nprobe.max()), K))
+    n_cells = torch.clamp(torch.clamp(nprobe, min=bound_cells), max=K)  # per query
+    T = int(min(int(n_cells.max()) + 1, K))
     scores = S.transpose(1, 2).masked_fill(~q_valid[:, :, None], float("-inf"))  # [n_q, q_max, K]
-    top = torch.topk(scores, P, dim=2).indices  # [n_q, q_max, P]
-    valid = (torch.arange(P, device=device)[None, None, :] < nprobe[:, None, None]) & q_valid[:, :, None]
-    qi, qt, r = torch.nonzero(valid, as_tuple=True)
-    probed = torch.zeros((n_q, K), dtype=torch.bool, device=device)
-    probed[qi, top[qi, qt, r]] = True
-    cells = torch.where(valid, top, -1).to(torch.int32)
-    pq, pc = torch.nonzero(probed, as_tuple=True)  # probed (query, centroid) pairs
-    starts = data.ivf_offsets[pc]
-    lens = data.ivf_offsets[pc + 1] - starts
-    owner = torch.repeat_interleave(torch.arange(len(pc), device=device), lens)
+    top_val, top = torch.topk(scores, T, dim=2)  # [n_q, q_max, T]
+    col = n_cells.clamp(max=T - 1)[:, None, None].expand(n_q, q_max, 1)
+    floor = torch.where(
+        (n_cells < K)[:, None], torch.gather(top_val, 2, col).squeeze(2), S.min(dim=1).values
+    ).masked_fill(~q_valid, 0.0)  # [n_q, q_max]: the next centroid's score (all probed: the lowest)
+    rank = torch.arange(T, device=device)[None, None, :]
+    in_cells = (rank < n_cells[:, None, None]) & q_valid[:, :, None]
+    probed = (rank < nprobe[:, None, None]) & q_valid[:, :, None]
+    P = int(min(int(nprobe.max()), K))
+    cells = torch.where(probed, top, -1)[:, :, :P].to(torch.int32)
+    qi, qt, r = torch.nonzero(in_cells, as_tuple=True)  # (query, token, rank) of every cell read
+    c = top[qi, qt, r]
+    gain = top_val[qi, qt, r] - floor[qi, qt]
+    starts = data.ivf_offsets[c]
+    lens = data.ivf_offsets[c + 1] - starts
+    owner = torch.repeat_interleave(torch.arange(len(c), device=device), lens)
     first = torch.cumsum(lens, 0) - lens
     docs = data.ivf_docs[starts[owner] + torch.arange(len(owner), device=device) - first[owner]].long()
-    keys = torch.unique(pq[owner].long() * data.n_docs + docs)  # sorted: by query, then slot
+    # a document's best cell per (query, token) is the one of highest gain; then sum over tokens
+    key3 = (qi[owner] * data.n_docs + docs) * q_max + qt[owner]
+    u3, inv3 = torch.unique(key3, return_inverse=True)
+    best = torch.full((len(u3),), float("-inf"), device=device).scatter_reduce(0, inv3, gain[owner], "amax")
+    is_cand = torch.zeros(len(u3), dtype=torch.bool, device=device)
+    is_cand[inv3[probed[qi, qt, r][owner]]] = True
+    keys, inv2 = torch.unique_consecutive(u3 // q_max, return_inverse=True)  # sorted: by query, then slot
+    total = torch.zeros(len(keys), device=device).scatter_add_(0, inv2, best)
+    cand = torch.zeros(len(keys), dtype=torch.int8, device=device)
+    cand = cand.scatter_reduce_(0, inv2, is_cand.to(torch.int8), "amax").bool()
+    keys, total = keys[cand], total[cand]
     if data.deleted is not None:
-        keys = keys[~data.deleted[keys % data.n_docs]]
-    return cells, keys % data.n_docs, (keys // data.n_docs).to(torch.int32)
+        live = ~data.deleted[keys % data.n_docs]
+        keys, total = keys[live], total[live]
+    cand_q = keys // data.n_docs
+    bound = floor.sum(dim=1)[cand_q] + total
+    return cells, keys % data.n_docs, cand_q.to(torch.int32), bound
 
 
 def keep_top(
@@ -116,7 +137,7 @@ def staged_search_batched(
     K = S.shape[1]
     nprobe = torch.full((n_q,), int(params.nprobe), dtype=torch.int64, device=device)
     while True:  # stage 1; widen the probe of a query in the rare case it finds fewer than k documents
-        cells, cands, cand_q = probe(data, S, q_lens, nprobe)
+        cells, cands, cand_q, bound = probe(data, S, q_lens, nprobe, int(params.bound_cells))
         counts = torch.bincount(cand_q.long(), minlength=n_q)
         short = (counts < k) & (nprobe < K)
         if not bool(short.any()):
@@ -125,14 +146,17 @@ def staged_search_batched(
     ndocs = params.ndocs if params.ndocs is not None else SearchParams.default_ndocs(k, n_docs)
     n_exact = max(ndocs // 4, k)
     ndocs = max(ndocs, k)
+    nbound = max(params.nbound if params.nbound is not None else ndocs, ndocs)
     tables = (data.centroids, data.table, data.normalize)
-    for n, stage in ((ndocs, 2), (n_exact, 3)):
+    for n, stage in ((nbound, 1), (ndocs, 2), (n_exact, 3)):
         big = counts > n  # only those queries run the stage: the others keep all their candidates
         if not bool(big.any()):
             continue
         sel = torch.nonzero(big[cand_q.long()]).squeeze(1)
         scores = torch.zeros(len(cands), dtype=torch.float32, device=device)
-        if stage == 2:
+        if stage == 1:
+            part = bound[sel]
+        elif stage == 2:
             thr = params.centroid_score_threshold
             cs = (S, q_lens, data.codes, data.offsets, cands[sel], cand_q[sel])
             part = kernels.centroid_interaction_batched(*cs, thr)

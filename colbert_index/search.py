@@ -23,11 +23,19 @@ class SearchParams:
     ndocs: candidates kept after stage 2; stage 3 keeps ``ndocs // 4`` for the exact rerank. Unset, it
         is PLAID's value for ``k`` up to 62,500 documents and grows with the square root of the number
         of documents beyond (:meth:`default_ndocs`): the probe reaches that many more candidates.
+    bound_cells: centroids per query token whose IVF lists the probe reads to bound each candidate's
+        centroid interaction from above (``reference.probe_bound``): exact where a document's best centroid
+        for a token is among them, the next centroid's score otherwise. At least ``nprobe``.
+    nbound: candidates kept by that bound; unset, ``ndocs``, so stage 2 (the pruned centroid interaction
+        over every candidate's codes, which the bound ranks as well at a fraction of the cost) only runs
+        when ``nbound > ndocs``.
     """
 
     nprobe: int | None = None
     centroid_score_threshold: float | None = None
     ndocs: int | None = None
+    bound_cells: int = 16
+    nbound: int | None = None
 
     @staticmethod
     def defaults(k: int) -> SearchParams:
@@ -51,18 +59,23 @@ class SearchParams:
     def resolved(self, k: int) -> SearchParams:
         """A copy with ``nprobe`` and the threshold filled from :meth:`defaults` (never mutates ``self``).
 
-        ``ndocs`` stays ``None`` when unset: the search sizes it for the index it searches.
+        ``ndocs`` and ``nbound`` stay ``None`` when unset: the search sizes them for the index it searches.
         """
         d = SearchParams.defaults(k)
         p = SearchParams(
             d.nprobe if self.nprobe is None else self.nprobe,
             d.centroid_score_threshold if self.centroid_score_threshold is None else self.centroid_score_threshold,
             self.ndocs,
+            self.bound_cells,
+            self.nbound,
         )
         if int(p.nprobe) < 1:
             raise ValueError(f"nprobe must be >= 1, got {p.nprobe}")
-        if p.ndocs is not None and int(p.ndocs) < 1:
-            raise ValueError(f"ndocs must be >= 1, got {p.ndocs}")
+        if int(p.bound_cells) < 0:
+            raise ValueError(f"bound_cells must be >= 0, got {p.bound_cells}")
+        for name in ("ndocs", "nbound"):
+            if getattr(p, name) is not None and int(getattr(p, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(p, name)}")
         if not np.isfinite(p.centroid_score_threshold):
             raise ValueError(f"centroid_score_threshold must be finite, got {p.centroid_score_threshold}")
         return p
@@ -135,16 +148,20 @@ def staged_search(
         S = backend.centroid_scores(codec.centroids, Q)
     nprobe = params.nprobe
     while True:  # stage 1; widen the probe in the rare case it finds fewer than k documents
-        cells = backend.probe_cells(S, nprobe)
-        cands = [backend.probe(cells, d.ivf_offsets, d.ivf_docs, d.n_docs) for d in segs]
-        cands = [c if x is None else c[~x[c]] for c, x in zip(cands, dels)]
-        if sum(map(len, cands)) >= k or nprobe >= codec.n_centroids:
+        cells, floor = _cells_and_floor(backend, S, max(nprobe, int(params.bound_cells)))
+        found = [backend.probe_bound(S, cells, nprobe, floor, d.ivf_offsets, d.ivf_docs, d.n_docs) for d in segs]
+        found = [(c, b) if x is None else (c[~x[c]], b[~x[c]]) for (c, b), x in zip(found, dels)]
+        if sum(len(c) for c, _ in found) >= k or nprobe >= codec.n_centroids:
             break
         nprobe *= 2
+    cands, cells = [c for c, _ in found], np.ascontiguousarray(cells[:, :nprobe])
     ndocs = params.ndocs if params.ndocs is not None else SearchParams.default_ndocs(k, int(bases[-1]))
     n_exact = max(ndocs // 4, k)
     ndocs = max(ndocs, k)
-    if sum(map(len, cands)) > ndocs:  # stage 2: centroid interaction with pruning
+    nbound = max(params.nbound if params.nbound is not None else ndocs, ndocs)
+    if sum(map(len, cands)) > nbound:  # the best by the probe's bound (slot order: memory order)
+        cands = [np.sort(c) for c in _best_across([b for _, b in found], cands, bases, nbound)]
+    if sum(map(len, cands)) > ndocs:  # stage 2 (nbound > ndocs only): centroid interaction with pruning
         thr = params.centroid_score_threshold
         approx = [backend.centroid_interaction(S, d.codes, d.offsets, c, thr) for d, c in zip(segs, cands)]
         cands = _best_across(approx, cands, bases, ndocs)
@@ -157,6 +174,16 @@ def staged_search(
         cands = _best_across(approx, cands, bases, n_exact)
     scores = [backend.exact_maxsim(Q, d.codes, d.residuals, d.offsets, c, *tables) for d, c in zip(segs, cands)]
     return top_k(np.concatenate(scores), np.concatenate([c + b for c, b in zip(cands, bases)]), k)  # stage 4
+
+
+def _cells_and_floor(backend, S: np.ndarray, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each query token's ``nprobe`` best centroids ``[q_len, nprobe]`` and the next one's score ``[q_len]``
+    (the most a document outside those cells can score for the token; when every centroid is among them,
+    the lowest score, which no document falls below)."""
+    ext = backend.probe_cells(S, nprobe + 1)
+    if ext.shape[1] <= nprobe:
+        return ext, S.min(axis=0)
+    return np.ascontiguousarray(ext[:, :nprobe]), np.ascontiguousarray(S[ext[:, nprobe], np.arange(S.shape[1])])
 
 
 def _best_across(scores: list, cands: list, bases: np.ndarray, n: int) -> list:

@@ -209,3 +209,32 @@ def segment_max_sum(token_scores: np.ndarray, offsets: np.ndarray) -> np.ndarray
         if offsets[d + 1] > offsets[d]:
             out[d] = token_scores[offsets[d] : offsets[d + 1]].max(axis=0).sum()
     return out
+
+
+def probe_bound(
+    centroid_scores: np.ndarray,
+    cells: np.ndarray,
+    nprobe: int,
+    floor: np.ndarray,
+    ivf_offsets: np.ndarray,
+    ivf_docs: np.ndarray,
+    n_docs: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Stage 1 and an upper bound of each candidate's centroid interaction: ``(candidates, bound)``.
+
+    ``cells [q_len, n]``: each query token's best centroids, best first (:func:`probe_cells`);
+    ``candidates`` are the documents of the first ``nprobe`` columns (:func:`probe` of them). For query
+    token ``q``, a document holding a token of one of ``cells[q]`` has its best centroid among them, and the
+    bound counts that centroid's exact score; otherwise its best scores at most ``floor[q]`` (the score of
+    the next centroid), which the bound counts. ``bound[i]`` sums over query tokens: an upper bound of the
+    unpruned centroid interaction, equal to it where every query token's best centroid is in the cells.
+    """
+    cands = probe(cells[:, :nprobe], ivf_offsets, ivf_docs, n_docs)
+    where = np.full(n_docs, -1, dtype=np.int64)
+    where[cands] = np.arange(len(cands))
+    best = np.tile(np.asarray(floor, dtype=np.float32), (len(cands) + 1, 1))  # last row: not a candidate
+    for q in range(cells.shape[0]):
+        for c in cells[q]:
+            rows = where[ivf_docs[ivf_offsets[c] : ivf_offsets[c + 1]]]
+            best[rows, q] = np.maximum(best[rows, q], centroid_scores[c, q])
+    return cands, best[:-1].sum(axis=1, dtype=np.float32)

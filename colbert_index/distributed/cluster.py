@@ -112,7 +112,7 @@ class ShardedIndex:
         threads_per_shard: int = 1,
         cpus_per_shard: float = 0,
         max_restarts: int = -1,
-        retries: int = 3,
+        retries: int = 6,
         backend: str = "auto",
     ) -> ShardedIndex:
         """Start one actor per shard of the sharded index at ``path`` (on the connected Ray cluster).
@@ -120,7 +120,8 @@ class ShardedIndex:
         threads_per_shard: Numba/BLAS threads in each actor. cpus_per_shard: CPUs Ray reserves for each actor
         (0: none, so any number of shards fit a small machine; on a cluster set it to ``threads_per_shard``).
         max_restarts: how often Ray restarts a crashed actor (-1: always); a restarted actor reopens its
-        shard. retries: how often a read (search, info) is resent to an actor that died meanwhile.
+        shard. retries: how often a read (search, info) is resent to an actor that died meanwhile, after
+        0.25, 0.5, 1, 2, 4, 4... s (a restart reopens the shard: seconds on a loaded machine).
         A shard whose node is recorded in the manifest gets its actor on that node.
         """
         ray = _ray.require_ray()
@@ -176,7 +177,7 @@ class ShardedIndex:
                         raise RuntimeError(
                             f"shard {s} ({self.manifest['shards'][s]['path']}) is unavailable: {e}"
                         ) from e
-                    time.sleep(0.2 * (attempt + 1))
+                    time.sleep(min(0.25 * 2**attempt, 4.0))
                     refs[s] = call(self.actors[s])
         return [out[s] for s in shards]
 

@@ -137,7 +137,8 @@ def staged_search_batched(
     K = S.shape[1]
     nprobe = torch.full((n_q,), int(params.nprobe), dtype=torch.int64, device=device)
     while True:  # stage 1; widen the probe of a query in the rare case it finds fewer than k documents
-        cells, cands, cand_q, bound = probe(data, S, q_lens, nprobe, int(params.bound_cells))
+        bound_cells = 0 if params.nbound is None else int(params.bound_cells)  # 0: the bound goes unused
+        cells, cands, cand_q, bound = probe(data, S, q_lens, nprobe, bound_cells)
         counts = torch.bincount(cand_q.long(), minlength=n_q)
         short = (counts < k) & (nprobe < K)
         if not bool(short.any()):
@@ -146,9 +147,11 @@ def staged_search_batched(
     ndocs = params.ndocs if params.ndocs is not None else SearchParams.default_ndocs(k, n_docs)
     n_exact = max(ndocs // 4, k)
     ndocs = max(ndocs, k)
-    nbound = max(params.nbound if params.nbound is not None else ndocs, ndocs)
+    nbound = max(params.nbound, ndocs) if params.nbound is not None else None
     tables = (data.centroids, data.table, data.normalize)
     for n, stage in ((nbound, 1), (ndocs, 2), (n_exact, 3)):
+        if n is None:  # no bound cut (nbound unset)
+            continue
         big = counts > n  # only those queries run the stage: the others keep all their candidates
         if not bool(big.any()):
             continue

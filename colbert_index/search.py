@@ -23,19 +23,21 @@ class SearchParams:
     ndocs: candidates kept after stage 2; stage 3 keeps ``ndocs // 4`` for the exact rerank. Unset, it
         is PLAID's value for ``k`` up to 62,500 documents and grows with the square root of the number
         of documents beyond (:meth:`default_ndocs`): the probe reaches that many more candidates.
-    bound_cells: centroids per query token whose IVF lists the probe reads to bound each candidate's
-        centroid interaction from above (``reference.probe_bound``): exact where a document's best centroid
-        for a token is among them, the next centroid's score otherwise. At least ``nprobe``.
-    nbound: candidates kept by that bound; unset, ``ndocs``, so stage 2 (the pruned centroid interaction
-        over every candidate's codes, which the bound ranks as well at a fraction of the cost) only runs
-        when ``nbound > ndocs``.
+    nbound: unset, stage 1 is PLAID's probe. Set, stage 1 also bounds each candidate's centroid interaction
+        from above, from the IVF lists alone (``reference.probe_bound``), and keeps the best ``nbound``; stage
+        2 then runs only if more than ``ndocs`` remain. Measured: as good as stage 2 at 100k passages and
+        far more robust to documents unlike the training data, but slower and less accurate than stage 2 at
+        1M (bench/RESULTS.md), hence opt-in.
+    bound_cells: with ``nbound``, centroids per query token whose lists the bound reads (at least
+        ``nprobe``): exact where a document's best centroid for a token is among them, the next
+        centroid's score otherwise.
     """
 
     nprobe: int | None = None
     centroid_score_threshold: float | None = None
     ndocs: int | None = None
-    bound_cells: int = 16
     nbound: int | None = None
+    bound_cells: int = 16
 
     @staticmethod
     def defaults(k: int) -> SearchParams:
@@ -66,8 +68,8 @@ class SearchParams:
             d.nprobe if self.nprobe is None else self.nprobe,
             d.centroid_score_threshold if self.centroid_score_threshold is None else self.centroid_score_threshold,
             self.ndocs,
-            self.bound_cells,
             self.nbound,
+            self.bound_cells,
         )
         if int(p.nprobe) < 1:
             raise ValueError(f"nprobe must be >= 1, got {p.nprobe}")
@@ -148,20 +150,25 @@ def staged_search(
         S = backend.centroid_scores(codec.centroids, Q)
     nprobe = params.nprobe
     while True:  # stage 1; widen the probe in the rare case it finds fewer than k documents
-        cells, floor = _cells_and_floor(backend, S, max(nprobe, int(params.bound_cells)))
-        found = [backend.probe_bound(S, cells, nprobe, floor, d.ivf_offsets, d.ivf_docs, d.n_docs) for d in segs]
-        found = [(c, b) if x is None else (c[~x[c]], b[~x[c]]) for (c, b), x in zip(found, dels)]
-        if sum(len(c) for c, _ in found) >= k or nprobe >= codec.n_centroids:
+        if params.nbound is None:
+            cells, bounds = backend.probe_cells(S, nprobe), None
+            cands = [backend.probe(cells, d.ivf_offsets, d.ivf_docs, d.n_docs) for d in segs]
+            cands = [c if x is None else c[~x[c]] for c, x in zip(cands, dels)]
+        else:
+            cells, floor = _cells_and_floor(backend, S, max(nprobe, int(params.bound_cells)))
+            found = [backend.probe_bound(S, cells, nprobe, floor, d.ivf_offsets, d.ivf_docs, d.n_docs) for d in segs]
+            found = [(c, b) if x is None else (c[~x[c]], b[~x[c]]) for (c, b), x in zip(found, dels)]
+            cands, bounds = [c for c, _ in found], [b for _, b in found]
+            cells = np.ascontiguousarray(cells[:, :nprobe])
+        if sum(map(len, cands)) >= k or nprobe >= codec.n_centroids:
             break
         nprobe *= 2
-    cands, cells = [c for c, _ in found], np.ascontiguousarray(cells[:, :nprobe])
     ndocs = params.ndocs if params.ndocs is not None else SearchParams.default_ndocs(k, int(bases[-1]))
     n_exact = max(ndocs // 4, k)
     ndocs = max(ndocs, k)
-    nbound = max(params.nbound if params.nbound is not None else ndocs, ndocs)
-    if sum(map(len, cands)) > nbound:  # the best by the probe's bound (slot order: memory order)
-        cands = [np.sort(c) for c in _best_across([b for _, b in found], cands, bases, nbound)]
-    if sum(map(len, cands)) > ndocs:  # stage 2 (nbound > ndocs only): centroid interaction with pruning
+    if bounds is not None and sum(map(len, cands)) > max(params.nbound, ndocs):  # the best by the bound
+        cands = [np.sort(c) for c in _best_across(bounds, cands, bases, max(params.nbound, ndocs))]
+    if sum(map(len, cands)) > ndocs:  # stage 2: centroid interaction with pruning
         thr = params.centroid_score_threshold
         approx = [backend.centroid_interaction(S, d.codes, d.offsets, c, thr) for d, c in zip(segs, cands)]
         cands = _best_across(approx, cands, bases, ndocs)

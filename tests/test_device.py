@@ -24,6 +24,8 @@ PARAMS = (
     (100, None),
     (10, SearchParams(ndocs=64)),
     (5, SearchParams(nprobe=3, ndocs=512, centroid_score_threshold=0.3)),
+    (10, SearchParams(ndocs=64, nbound=64)),  # the stage 1 bound keeps 64: stage 2 does not run
+    (10, SearchParams(nprobe=2, ndocs=64, nbound=256, bound_cells=5)),  # bound keeps 256, stage 2 keeps 64
 )
 
 

@@ -22,7 +22,7 @@ from threadpoolctl import threadpool_limits
 
 import colbert_index
 from colbert_index import Index, SearchParams
-from colbert_index.search import _cells_and_floor, top_k
+from colbert_index.search import top_k
 
 
 def build(corpus: Corpus, index_dir: Path, nbits: int) -> dict:
@@ -85,16 +85,16 @@ def profile(corpus: Corpus, index_dir: Path, k: int, threads: int):
         t1 = time.process_time()
         nprobe = p.nprobe
         while True:
-            cells, floor = _cells_and_floor(be, S, max(nprobe, p.bound_cells))
-            cands, bound = be.probe_bound(S, cells, nprobe, floor, data.ivf_offsets, data.ivf_docs, data.n_docs)
+            cells = be.probe_cells(S, nprobe)
+            cands = be.probe(cells, data.ivf_offsets, data.ivf_docs, data.n_docs)
             if len(cands) >= k or nprobe >= codec.n_centroids:
                 break
             nprobe *= 2
-        cells = np.ascontiguousarray(cells[:, :nprobe])
-        ndocs = max(p.ndocs, k)
-        if len(cands) > ndocs:  # the default nbound is ndocs: stage 2 does not run
-            cands = np.sort(top_k(bound, cands, ndocs)[1])
-        t2 = t3 = time.process_time()
+        t2 = time.process_time()
+        if len(cands) > max(p.ndocs, k):
+            approx = be.centroid_interaction(S, data.codes, data.offsets, cands, p.centroid_score_threshold)
+            cands = top_k(approx, cands, max(p.ndocs, k))[1]
+        t3 = time.process_time()
         n_exact = max(p.ndocs // 4, k)
         if len(cands) > n_exact:
             approx = be.refined_interaction(
@@ -118,13 +118,7 @@ def profile(corpus: Corpus, index_dir: Path, k: int, threads: int):
         ids = index.ids_of(slots)
         t5 = time.process_time()
         ms = [(b - a) * 1e3 for a, b in zip((t0, t1, t2, t3, t4), (t1, t2, t3, t4, t5))]
-        names = (
-            "0 centroid scores",
-            "1 probe IVF + bound",
-            "2 pruned interaction (off)",
-            "3 refined interaction",
-            "4 exact maxsim",
-        )
+        names = ("0 centroid scores", "1 probe IVF", "2 pruned interaction", "3 refined interaction", "4 exact maxsim")
         return dict(zip(names, ms)), list(ids)
 
     return one

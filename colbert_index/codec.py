@@ -142,11 +142,10 @@ class ResidualCodec:
         nlist = 2 ** round(math.log2(math.sqrt(self.n_centroids)))
         km = faiss.Kmeans(self.dim, nlist, niter=10, seed=0, spherical=True, min_points_per_centroid=1)
         km.train(self.centroids)
-        coarse = np.ascontiguousarray(km.centroids, dtype=np.float32)
-        owner = np.argmax(self.centroids @ coarse.T, axis=1)
-        members = [np.flatnonzero(owner == j) for j in range(nlist)]
         index = faiss.IndexFlatIP(self.dim)
-        index.add(coarse)
+        index.add(np.ascontiguousarray(km.centroids, dtype=np.float32))
+        owner = index.search(self.centroids, 1)[1][:, 0]
+        members = [np.flatnonzero(owner == j) for j in range(nlist)]
         return index, members, [np.ascontiguousarray(self.centroids[m].T) for m in members]
 
     def assign(self, embeddings: np.ndarray, exact: bool | None = None) -> np.ndarray:

@@ -49,38 +49,44 @@ def centroid_scores(data: DeviceData, Q: torch.Tensor) -> torch.Tensor:
 
 
 def probe(
-    data: DeviceData, S: torch.Tensor, q_lens: torch.Tensor, nprobe: torch.Tensor, bound_cells: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    data: DeviceData, S: torch.Tensor, q_lens: torch.Tensor, nprobe: torch.Tensor, bound_cells: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Stage 1 for every query with its own ``nprobe``: ``(cells, candidates, cand_q, bound)``.
 
     ``cells [n_q, q_max, P]`` int32: each query token's best ``nprobe`` centroids (``reference.probe_cells``
     per query, ``P`` the largest ``nprobe``), -1 past a query's ``nprobe`` and on padding tokens. Candidates
-    are sorted by (query, slot), deleted documents dropped; ``bound`` is ``reference.probe_bound``'s upper
-    bound of their centroid interaction over each token's best ``max(nprobe, bound_cells)`` centroids."""
+    are sorted by (query, slot), deleted documents dropped. With ``bound_cells``, ``bound`` is
+    ``reference.probe_bound``'s upper bound of their centroid interaction over each token's best
+    ``max(nprobe, bound_cells)`` centroids; without, None."""
     n_q, K, q_max = S.shape
     device = S.device
     q_valid = torch.arange(q_max, device=device)[None, :] < q_lens[:, None]  # [n_q, q_max]
-    n_cells = torch.clamp(torch.clamp(nprobe, min=bound_cells), max=K)  # per query
-    T = int(min(int(n_cells.max()) + 1, K))
+    n_cells = torch.clamp(torch.clamp(nprobe, min=bound_cells or 0), max=K)  # per query
+    T = int(min(int(n_cells.max()) + (bound_cells is not None), K))
     scores = S.transpose(1, 2).masked_fill(~q_valid[:, :, None], float("-inf"))  # [n_q, q_max, K]
     top_val, top = torch.topk(scores, T, dim=2)  # [n_q, q_max, T]
+    rank = torch.arange(T, device=device)[None, None, :]
+    probed = (rank < nprobe[:, None, None]) & q_valid[:, :, None]
+    P = int(min(int(nprobe.max()), K))
+    cells = torch.where(probed, top, -1)[:, :, :P].to(torch.int32)
+    if bound_cells is None:  # the union of the probed lists, each (query, centroid) list read once
+        qi, qt, r = torch.nonzero(probed, as_tuple=True)
+        seen = torch.zeros((n_q, K), dtype=torch.bool, device=device)
+        seen[qi, top[qi, qt, r]] = True
+        pq, pc = torch.nonzero(seen, as_tuple=True)
+        owner, docs = _list_entries(data, pc)
+        keys = torch.unique(pq[owner].long() * data.n_docs + docs)  # sorted: by query, then slot
+        if data.deleted is not None:
+            keys = keys[~data.deleted[keys % data.n_docs]]
+        return cells, keys % data.n_docs, (keys // data.n_docs).to(torch.int32), None
     col = n_cells.clamp(max=T - 1)[:, None, None].expand(n_q, q_max, 1)
     floor = torch.where(
         (n_cells < K)[:, None], torch.gather(top_val, 2, col).squeeze(2), S.min(dim=1).values
     ).masked_fill(~q_valid, 0.0)  # [n_q, q_max]: the next centroid's score (all probed: the lowest)
-    rank = torch.arange(T, device=device)[None, None, :]
     in_cells = (rank < n_cells[:, None, None]) & q_valid[:, :, None]
-    probed = (rank < nprobe[:, None, None]) & q_valid[:, :, None]
-    P = int(min(int(nprobe.max()), K))
-    cells = torch.where(probed, top, -1)[:, :, :P].to(torch.int32)
     qi, qt, r = torch.nonzero(in_cells, as_tuple=True)  # (query, token, rank) of every cell read
-    c = top[qi, qt, r]
+    owner, docs = _list_entries(data, top[qi, qt, r])
     gain = top_val[qi, qt, r] - floor[qi, qt]
-    starts = data.ivf_offsets[c]
-    lens = data.ivf_offsets[c + 1] - starts
-    owner = torch.repeat_interleave(torch.arange(len(c), device=device), lens)
-    first = torch.cumsum(lens, 0) - lens
-    docs = data.ivf_docs[starts[owner] + torch.arange(len(owner), device=device) - first[owner]].long()
     # a document's best cell per (query, token) is the one of highest gain; then sum over tokens
     key3 = (qi[owner] * data.n_docs + docs) * q_max + qt[owner]
     u3, inv3 = torch.unique(key3, return_inverse=True)
@@ -98,6 +104,16 @@ def probe(
     cand_q = keys // data.n_docs
     bound = floor.sum(dim=1)[cand_q] + total
     return cells, keys % data.n_docs, cand_q.to(torch.int32), bound
+
+
+def _list_entries(data: DeviceData, lists: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every entry of the IVF lists ``lists`` (centroid ids), in order: ``(index into lists, doc slot)``."""
+    starts = data.ivf_offsets[lists]
+    lens = data.ivf_offsets[lists + 1] - starts
+    owner = torch.repeat_interleave(torch.arange(len(lists), device=lists.device), lens)
+    first = torch.cumsum(lens, 0) - lens
+    docs = data.ivf_docs[starts[owner] + torch.arange(len(owner), device=lists.device) - first[owner]].long()
+    return owner, docs
 
 
 def keep_top(
@@ -136,8 +152,8 @@ def staged_search_batched(
     S = centroid_scores(data, Q)
     K = S.shape[1]
     nprobe = torch.full((n_q,), int(params.nprobe), dtype=torch.int64, device=device)
+    bound_cells = None if params.nbound is None else int(params.bound_cells)
     while True:  # stage 1; widen the probe of a query in the rare case it finds fewer than k documents
-        bound_cells = 0 if params.nbound is None else int(params.bound_cells)  # 0: the bound goes unused
         cells, cands, cand_q, bound = probe(data, S, q_lens, nprobe, bound_cells)
         counts = torch.bincount(cand_q.long(), minlength=n_q)
         short = (counts < k) & (nprobe < K)

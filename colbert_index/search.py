@@ -61,7 +61,8 @@ class SearchParams:
     def resolved(self, k: int) -> SearchParams:
         """A copy with ``nprobe`` and the threshold filled from :meth:`defaults` (never mutates ``self``).
 
-        ``ndocs`` and ``nbound`` stay ``None`` when unset: the search sizes them for the index it searches.
+        ``ndocs`` stays ``None`` when unset: the search sizes it for the index it searches. ``nbound`` stays
+        ``None`` when unset: no bound.
         """
         d = SearchParams.defaults(k)
         p = SearchParams(
@@ -166,8 +167,9 @@ def staged_search(
     ndocs = params.ndocs if params.ndocs is not None else SearchParams.default_ndocs(k, int(bases[-1]))
     n_exact = max(ndocs // 4, k)
     ndocs = max(ndocs, k)
-    if bounds is not None and sum(map(len, cands)) > max(params.nbound, ndocs):  # the best by the bound
-        cands = [np.sort(c) for c in _best_across(bounds, cands, bases, max(params.nbound, ndocs))]
+    nbound = None if bounds is None else max(params.nbound, ndocs)
+    if nbound is not None and sum(map(len, cands)) > nbound:  # the best by the bound (sorted: memory order)
+        cands = [np.sort(c) for c in _best_across(bounds, cands, bases, nbound)]
     if sum(map(len, cands)) > ndocs:  # stage 2: centroid interaction with pruning
         thr = params.centroid_score_threshold
         approx = [backend.centroid_interaction(S, d.codes, d.offsets, c, thr) for d, c in zip(segs, cands)]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 from numba import njit
 
@@ -120,28 +118,14 @@ def probe(cells, ivf_offsets, ivf_docs, n_docs):
     return out[:n]
 
 
-def probe_bound(centroid_scores, cells, nprobe, floor, ivf_offsets, ivf_docs, n_docs):
-    """:func:`probe_bound_into` with this thread's scratch arrays (kept between calls: fresh pages of
-    ``n_docs``-sized arrays cost more than the probe itself on a VM, ~5 us per 4 KiB page fault)."""
-    bufs = getattr(_scratch, "bufs", None)
-    if bufs is None or len(bufs[0]) < n_docs:
-        bufs = _scratch.bufs = (np.empty(n_docs, np.float32), np.empty(n_docs, np.int32), np.empty(n_docs, np.bool_))
-    gain, last_q, is_cand = (b[:n_docs] for b in bufs)
-    return probe_bound_into(centroid_scores, cells, nprobe, floor, ivf_offsets, ivf_docs, gain, last_q, is_cand)
-
-
-_scratch = threading.local()
-
-
 @njit(cache=True, nogil=True, fastmath=True)
-def probe_bound_into(centroid_scores, cells, nprobe, floor, ivf_offsets, ivf_docs, gain, last_q, is_cand):
+def probe_bound(centroid_scores, cells, nprobe, floor, ivf_offsets, ivf_docs, n_docs):
     # A document gains S[c, q] - floor[q] from the first (best) cell c of q that lists it; last_q marks
     # the query token that last credited it, so later cells of the same token do not.
     q_len, n_cells = cells.shape
-    n_docs = gain.shape[0]
-    gain[:] = 0.0
-    last_q[:] = -1
-    is_cand[:] = False
+    gain = np.zeros(n_docs, dtype=np.float32)
+    last_q = np.full(n_docs, -1, dtype=np.int32)
+    is_cand = np.zeros(n_docs, dtype=np.bool_)
     for q in range(q_len):
         for j in range(n_cells):
             c = cells[q, j]

@@ -191,9 +191,10 @@ def test_pipeline_matches_numba_on_a_tiny_index(tmp_path, monkeypatch):
     calls = []
     for name in ("centroid_interaction_batched", "refined_interaction_batched", "exact_maxsim_batched"):
         monkeypatch.setattr(ts, name, _spy(getattr(ts, name), name, calls))
-    # small ndocs: the bound keeps nbound candidates, stage 2 ndocs of them, stage 3 a quarter, then the rerank
-    p2 = SearchParams(nprobe=2, ndocs=8, nbound=24, centroid_score_threshold=0.2)
-    for k, params in ((5, SearchParams(ndocs=16, nbound=32)), (3, p2)):
+    # small ndocs: stage 2 over the probed candidates (or the bound's nbound best), stage 3 over ndocs of them,
+    # then the exact rerank
+    p2 = SearchParams(nprobe=2, ndocs=8, centroid_score_threshold=0.2)
+    for k, params in ((5, SearchParams(ndocs=16)), (3, p2), (5, SearchParams(ndocs=16, nbound=32))):
         calls.clear()
         a, b = cpu.search(queries, k=k, params=params), dev.search(queries, k=k, params=params)
         assert calls == ["centroid_interaction_batched", "refined_interaction_batched", "exact_maxsim_batched"]

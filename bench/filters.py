@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> dict:
         )
         log("ground truth: every document's exact score per query (decompressed and raw)")
         order_exact = index.search_exact(queries, k=args.n_docs).ids
-        seg_sum = get_backend().segment_max_sum
+        seg_sum = get_backend().segment_max_sums
         raw = brute_force(list(queries), corpus.offsets, lambda lo, hi: corpus.embeddings[lo:hi], args.n_docs, seg_sum)
         order_raw = np.stack([slots for _, slots in raw])
 

@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> dict:
         offsets = np.zeros(len(docs) + 1, dtype=np.int64)
         np.cumsum([len(d) for d in docs], out=offsets[1:])
         gt_ms, gt = timed(
-            lambda: brute_force(queries, offsets, lambda lo, hi: flat[lo:hi], GT_K, get_backend().segment_max_sum)
+            lambda: brute_force(queries, offsets, lambda lo, hi: flat[lo:hi], GT_K, get_backend().segment_max_sums)
         )
         raw = np.stack([slots for _, slots in gt])
         result = {

@@ -244,10 +244,10 @@ def mrr(pred: np.ndarray, targets: np.ndarray, k: int = 10) -> float:
 
 def ground_truth(corpus) -> tuple[np.ndarray, float]:
     """Exact MaxSim top-``GT_K`` ids over the raw float embeddings, and the seconds it took."""
-    segment_max_sum = get_backend("numba").segment_max_sum
+    segment_max_sums = get_backend("numba").segment_max_sums
     t0 = time.perf_counter()
     best = brute_force(
-        list(corpus.queries), corpus.offsets, lambda lo, hi: corpus.embeddings[lo:hi], GT_K, segment_max_sum
+        list(corpus.queries), corpus.offsets, lambda lo, hi: corpus.embeddings[lo:hi], GT_K, segment_max_sums
     )
     return np.stack([slots for _, slots in best]), time.perf_counter() - t0
 

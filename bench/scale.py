@@ -18,6 +18,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import resource
@@ -56,7 +57,7 @@ def peak_rss_gib() -> float:
 
 def raw_ground_truth(stream: SyntheticStream, queries: list[np.ndarray], docs_per_chunk: int = 20000) -> np.ndarray:
     """Exact MaxSim top-``GT_K`` slots over the raw embeddings, regenerating the corpus chunk by chunk."""
-    seg = get_backend("numba").segment_max_sum
+    seg = get_backend("numba").segment_max_sums
     best = [(np.zeros(0, np.float32), np.zeros(0, np.int64)) for _ in queries]
     for d0 in range(0, stream.n_docs, docs_per_chunk):
         d1 = min(d0 + docs_per_chunk, stream.n_docs)
@@ -79,9 +80,17 @@ def cached_ground_truth(stream: SyntheticStream, queries: list[np.ndarray], name
     return truth
 
 
+def index_fingerprint(index: Index) -> str:
+    """A short hash of the index's stored codes and residuals (their checksums in the manifest): two builds
+    of one corpus that differ in any token's code or residual get different fingerprints."""
+    sums = [f["sha256"] for s in index.manifest["segments"] for f in s["files"].values()]
+    return hashlib.sha256("".join(sums).encode()).hexdigest()[:12]
+
+
 def cached_exact(index: Index, queries: list[np.ndarray], name: str, seed: int) -> np.ndarray:
-    """``search_exact`` top-``GT_K`` slots of ``queries`` (brute force over the decompressed index), cached."""
-    path = BENCH_DIR / "data" / f"exact_{name}_q{len(queries)}_s{seed}.npy"
+    """``search_exact`` top-``GT_K`` slots of ``queries`` (brute force over the decompressed index), cached
+    per index content: a rebuild that assigns any token differently computes its own."""
+    path = BENCH_DIR / "data" / f"exact_{name}_{index_fingerprint(index)}_q{len(queries)}_s{seed}.npy"
     if path.exists():
         return np.load(path)
     exact = index.search_exact(queries, k=GT_K).ids  # slots: this benchmark builds with default ids
@@ -205,6 +214,10 @@ def main(argv: list[str] | None = None) -> dict:
                 "bytes_per_token": round(index.disk_bytes() / index.n_tokens, 2),
             }
             log(f"built in {row['build_s']} s, {row['bytes_per_token']} B/token")
+            if args.index:  # the build figures survive an interrupted measurement: a rerun with --index reuses them
+                args.out.mkdir(parents=True, exist_ok=True)
+                partial = {"name": name, "env": environment(sources), "row": row}
+                out_json.write_text(json.dumps(partial, indent=1) + "\n")
         index.close()
         queries = list(stream.queries())
         row.update(cold_open(path, queries[0]))

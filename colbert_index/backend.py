@@ -21,6 +21,7 @@ KERNELS = (
     "refined_interaction",
     "exact_maxsim",
     "segment_max_sum",
+    "segment_max_sums",
     "build_ivf",
     "probe_cells",
     "probe",
@@ -30,13 +31,14 @@ BACKENDS = ("auto", "numpy", "numba")
 
 
 @lru_cache(maxsize=1)
-def _blas() -> ThreadpoolController:
-    return ThreadpoolController()  # inspects the loaded libraries: once, not per query
+def _blas_libs() -> list:
+    """The loaded BLAS libraries' thread controls, found once (inspecting the process is slow)."""
+    return [lib for lib in ThreadpoolController().lib_controllers if lib.user_api == "blas"]
 
 
 _blas_lock = threading.Lock()
 _blas_users = 0
-_blas_limiter = None
+_blas_saved: list[int] = []
 
 
 @contextmanager
@@ -45,12 +47,16 @@ def one_blas_thread() -> Iterator[None]:
 
     The limit is process-wide, so concurrent searches share it: the first one in sets it, the last one out
     restores the original (a plain limit per call would let one thread restore two BLAS threads under another,
-    or leave the process at one when two calls interleave).
+    or leave the process at one when two calls interleave). Setting the libraries directly costs a few
+    microseconds; threadpoolctl's ``limit()`` re-inspects them and took ~45 us per entry here.
     """
-    global _blas_users, _blas_limiter
+    global _blas_users, _blas_saved
     with _blas_lock:
         if _blas_users == 0:
-            _blas_limiter = _blas().limit(limits=1, user_api="blas")
+            libs = _blas_libs()
+            _blas_saved = [lib.num_threads for lib in libs]
+            for lib in libs:
+                lib.set_num_threads(1)
         _blas_users += 1
     try:
         yield
@@ -58,7 +64,8 @@ def one_blas_thread() -> Iterator[None]:
         with _blas_lock:
             _blas_users -= 1
             if _blas_users == 0:
-                _blas_limiter.restore_original_limits()
+                for lib, n in zip(_blas_libs(), _blas_saved):
+                    lib.set_num_threads(n)
 
 
 def _one_blas_thread(kernel):

@@ -496,7 +496,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         exact = idx.search_exact(corpus.queries, k=10)
         exact_ms = (time.perf_counter() - t0) * 1000 / len(corpus.queries)
-        seg = get_backend().segment_max_sum
+        seg = get_backend().segment_max_sums
         raw = brute_force(list(corpus.queries), corpus.offsets, lambda lo, hi: corpus.embeddings[lo:hi], 10, seg)
         raw_ids = np.stack([slots for _, slots in raw])
         for qi in range(min(3, len(res))):

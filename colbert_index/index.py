@@ -642,8 +642,9 @@ class Index:
         if self._device is not None and how is None:  # the whole batch on the device (filters stay on CPU)
             return snap.result(self._device.search(snap, queries, k, p))
         n_workers = min(len(queries), numba.get_num_threads()) if self.backend.name == "numba" else 1
-        if n_workers <= 1:
-            return snap.result([self._search_one(snap, q, k, p, how) for q in queries])
+        if n_workers <= 1:  # BLAS limited once per call, not per kernel: entering the limit costs ~0.1 ms
+            with one_blas_thread():
+                return snap.result([self._search_one(snap, q, k, p, how) for q in queries])
 
         def one(q: np.ndarray):
             numba.set_num_threads(1)  # thread-local: this worker's kernels stay on its own core
@@ -671,7 +672,7 @@ class Index:
                 return data.codec.decompress(data.codes[lo:hi], data.residuals[lo:hi], self.backend)
 
             # the top k + (deleted) of the segment holds its top k live documents
-            found = brute_force(queries, data.offsets, chunk, k + seg.n_deleted, self.backend.segment_max_sum)
+            found = brute_force(queries, data.offsets, chunk, k + seg.n_deleted, self.backend.segment_max_sums)
             for i, (scores, slots) in enumerate(found):
                 if seg.deleted is not None:
                     keep = ~seg.deleted[slots]

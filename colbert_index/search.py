@@ -209,27 +209,35 @@ def brute_force(
     offsets: np.ndarray,
     token_chunk: Callable[[int, int], np.ndarray],
     k: int,
-    segment_max_sum: Callable,
-    chunk_tokens: int = 1 << 18,
+    segment_max_sums: Callable,
+    max_scores: int = 1 << 25,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Exact MaxSim top-k of every query over all documents.
 
     ``token_chunk(lo, hi)`` returns float32 embeddings of tokens ``lo:hi`` (raw or decompressed); the
-    corpus is walked once in chunks of whole documents, each chunk scored against every query.
+    corpus is walked once in chunks of whole documents, each chunk scored against all queries in one
+    product (``max_scores`` floats at most: 128 MiB) and reduced by ``segment_max_sums``: 1.8x faster than
+    a product per query for 20 queries on a 100k-passage index (the same top-100; bench/RESULTS.md).
     """
     n_docs = len(offsets) - 1
     k = min(k, n_docs)
+    QT = np.ascontiguousarray(np.concatenate(queries).T) if queries else np.zeros((0, 0), np.float32)
+    bounds = np.zeros(len(queries) + 1, dtype=np.int64)
+    np.cumsum([len(q) for q in queries], out=bounds[1:])
+    chunk_tokens = int(np.clip(max_scores // max(1, QT.shape[1]), 1024, 1 << 18))
     best = [(np.zeros(0, np.float32), np.zeros(0, np.int64)) for _ in queries]
-    d0 = 0
+    pending, d_from, d0 = [], 0, 0  # chunk scores not yet merged into best (a quarter of max_scores at most)
     while d0 < n_docs:
         d1 = int(np.searchsorted(offsets, offsets[d0] + chunk_tokens, side="right")) - 1
         d1 = min(max(d1, d0 + 1), n_docs)
         lo, hi = int(offsets[d0]), int(offsets[d1])
-        D = token_chunk(lo, hi)
         local = np.ascontiguousarray(offsets[d0 : d1 + 1] - lo)
-        slots = np.arange(d0, d1, dtype=np.int64)
-        for i, Q in enumerate(queries):
-            s = segment_max_sum(np.ascontiguousarray(D @ Q.T), local)
-            best[i] = top_k(np.concatenate([best[i][0], s]), np.concatenate([best[i][1], slots]), k)
+        pending.append(segment_max_sums(token_chunk(lo, hi) @ QT, local, bounds))
         d0 = d1
+        if (d0 - d_from) * len(queries) >= max_scores // 4 or d0 == n_docs:
+            scores = np.concatenate(pending, axis=1)
+            slots = np.arange(d_from, d0, dtype=np.int64)
+            for i, (s, b) in enumerate(best):
+                best[i] = top_k(np.concatenate([s, scores[i]]), np.concatenate([b, slots]), k)
+            pending, d_from = [], d0
     return best

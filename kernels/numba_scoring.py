@@ -183,3 +183,27 @@ def segment_max_sum(token_scores, offsets):
             s += best[q]
         out[d] = s
     return out
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def segment_max_sums(token_scores, offsets, col_bounds):
+    """Many queries at once: ``[n_tokens, sum of q_len]`` scores, columns ``col_bounds[i]:col_bounds[i + 1]``
+    for query ``i`` -> ``[n_queries, n_docs]`` per-doc sums of each query's per-token maxima."""
+    n_docs = offsets.shape[0] - 1
+    n_cols = token_scores.shape[1]
+    n_q = col_bounds.shape[0] - 1
+    out = np.zeros((n_q, n_docs), dtype=np.float32)
+    for d in prange(n_docs):
+        lo, hi = offsets[d], offsets[d + 1]
+        if hi == lo:
+            continue
+        best = token_scores[lo].copy()
+        for t in range(lo + 1, hi):
+            for j in range(n_cols):
+                best[j] = max(best[j], token_scores[t, j])
+        for i in range(n_q):
+            s = np.float32(0.0)
+            for j in range(col_bounds[i], col_bounds[i + 1]):
+                s += best[j]
+            out[i, d] = s
+    return out

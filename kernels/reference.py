@@ -211,6 +211,15 @@ def segment_max_sum(token_scores: np.ndarray, offsets: np.ndarray) -> np.ndarray
     return out
 
 
+def segment_max_sums(token_scores: np.ndarray, offsets: np.ndarray, col_bounds: np.ndarray) -> np.ndarray:
+    """Many queries at once: :func:`segment_max_sum` of columns ``col_bounds[i]:col_bounds[i + 1]`` in row
+    ``i`` of the ``[n_queries, n_docs]`` result."""
+    out = np.zeros((len(col_bounds) - 1, len(offsets) - 1), dtype=np.float32)
+    for i, (a, b) in enumerate(zip(col_bounds[:-1], col_bounds[1:])):
+        out[i] = segment_max_sum(token_scores[:, a:b], offsets)
+    return out
+
+
 def probe_bound(
     centroid_scores: np.ndarray,
     cells: np.ndarray,

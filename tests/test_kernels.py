@@ -424,6 +424,25 @@ def test_segment_max_sum_no_docs():
     assert numba_scoring.segment_max_sum(scores, offsets).shape == (0,)
 
 
+def test_segment_max_sums_matches_one_query_at_a_time():
+    rng = np.random.default_rng(905)
+    offsets = _offsets(_lengths(rng) + [0])
+    q_lens = [32, 1, 7, 48]
+    bounds = np.concatenate([[0], np.cumsum(q_lens)]).astype(np.int64)
+    scores = rng.standard_normal((int(offsets[-1]), int(bounds[-1]))).astype(np.float32) - 0.5
+    got = numba_scoring.segment_max_sums(scores, offsets, bounds)
+    ref = reference.segment_max_sums(scores, offsets, bounds)
+    assert got.dtype == ref.dtype == np.float32 and got.shape == ref.shape == (len(q_lens), len(offsets) - 1)
+    for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+        one = reference.segment_max_sum(np.ascontiguousarray(scores[:, a:b]), offsets)
+        np.testing.assert_allclose(ref[i], one, rtol=RTOL, atol=_atol(q_lens[i]))
+        np.testing.assert_allclose(got[i], one, rtol=RTOL, atol=_atol(q_lens[i]))
+    assert (got[:, np.diff(offsets) == 0] == 0).all()
+    none = np.zeros(1, dtype=np.int64)  # no queries
+    assert numba_scoring.segment_max_sums(scores[:, :0], offsets, none).shape == (0, len(offsets) - 1)
+    assert reference.segment_max_sums(scores[:, :0], offsets, none).shape == (0, len(offsets) - 1)
+
+
 # ----------------------------------------------------------------------------------------------- ivf
 
 
@@ -596,3 +615,21 @@ def test_reference_exact_maxsim_equals_maxsim(q_len, normalize):
     got = reference.exact_maxsim(Q, codes, packed, offsets, candidates, centroids, table, normalize)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * q_len)
     assert got[candidates == 3].tolist() == [0.0] * int((candidates == 3).sum())
+
+
+def test_one_blas_thread_limits_and_restores():
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from colbert_index.backend import one_blas_thread
+
+    def blas_threads() -> list[int]:
+        return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+    with threadpool_limits(limits=2, user_api="blas"):
+        before = blas_threads()
+        with one_blas_thread():
+            assert set(blas_threads()) <= {1}
+            with one_blas_thread():  # nested: still one, and the inner exit does not restore
+                pass
+            assert set(blas_threads()) <= {1}
+        assert blas_threads() == before

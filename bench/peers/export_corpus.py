@@ -7,7 +7,7 @@ tokens, seed 0), so the 10k corpus here is the one of the ``n10000_d64`` results
 * ``embeddings.npy`` float32 ``[n_tokens, dim]`` (L2-normalised rows), ``doclens.npy`` int64 ``[n_docs]``
   (a document's id is its position), ``queries.npy`` float32 ``[n_q, q_len, dim]``, ``targets.npy``;
 * ``gt_ids.npy`` / ``gt_scores.npy`` ``[n_q, 100]``: exact MaxSim top-100 over the raw float32 embeddings,
-  computed like ``bench/run.py``'s ground truth (``brute_force`` with the Numba ``segment_max_sum``);
+  computed like ``bench/run.py``'s ground truth (``brute_force`` with the Numba ``segment_max_sums``);
 * ``meta.json``: the generator's parameters, sizes, timings.
 
 An existing directory with the same parameters is kept as it is (pass ``--force`` to rewrite it).
@@ -61,7 +61,7 @@ def export(n_docs: int, dim: int, n_queries: int = 100, q_len: int = 32, seed: i
         corpus.offsets,
         lambda lo, hi: corpus.embeddings[lo:hi],
         GT_K,
-        get_backend("numba").segment_max_sum,
+        get_backend("numba").segment_max_sums,
     )
     gt_s = time.perf_counter() - t0
     np.save(out / "gt_ids.npy", np.stack([slots for _, slots in best]).astype(np.int64))

@@ -200,7 +200,7 @@ def cmd_index_texts(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from colbert_index import Index, SearchParams
+    from colbert_index import Index
 
     positional = list(args.args)
     index = args.index or (positional.pop(0) if positional else None)
@@ -220,8 +220,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.exact:
         res = idx.search_exact(Q, k=args.k, query_lengths=lengths, filter=flt)
     else:
-        params = SearchParams(args.nprobe, args.threshold, args.ndocs)
-        res = idx.search(Q, k=args.k, params=params, query_lengths=lengths, filter=flt)
+        res = idx.search(Q, k=args.k, params=_search_params(args), query_lengths=lengths, filter=flt)
     for qi in range(len(res)):
         if args.model is None:
             print("\t".join(f"{i}:{s:.4f}" for i, s in zip(res.ids[qi], res.scores[qi])))
@@ -389,7 +388,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     import numba
 
-    from colbert_index import Index, SearchParams
+    from colbert_index import Index
     from colbert_index.metrics import recall_at
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -410,7 +409,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             Q = Q[None] if Q.ndim == 2 else Q
         if args.threads:
             numba.set_num_threads(args.threads)
-        params, flt = SearchParams(args.nprobe, args.threshold, args.ndocs), _parse_filter(args.filter)
+        params, flt = _search_params(args), _parse_filter(args.filter)
         Q = Q[: args.n_queries]
         for q in Q[:3]:
             idx.search(q, k=args.k, params=params, filter=flt)  # compile / warm up
@@ -547,11 +546,24 @@ def _add_text_options(p: argparse.ArgumentParser, required: bool = False) -> Non
     p.add_argument("--device", default="cpu", help="device of the model")
 
 
+def _search_params(args: argparse.Namespace):
+    from colbert_index import SearchParams
+
+    return SearchParams(args.nprobe, args.threshold, args.ndocs, args.nbound, args.bound_cells)
+
+
 def _add_search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--nprobe", type=int)
     p.add_argument("--threshold", type=float, help="centroid_score_threshold")
     p.add_argument("--ndocs", type=int)
+    p.add_argument(
+        "--nbound",
+        type=int,
+        help="stage 1 also bounds each candidate's centroid interaction and keeps the best NBOUND "
+        "(robust to documents unlike the training data; SearchParams.nbound)",
+    )
+    p.add_argument("--bound-cells", type=int, default=16, help="centroids per query token the bound reads")
     p.add_argument(
         "--filter",
         help='JSON: a list of allowed ids, or metadata conditions such as \'{"lang": "en", "year": {"$gte": 2020}}\' '

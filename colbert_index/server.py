@@ -14,11 +14,12 @@
 ==========================  ============================================================================
 
 Searches take ``k``, ``filter`` (a list of ids or a metadata filter, see :mod:`colbert_index.filters`),
-``params`` (``nprobe``, ``ndocs``, ``centroid_score_threshold``) and ``include_metadata``. They run in a pool of
-one thread per core (each query's kernels on one thread), so the event loop never blocks and concurrent queries
-use every core; they are not micro-batched (on 2 cores that measured no faster, bench/RESULTS.md). Writes run one
-at a time in their own thread, holding the index's writer lock. Before a search the server picks up versions other
-processes committed (``Index.refresh``, at most every ``refresh_s`` seconds).
+``params`` (``nprobe``, ``ndocs``, ``centroid_score_threshold``, ``nbound``, ``bound_cells``) and
+``include_metadata``. They run in a pool of one thread per core (each query's kernels on one thread), so the event
+loop never blocks and concurrent queries use every core; they are not micro-batched (on 2 cores that measured no
+faster, bench/RESULTS.md). Writes run one at a time in their own thread, holding the index's writer lock. Before
+a search the server picks up versions other processes committed (``Index.refresh``, at most every ``refresh_s``
+seconds).
 
 Bad input gets a 4xx whose ``detail`` names the field (``400`` malformed JSON, ``401`` missing or wrong API
 key, ``404`` unknown ids, ``409`` another writer holds the index, ``413`` body too large, ``422`` invalid
@@ -75,6 +76,8 @@ class Params(_Model):
     nprobe: int | None = Field(None, ge=1, le=1 << 16)
     ndocs: int | None = Field(None, ge=1, le=1 << 20)
     centroid_score_threshold: float | None = None
+    nbound: int | None = Field(None, ge=1, le=1 << 20)
+    bound_cells: int = Field(16, ge=0, le=1 << 10)
 
 
 class _SearchOptions(_Model):
@@ -263,7 +266,7 @@ class _Service:
 
 
 def _params(p: Params | None) -> SearchParams | None:
-    return None if p is None else SearchParams(p.nprobe, p.centroid_score_threshold, p.ndocs)
+    return None if p is None else SearchParams(p.nprobe, p.centroid_score_threshold, p.ndocs, p.nbound, p.bound_cells)
 
 
 def _error_detail(exc: RequestValidationError) -> tuple[int, dict]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from colbert_index import Index, SearchParams
 from colbert_index.cli import main
 
 
@@ -20,6 +21,15 @@ def test_build_then_search(tmp_path, tiny_docs, capsys):
     assert first.startswith("doc6:")
     assert main(["search", str(tmp_path / "idx"), "--queries", str(tmp_path / "q.npy"), "--exact"]) == 0
     assert capsys.readouterr().out.startswith("doc6:")
+    bound = ["--nbound", "5", "--bound-cells", "4"]  # the opt-in stage 1 bound, as SearchParams takes it
+    assert main(["search", str(tmp_path / "idx"), "--queries", str(tmp_path / "q.npy"), "-k", "3", *bound]) == 0
+    got = [hit.split(":")[0] for hit in capsys.readouterr().out.split()]
+    params = SearchParams(nbound=5, bound_cells=4)
+    assert got == list(Index.open(tmp_path / "idx").search(tiny_docs[6][:4], k=3, params=params).ids[0])
+    assert main(["search", str(tmp_path / "idx"), "--queries", str(tmp_path / "q.npy"), "--nbound", "0"]) == 2
+    assert "nbound must be >= 1" in capsys.readouterr().err
+    assert main(["search", str(tmp_path / "idx"), "--queries", str(tmp_path / "q.npy"), "--bound-cells", "-1"]) == 2
+    assert "bound_cells must be >= 0" in capsys.readouterr().err
 
 
 def test_errors_exit_2(tmp_path, tiny_docs, capsys):

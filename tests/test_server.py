@@ -17,7 +17,8 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-from colbert_index import Index  # noqa: E402
+from colbert_index import Index, SearchParams  # noqa: E402
+from colbert_index import server as server_module  # noqa: E402
 from colbert_index.synthetic import make_corpus  # noqa: E402
 
 KEY = "s3cret-key"
@@ -146,6 +147,11 @@ def test_search_by_embeddings_with_filters_and_metadata(server, corpus):
     params = {"nprobe": 64, "ndocs": 4096, "centroid_score_threshold": -10}
     r = client.post("/search", json={"query": _q(corpus, 3), "k": 3, "params": params})
     assert r.status_code == 200 and r.json()["results"][0]["id"] == 3
+    bound = {"nbound": 8, "bound_cells": 4}
+    assert server_module._params(server_module.Params(**bound)) == SearchParams(nbound=8, bound_cells=4)
+    r = client.post("/search", json={"query": _q(corpus, 5), "k": 5, "params": bound})
+    want = idx.search(np.asarray(_q(corpus, 5), np.float32), k=5, params=SearchParams(nbound=8, bound_cells=4))
+    assert r.status_code == 200 and [h["id"] for h in r.json()["results"]] == list(want.ids[0])
 
 
 def test_batch_search_equals_single_searches(server, corpus):
@@ -178,6 +184,8 @@ def test_batch_search_equals_single_searches(server, corpus):
         ({"query": [[0.1] * 32], "filter": {"x') OR 1=1 --": 1}}, 422, "invalid filter field name"),
         ({"query": [[0.1] * 32], "filter": ["a"]}, 422, "integer ids"),
         ({"query": [[0.1] * 32], "params": {"nprobe": 0}}, 422, "params.nprobe"),
+        ({"query": [[0.1] * 32], "params": {"nbound": 0}}, 422, "params.nbound"),
+        ({"query": [[0.1] * 32], "params": {"bound_cells": -1}}, 422, "params.bound_cells"),
         ({"query": [[0.1] * 32], "params": {"nprob": 2}}, 422, "params.nprob: Extra inputs"),
     ],
 )

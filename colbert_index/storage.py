@@ -12,8 +12,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import glob
 import hashlib
 import json
+import logging
 import os
 import shutil
 import socket
@@ -23,6 +25,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
 
 import numpy as np
+
+logger = logging.getLogger(__name__)
 
 FORMAT_NAME = "colbert_index"
 FORMAT_VERSION = 2
@@ -109,20 +113,31 @@ def write_manifest(directory: Path, manifest: dict) -> None:
     fsync_path(directory)
 
 
+STAGING_LOCK = ".staging.lock"  # held (flock) by the process building a staging directory
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary directory that replaces ``path`` when the block succeeds.
 
-    On an exception the temporary directory is removed and ``path`` is left untouched.
+    On an exception the temporary directory is removed and ``path`` is left untouched. A process killed
+    mid-build (SIGKILL, power cut) cannot clean up: its staging directory (gigabytes at scale) is removed by
+    the next build of the same ``path`` (:func:`remove_abandoned_staging`).
     """
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_abandoned_staging(path)
     tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
+    lock = os.open(tmp / STAGING_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(lock, fcntl.LOCK_EX)
     try:
         yield tmp
+        (tmp / STAGING_LOCK).unlink()  # from here on nobody judges tmp abandoned: no lock file
+        os.close(lock)
+        lock = None
         for sub in tmp.iterdir():
             if sub.is_dir():
                 sync_tree(sub)
@@ -138,6 +153,34 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterat
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        if lock is not None:
+            os.close(lock)
+
+
+def remove_abandoned_staging(path: Path) -> list[Path]:
+    """Remove the staging directories of earlier builds of ``path`` whose process has died, and return them.
+
+    A build holds an ``flock`` on its staging directory's lock file until it renames the directory into place;
+    the kernel drops the lock when the process dies, so a lock that can be taken marks an abandoned directory.
+    Directories without a lock file (a build about to rename, or written by an older version) are left alone.
+    """
+    removed = []
+    for staging in sorted(path.parent.glob(f".{glob.escape(path.name)}.tmp-*")):
+        try:
+            fd = os.open(staging / STAGING_LOCK, os.O_RDWR)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)  # a live build holds it
+            continue
+        shutil.rmtree(staging, ignore_errors=True)
+        os.close(fd)
+        logger.warning("removed %s, left by a build of %s that did not finish", staging, path)
+        removed.append(staging)
+    return removed
 
 
 def load_manifest(path: str | os.PathLike) -> dict:

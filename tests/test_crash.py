@@ -7,7 +7,9 @@ process searching in a loop while a writer adds, deletes and compacts must see o
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import re
 import subprocess
 import sys
@@ -112,3 +114,49 @@ def test_a_reader_sees_only_committed_versions_while_a_writer_works(tmp_path, fa
     print({k: v if k != "generations" else len(v) for k, v in summary.items()})
     assert summary["errors"] == []
     assert len(summary["generations"]) >= 3 and summary["checks"] >= 10  # it did read while the writer wrote
+
+
+_HANGING_BUILD = """
+import sys, time
+import numpy as np
+from colbert_index import Index
+
+def docs():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        yield rng.standard_normal((8, 16)).astype(np.float32)
+    print("staged", flush=True)
+    time.sleep(600)  # killed here, mid-build
+
+Index.build(sys.argv[1], docs(), progress=False)
+"""
+
+
+def test_a_build_killed_midway_leaves_staging_that_the_next_build_removes(tmp_path):
+    from colbert_index import storage
+
+    path = tmp_path / "idx"
+    proc = subprocess.Popen([sys.executable, "-c", _HANGING_BUILD, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "staged"
+        live = list(tmp_path.glob(".idx.tmp-*"))
+        assert len(live) == 1 and (live[0] / storage.STAGING_LOCK).exists()
+        assert storage.remove_abandoned_staging(path) == [] and live[0].exists()  # its builder is alive
+    finally:
+        proc.kill()
+        proc.wait(timeout=60)
+    assert live[0].exists() and not path.exists()  # SIGKILL: nothing cleaned up, nothing committed
+    held = tmp_path / ".idx.tmp-held"  # a staging directory whose lock this process holds: a live build
+    held.mkdir()
+    fd = os.open(held / storage.STAGING_LOCK, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        unlocked = tmp_path / ".idx.tmp-nolock"  # no lock file: unknown owner (an older version), kept
+        unlocked.mkdir()
+        rng = np.random.default_rng(1)
+        Index.build(path, [rng.standard_normal((8, 16)).astype(np.float32) for _ in range(50)], progress=False)
+        assert not live[0].exists() and held.exists() and unlocked.exists()
+        assert Index.open(path).n_docs == 50
+        assert sorted(p.name for p in path.iterdir() if p.name.startswith(".")) == []  # no lock file inside
+    finally:
+        os.close(fd)

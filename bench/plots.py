@@ -46,7 +46,9 @@ def recall_vs_latency(files: list[Path], out: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for path in files:
         results = json.loads(path.read_text())
-        commit = results.get("env", {}).get("git_commit") or results["rows"][0]["env"]["git_commit"]
+        env = results.get("env") or results["rows"][0]["env"]
+        # the day matters as much as the commit: this VM's speed varies ~3x between days (bench/RESULTS.md)
+        commit = f"{env['git_commit']}, {env.get('timestamp_utc', '?')[:10]}"
         for label, rows in _sweep_lines(results).items():
             rows = sorted(rows, key=lambda r: r["p50_ms"])
             x = [r["p50_ms"] for r in rows]

@@ -57,7 +57,8 @@ def decompress_range(codes, packed, lo, hi, centroids, table, normalize, out, ro
     Two passes: centroid + residual for every token first, norms after. The centroid rows are
     random reads (out of cache at large K); with no norm to finish between tokens their cache
     misses overlap. One token at a time took ~1.8x longer (25.6k tokens, K=32768, side by side).
-    The rows are also prefetched a few tokens ahead: 1.7x for 256 random docs at K=65536.
+    The rows are also prefetched a few tokens ahead: 1.7x for 256 random docs at K=65536. The bytes'
+    dimensions are written out for 2 and 4 bits so they vectorise: 1.29-1.35x (64 random docs, 10k/100k).
     """
     nbytes, _, per_byte = table.shape
     dim = centroids.shape[1]
@@ -69,10 +70,24 @@ def decompress_range(codes, packed, lo, hi, centroids, table, normalize, out, ro
         if t + _AHEAD_ROWS < hi:
             _prefetch_row(flat, codes[t + _AHEAD_ROWS] * dim, dim)
         c = codes[t]
-        for b in range(nbytes):
-            v = packed[t, b]
-            for k in range(per_byte):
-                out[row + i, b * per_byte + k] = centroids[c, b * per_byte + k] + table[b, v, k]
+        r = row + i
+        if per_byte == 4:  # 2 bits: four dimensions per byte, written out so they vectorise as one
+            for b in range(nbytes):
+                v, o = packed[t, b], 4 * b
+                out[r, o] = centroids[c, o] + table[b, v, 0]
+                out[r, o + 1] = centroids[c, o + 1] + table[b, v, 1]
+                out[r, o + 2] = centroids[c, o + 2] + table[b, v, 2]
+                out[r, o + 3] = centroids[c, o + 3] + table[b, v, 3]
+        elif per_byte == 2:  # 4 bits
+            for b in range(nbytes):
+                v, o = packed[t, b], 2 * b
+                out[r, o] = centroids[c, o] + table[b, v, 0]
+                out[r, o + 1] = centroids[c, o + 1] + table[b, v, 1]
+        else:
+            for b in range(nbytes):
+                v = packed[t, b]
+                for k in range(per_byte):
+                    out[r, b * per_byte + k] = centroids[c, b * per_byte + k] + table[b, v, k]
     if normalize:
         for r in range(row, row + hi - lo):
             norm = np.float32(0.0)

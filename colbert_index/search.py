@@ -221,7 +221,9 @@ def brute_force(
     """
     n_docs = len(offsets) - 1
     k = min(k, n_docs)
-    QT = np.ascontiguousarray(np.concatenate(queries).T) if queries else np.zeros((0, 0), np.float32)
+    if not queries:
+        return []
+    QT = np.ascontiguousarray(np.concatenate(queries).T)
     bounds = np.zeros(len(queries) + 1, dtype=np.int64)
     np.cumsum([len(q) for q in queries], out=bounds[1:])
     chunk_tokens = int(np.clip(max_scores // max(1, QT.shape[1]), 1024, 1 << 18))

@@ -34,6 +34,7 @@ def test_brute_force_small_chunks_agree(corpus_2k, raw_top100):
     seg = get_backend("numba").segment_max_sums
     best = brute_force(queries, corpus_2k.offsets, lambda lo, hi: corpus_2k.embeddings[lo:hi], 100, seg, 1)
     np.testing.assert_array_equal(np.stack([slots for _, slots in best]), raw_top100)
+    assert brute_force([], corpus_2k.offsets, lambda lo, hi: corpus_2k.embeddings[lo:hi], 100, seg) == []
 
 
 def test_search_exact_matches_reference_maxsim_on_decompressed(index_2k_2bit, corpus_2k):

@@ -642,7 +642,7 @@ class Index:
         if self._device is not None and how is None:  # the whole batch on the device (filters stay on CPU)
             return snap.result(self._device.search(snap, queries, k, p))
         n_workers = min(len(queries), numba.get_num_threads()) if self.backend.name == "numba" else 1
-        if n_workers <= 1:  # BLAS limited once per call, not per kernel: entering the limit costs ~0.1 ms
+        if n_workers <= 1:  # BLAS limited once per call, not once per BLAS kernel (each entry resets the libraries)
             with one_blas_thread():
                 return snap.result([self._search_one(snap, q, k, p, how) for q in queries])
 

@@ -78,16 +78,11 @@ def decompress_range(codes, packed, lo, hi, centroids, table, normalize, out, ro
                 out[r, o + 1] = centroids[c, o + 1] + table[b, v, 1]
                 out[r, o + 2] = centroids[c, o + 2] + table[b, v, 2]
                 out[r, o + 3] = centroids[c, o + 3] + table[b, v, 3]
-        elif per_byte == 2:  # 4 bits
+        else:  # 4 bits, the codec's only other width (codec.NBITS): two dimensions per byte
             for b in range(nbytes):
                 v, o = packed[t, b], 2 * b
                 out[r, o] = centroids[c, o] + table[b, v, 0]
                 out[r, o + 1] = centroids[c, o + 1] + table[b, v, 1]
-        else:
-            for b in range(nbytes):
-                v = packed[t, b]
-                for k in range(per_byte):
-                    out[r, b * per_byte + k] = centroids[c, b * per_byte + k] + table[b, v, k]
     if normalize:
         for r in range(row, row + hi - lo):
             norm = np.float32(0.0)

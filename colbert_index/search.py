@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from colbert_index.kernels.numba_select import top_k_from
+
 # PLAID's defaults by k: (max k, nprobe, centroid_score_threshold, ndocs)
 _DEFAULTS = ((10, 1, 0.5, 256), (100, 2, 0.45, 1024))
 _NDOCS_SCALE_FROM = 62_500  # documents up to which the default ndocs is PLAID's
@@ -105,18 +107,14 @@ def check_k(k: int) -> int:
 
 
 def top_k(scores: np.ndarray, slots: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` best (score desc, slot asc) of parallel arrays, sorted.
+    """The ``k`` best (score desc, slot asc) of parallel arrays, sorted (``reference.top_k``'s contract).
 
-    Ties at the cut go to the lower slots (argpartition alone picks any of them), so every backend and
-    device keeps the same candidates when stage scores tie exactly (documents of the same centroids)."""
-    if len(scores) > k:
-        kth = scores[np.argpartition(-scores, k - 1)[k - 1]]
-        above = np.flatnonzero(scores > kth)
-        tied = np.flatnonzero(scores == kth)
-        part = np.concatenate([above, tied[np.argsort(slots[tied], kind="stable")[: k - len(above)]]])
-        scores, slots = scores[part], slots[part]
-    order = np.lexsort((slots, -scores))
-    return scores[order], slots[order]
+    Ties at the cut go to the lower slots, so every backend and device keeps the same candidates when stage
+    scores tie exactly (documents of the same centroids). Slots must lie in ``[0, 2**32)``."""
+    scores = np.asarray(scores, dtype=np.float32)
+    n = len(scores)
+    kth = np.partition(scores, n - k)[n - k] if n > k else np.float32(-np.inf)
+    return top_k_from(scores, np.asarray(slots), k, kth)
 
 
 def staged_search(

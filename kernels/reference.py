@@ -165,6 +165,18 @@ def exact_maxsim(
     return out
 
 
+def top_k(scores: np.ndarray, slots: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best (score desc, slot asc) of parallel arrays, sorted; ties at the cut go to the lower slots."""
+    if len(scores) > k:
+        kth = scores[np.argpartition(-scores, k - 1)[k - 1]]
+        above = np.flatnonzero(scores > kth)
+        tied = np.flatnonzero(scores == kth)
+        part = np.concatenate([above, tied[np.argsort(slots[tied], kind="stable")[: k - len(above)]]])
+        scores, slots = scores[part], slots[part]
+    order = np.lexsort((slots, -scores))
+    return scores[order], slots[order]
+
+
 def build_ivf(codes: np.ndarray, offsets: np.ndarray, n_centroids: int) -> tuple[np.ndarray, np.ndarray]:
     """Inverted file as CSR: for each centroid the sorted unique doc slots holding one of its tokens.
 

@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 from colbert_index.kernels import numba_codec, numba_ivf, numba_scoring, reference
 
+from colbert_index.search import top_k
+
 DIMS = (48, 64, 96, 128)
 NBITS = (2, 4)
 Q_LENS = (1, 7, 32)  # 7: both the 4-query unrolled path and the remainder of exact_maxsim
@@ -441,6 +443,32 @@ def test_segment_max_sums_matches_one_query_at_a_time():
     none = np.zeros(1, dtype=np.int64)  # no queries
     assert numba_scoring.segment_max_sums(scores[:, :0], offsets, none).shape == (0, len(offsets) - 1)
     assert reference.segment_max_sums(scores[:, :0], offsets, none).shape == (0, len(offsets) - 1)
+
+
+# --------------------------------------------------------------------------------------------- top-k
+
+
+@pytest.mark.parametrize("slot_dtype", (np.int32, np.int64))
+@pytest.mark.parametrize("n,k", ((0, 5), (1, 1), (7, 10), (64, 10), (300, 1), (3000, 256)))
+def test_top_k(n, k, slot_dtype):
+    """search.top_k (Numba keys) equals reference.top_k: order, ties at the cut to the lower slots, dtypes."""
+    rng = np.random.default_rng(930 + n + k)
+    for decimals in (0, 1, 6):  # few distinct scores (many ties) to nearly none
+        scores = np.round(rng.standard_normal(n), decimals).astype(np.float32)
+        scores[rng.random(n) < 0.1] = -np.inf
+        scores[rng.random(n) < 0.1] = -0.0  # ties with 0.0
+        slots = rng.choice(2**32 - 1 if slot_dtype == np.int64 else 2**31 - 1, n, replace=False).astype(slot_dtype)
+        got, ref = top_k(scores, slots, k), reference.top_k(scores, slots, k)
+        assert got[0].dtype == np.float32 and got[1].dtype == slot_dtype and len(got[0]) == min(n, k)
+        np.testing.assert_array_equal(got[1], ref[1])
+        np.testing.assert_array_equal(got[0], ref[0])
+
+
+def test_top_k_rejects_slots_out_of_range():
+    scores = np.ones(3, dtype=np.float32)
+    for bad in (-1, 2**32):
+        with pytest.raises(ValueError, match="slots"):
+            top_k(scores, np.array([0, bad, 2], dtype=np.int64), 2)
 
 
 # ----------------------------------------------------------------------------------------------- ivf

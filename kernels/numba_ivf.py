@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from .numba_rows import max_into
+
 
 @njit(cache=True, nogil=True)
 def build_ivf(codes, offsets, n_centroids):
@@ -50,16 +52,18 @@ def probe_cells(centroid_scores, nprobe):
     top_val = np.empty((q_len, nprobe), dtype=np.float32)
     n_top = np.zeros(q_len, dtype=np.int64)
     floor = np.full(q_len, -np.inf, dtype=np.float32)  # nprobe-th best so far; -inf until full
-    block_max = np.empty(q_len, dtype=np.float32)
+    block_max = np.empty((2, q_len), dtype=np.float32)  # alternating rows (max_into)
     for c0 in range(0, K, _SCAN_BLOCK):
         c1 = min(K, c0 + _SCAN_BLOCK)
-        block_max[:] = centroid_scores[c0]
+        for q in range(q_len):
+            block_max[0, q] = centroid_scores[c0, q]
+        cur = 0
         for c in range(c0 + 1, c1):
-            for q in range(q_len):
-                block_max[q] = max(block_max[q], centroid_scores[c, q])
+            max_into(block_max, 1 - cur, cur, centroid_scores, c)
+            cur = 1 - cur
         better = False
         for q in range(q_len):
-            better |= (block_max[q] > floor[q]) | (n_top[q] < nprobe)
+            better |= (block_max[cur, q] > floor[q]) | (n_top[q] < nprobe)
         if not better:
             continue
         for c in range(c0, c1):

@@ -16,6 +16,7 @@ from numba import njit, prange
 from .numba_codec import decompress_range, decompress_token
 from .numba_ivf import probed_centroids
 from .numba_prefetch import prefetch, prefetch_candidate
+from .numba_rows import max_into
 
 _BLOCK = 32  # documents per parallel work item
 # prefetch distance, in doc tokens, for centroid-score rows in stage 3 (1.21x at 1M, 1024 docs; in
@@ -38,23 +39,24 @@ def centroid_interaction(centroid_scores, codes, offsets, candidates, threshold)
     out = np.zeros(n, dtype=np.float32)
     nblocks = (n + _BLOCK - 1) // _BLOCK
     for blk in prange(nblocks):
-        best = np.empty(q_len, dtype=np.float32)
+        best = np.empty((2, q_len), dtype=np.float32)  # the running max alternates between rows (max_into)
         for i in range(blk * _BLOCK, min(n, (blk + 1) * _BLOCK)):
             prefetch_candidate(offsets, candidates, i, codes, 1)
             d = candidates[i]
+            cur = 0
             for q in range(q_len):
-                best[q] = -np.inf
+                best[0, q] = -np.inf
             any_kept = False
             for t in range(offsets[d], offsets[d + 1]):
                 c = codes[t]
                 if keep[c]:
                     any_kept = True
-                    for q in range(q_len):
-                        best[q] = max(best[q], centroid_scores[c, q])
+                    max_into(best, 1 - cur, cur, centroid_scores, c)
+                    cur = 1 - cur
             if any_kept:
                 s = np.float32(0.0)
                 for q in range(q_len):
-                    s += best[q]
+                    s += best[cur, q]
                 out[i] = s
     return out
 
@@ -76,14 +78,15 @@ def refined_interaction(Q, centroid_scores, cells, codes, packed, offsets, candi
     nblocks = (n + _BLOCK - 1) // _BLOCK
     for blk in prange(nblocks):
         vec = np.empty((1, dim), dtype=np.float32)
-        best = np.empty(q_len, dtype=np.float32)
+        best = np.empty((3, q_len), dtype=np.float32)  # rows 0/1: the running max (max_into); 2: one token's
         in_cells = np.empty(longest, dtype=np.int64)
         for i in range(blk * _BLOCK, min(n, (blk + 1) * _BLOCK)):
             prefetch_candidate(offsets, candidates, i, codes, 1)
             d = candidates[i]
             if offsets[d + 1] == offsets[d]:
                 continue
-            best[:] = -np.inf
+            best[0] = -np.inf
+            cur = 0
             hi = offsets[d + 1]
             # Pass 1: centroid scores of the tokens outside probed centroids; the others are set
             # aside and their residual rows requested (random reads, mostly TLB and cache misses).
@@ -97,13 +100,15 @@ def refined_interaction(Q, centroid_scores, cells, codes, packed, offsets, candi
                     in_cells[m] = t
                     m += 1
                     continue
-                for q in range(q_len):
-                    best[q] = max(best[q], centroid_scores[c, q])
+                max_into(best, 1 - cur, cur, centroid_scores, c)
+                cur = 1 - cur
             # Pass 2: tokens of probed centroids, exact where their centroid is probed for q.
             for u in range(m):
                 t = in_cells[u]
                 c = codes[t]
                 decompress_token(codes, packed, t, centroids, table, normalize, vec, 0)
+                for q in range(q_len):  # a loop, not a row view: views cost reference counting
+                    best[2, q] = centroid_scores[c, q]
                 for q in range(q_len):
                     is_cell = False
                     for j in range(nprobe):
@@ -112,12 +117,12 @@ def refined_interaction(Q, centroid_scores, cells, codes, packed, offsets, candi
                         s = np.float32(0.0)
                         for j in range(dim):
                             s += Q[q, j] * vec[0, j]
-                        best[q] = max(best[q], s)
-                    else:
-                        best[q] = max(best[q], centroid_scores[c, q])
+                        best[2, q] = s
+                max_into(best, 1 - cur, cur, best, 2)
+                cur = 1 - cur
             total = np.float32(0.0)
             for q in range(q_len):
-                total += best[q]
+                total += best[cur, q]
             out[i] = total
     return out
 
@@ -169,7 +174,7 @@ def segment_max_sum(token_scores, offsets):
     return segment_max_sums(token_scores, offsets, np.array([0, token_scores.shape[1]], dtype=np.int64))[0]
 
 
-@njit(cache=True, nogil=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True, fastmath=True)
 def segment_max_sums(token_scores, offsets, col_bounds):
     """Many queries at once: ``[n_tokens, sum of q_len]`` scores, columns ``col_bounds[i]:col_bounds[i + 1]``
     for query ``i`` -> ``[n_queries, n_docs]`` per-doc sums of each query's per-token maxima."""
@@ -177,17 +182,21 @@ def segment_max_sums(token_scores, offsets, col_bounds):
     n_cols = token_scores.shape[1]
     n_q = col_bounds.shape[0] - 1
     out = np.zeros((n_q, n_docs), dtype=np.float32)
-    for d in prange(n_docs):
-        lo, hi = offsets[d], offsets[d + 1]
-        if hi == lo:
-            continue
-        best = token_scores[lo].copy()
-        for t in range(lo + 1, hi):
-            for j in range(n_cols):  # along a row: contiguous, vectorised (a column at a time: 2.6x slower)
-                best[j] = max(best[j], token_scores[t, j])
-        for i in range(n_q):
-            s = np.float32(0.0)
-            for j in range(col_bounds[i], col_bounds[i + 1]):
-                s += best[j]
-            out[i, d] = s
+    for blk in prange((n_docs + _BLOCK - 1) // _BLOCK):
+        best = np.empty((2, n_cols), dtype=np.float32)  # the running max alternates between rows (max_into)
+        for d in range(blk * _BLOCK, min(n_docs, (blk + 1) * _BLOCK)):
+            lo, hi = offsets[d], offsets[d + 1]
+            if hi == lo:
+                continue
+            for j in range(n_cols):
+                best[0, j] = token_scores[lo, j]
+            cur = 0
+            for t in range(lo + 1, hi):  # whole rows: contiguous (a column at a time was 2.6x slower)
+                max_into(best, 1 - cur, cur, token_scores, t)
+                cur = 1 - cur
+            for i in range(n_q):
+                s = np.float32(0.0)
+                for j in range(col_bounds[i], col_bounds[i + 1]):
+                    s += best[cur, j]
+                out[i, d] = s
     return out

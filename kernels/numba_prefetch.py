@@ -16,6 +16,7 @@ from numba.extending import intrinsic
 # how far ahead (in documents) the offsets, and then the codes, of upcoming candidates are requested
 AHEAD_OFFSETS = 32
 AHEAD_CODES = 16
+_MAX_LINES = 32  # lines requested per document (2 KiB): long documents' later lines come in time anyway
 
 
 @intrinsic
@@ -57,7 +58,9 @@ def prefetch_candidate(offsets, candidates, i, arr, row_items):
     if i + AHEAD_CODES < n:
         d = candidates[i + AHEAD_CODES]
         lo, hi = offsets[d] * row_items, offsets[d + 1] * row_items
-        for p in range(lo, hi, max(1, 64 // arr.itemsize)):
+        step = max(1, 64 // arr.itemsize)
+        end = min(hi, lo + _MAX_LINES * step)
+        for p in range(lo, end, step):
             prefetch(arr, p)
-        if hi > lo:  # the last line, when the rows do not start on a line boundary
+        if hi > lo and end == hi:  # the last line, when the rows do not start on a line boundary
             prefetch(arr, hi - 1)

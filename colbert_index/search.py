@@ -111,6 +111,8 @@ def top_k(scores: np.ndarray, slots: np.ndarray, k: int) -> tuple[np.ndarray, np
 
     Ties at the cut go to the lower slots, so every backend and device keeps the same candidates when stage
     scores tie exactly (documents of the same centroids). Slots must lie in ``[0, 2**32)``."""
+    if k < 1:
+        raise ValueError(f"top_k: k must be >= 1, got {k}")
     scores = np.asarray(scores, dtype=np.float32)
     n = len(scores)
     kth = np.partition(scores, n - k)[n - k] if n > k else np.float32(-np.inf)

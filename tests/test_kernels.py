@@ -464,11 +464,13 @@ def test_top_k(n, k, slot_dtype):
         np.testing.assert_array_equal(got[0], ref[0])
 
 
-def test_top_k_rejects_slots_out_of_range():
+def test_top_k_rejects_bad_slots_and_k():
     scores = np.ones(3, dtype=np.float32)
     for bad in (-1, 2**32):
         with pytest.raises(ValueError, match="slots"):
             top_k(scores, np.array([0, bad, 2], dtype=np.int64), 2)
+    with pytest.raises(ValueError, match="k must be"):
+        top_k(scores, np.arange(3), 0)
 
 
 # ----------------------------------------------------------------------------------------------- ivf

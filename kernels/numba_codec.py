@@ -11,7 +11,9 @@ from numba import njit, prange
 from .numba_prefetch import prefetch
 from .numba_rows import add2, add4
 
-_AHEAD_ROWS = 8  # tokens ahead whose centroid rows decompression prefetches
+# tokens ahead whose centroid rows decompression prefetches (16, not 8, since the vector adds made each token
+# cheaper: 1.1x on 64 random docs at 10k, 1.13x on 256 at 1M, alternating in one process; 24 no better)
+_AHEAD_ROWS = 16
 
 
 @njit(cache=True, nogil=True, parallel=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .numba_prefetch import prefetch
+from .numba_prefetch import prefetch_range
 from .numba_rows import add2, add4
 
 # tokens ahead whose centroid rows decompression prefetches (16, not 8, since the vector adds made each token
@@ -38,12 +38,6 @@ def compress_residuals(residuals, cutoffs, nbits):
     return out
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _prefetch_row(flat, start, n):
-    for i in range(start, start + n, 16):  # one request per 64-byte line of float32
-        prefetch(flat, i)
-
-
 @njit(cache=True, nogil=True, fastmath=True)
 def decompress_token(codes, packed, t, centroids, table, normalize, out, row):
     """Decompress token ``t`` into ``out[row, :]`` (shared by every kernel that reads residuals).
@@ -71,11 +65,13 @@ def decompress_range(codes, packed, lo, hi, centroids, table, normalize, out, ro
     flat_table = table.reshape(table.size)
     flat_out = out.reshape(out.size)
     for t in range(lo, min(hi, lo + _AHEAD_ROWS)):
-        _prefetch_row(flat, codes[t] * dim, dim)
+        start = np.int64(codes[t]) * dim
+        prefetch_range(flat, start, start + dim)
     for i in range(hi - lo):
         t = lo + i
         if t + _AHEAD_ROWS < hi:
-            _prefetch_row(flat, codes[t + _AHEAD_ROWS] * dim, dim)
+            start = np.int64(codes[t + _AHEAD_ROWS]) * dim
+            prefetch_range(flat, start, start + dim)
         c = np.int64(codes[t]) * dim
         r = (row + i) * dim
         for b in range(nbytes):  # centroid + the byte's residual values: one vector add per byte

@@ -44,6 +44,13 @@ def prefetch(typingctx, arr, idx):
 
 
 @njit(cache=True, nogil=True, inline="always")
+def prefetch_range(arr, lo, hi):
+    """Request every 64-byte line of ``arr[lo:hi]`` (1-D; one request per line's worth of items)."""
+    for p in range(lo, hi, max(1, 64 // arr.itemsize)):
+        prefetch(arr, p)
+
+
+@njit(cache=True, nogil=True, inline="always")
 def prefetch_candidate(offsets, candidates, i, arr, row_items):
     """Prefetch ahead of candidate ``i``: the offsets of a far one, the rows of a nearer one in ``arr``.
 
@@ -58,9 +65,7 @@ def prefetch_candidate(offsets, candidates, i, arr, row_items):
     if i + AHEAD_CODES < n:
         d = candidates[i + AHEAD_CODES]
         lo, hi = offsets[d] * row_items, offsets[d + 1] * row_items
-        step = max(1, 64 // arr.itemsize)
-        end = min(hi, lo + _MAX_LINES * step)
-        for p in range(lo, end, step):
-            prefetch(arr, p)
+        end = min(hi, lo + _MAX_LINES * (64 // arr.itemsize))
+        prefetch_range(arr, lo, end)
         if hi > lo and end == hi:  # the last line, when the rows do not start on a line boundary
             prefetch(arr, hi - 1)

@@ -3,8 +3,12 @@
 Running maxima over rows (a document's best score per query token) are the inner loop of stages 2-4 and of
 the probe. Written in place, ``best[q] = max(best[q], row[q])`` compiles to scalar code (LLVM does not
 vectorise that store of a select of its own load); written to another buffer it becomes AVX ``vmaxps``.
-So callers keep two rows of a buffer and alternate them after each row: 3-5x faster per row (32 query tokens, rows in
-L1/L2, side by side).
+So callers keep two rows of a buffer and alternate them after each row: 3-5x faster per row (32 query
+tokens, rows in L1/L2, side by side).
+
+Decompression adds each byte's 4 (2-bit) or 2 (4-bit) residual values to as many centroid values; written
+out per element those adds compiled to scalar ``vaddss`` too, so :data:`add4` / :data:`add2` emit the one
+vector add.
 """
 
 from __future__ import annotations

@@ -20,7 +20,6 @@ KERNELS = (
     "centroid_interaction",
     "refined_interaction",
     "exact_maxsim",
-    "segment_max_sum",
     "segment_max_sums",
     "build_ivf",
     "probe_cells",

@@ -2,7 +2,7 @@
 
 The same four stages as :func:`colbert_index.search.staged_search`, with the same parameters and the same
 rules (probe widened until a query has ``k`` candidates, stage 2 only past ``ndocs`` candidates, stage 3
-only past ``max(ndocs // 4, k)``, ties broken towards the lower slot); torch does the glue (stage 0's
+only past ``SearchParams.n_exact``, ties broken towards the lower slot); torch does the glue (stage 0's
 matrix product, the probe, per-query top-n), the hot loops are the ``*_batched`` kernels of the given
 namespace (:mod:`colbert_index.kernels.triton_scoring` or :mod:`colbert_index.kernels.torch_scoring`).
 
@@ -50,11 +50,10 @@ def centroid_scores(data: DeviceData, Q: torch.Tensor) -> torch.Tensor:
 
 def probe(
     data: DeviceData, S: torch.Tensor, q_lens: torch.Tensor, nprobe: torch.Tensor, bound_cells: int | None = None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Stage 1 for every query with its own ``nprobe``: ``(cells, candidates, cand_q, bound)``.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Stage 1 for every query with its own ``nprobe``: ``(candidates, cand_q, bound)``.
 
-    ``cells [n_q, q_max, P]`` int32: each query token's best ``nprobe`` centroids (``reference.probe_cells``
-    per query, ``P`` the largest ``nprobe``), -1 past a query's ``nprobe`` and on padding tokens. Candidates
+    A query token probes its best ``nprobe`` centroids (``reference.probe_cells`` per query). Candidates
     are sorted by (query, slot), deleted documents dropped. With ``bound_cells``, ``bound`` is
     ``reference.probe_bound``'s upper bound of their centroid interaction over each token's best
     ``max(nprobe, bound_cells)`` centroids; without, None."""
@@ -67,8 +66,6 @@ def probe(
     top_val, top = torch.topk(scores, T, dim=2)  # [n_q, q_max, T]
     rank = torch.arange(T, device=device)[None, None, :]
     probed = (rank < nprobe[:, None, None]) & q_valid[:, :, None]
-    P = int(min(int(nprobe.max()), K))
-    cells = torch.where(probed, top, -1)[:, :, :P].to(torch.int32)
     if bound_cells is None:  # the union of the probed lists, each (query, centroid) list read once
         qi, qt, r = torch.nonzero(probed, as_tuple=True)
         seen = torch.zeros((n_q, K), dtype=torch.bool, device=device)
@@ -78,7 +75,7 @@ def probe(
         keys = torch.unique(pq[owner].long() * data.n_docs + docs)  # sorted: by query, then slot
         if data.deleted is not None:
             keys = keys[~data.deleted[keys % data.n_docs]]
-        return cells, keys % data.n_docs, (keys // data.n_docs).to(torch.int32), None
+        return keys % data.n_docs, (keys // data.n_docs).to(torch.int32), None
     col = n_cells.clamp(max=T - 1)[:, None, None].expand(n_q, q_max, 1)
     floor = torch.where(
         (n_cells < K)[:, None], torch.gather(top_val, 2, col).squeeze(2), S.min(dim=1).values
@@ -103,7 +100,7 @@ def probe(
         keys, total = keys[live], total[live]
     cand_q = keys // data.n_docs
     bound = floor.sum(dim=1)[cand_q] + total
-    return cells, keys % data.n_docs, cand_q.to(torch.int32), bound
+    return keys % data.n_docs, cand_q.to(torch.int32), bound
 
 
 def _list_entries(data: DeviceData, lists: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -154,14 +151,14 @@ def staged_search_batched(
     nprobe = torch.full((n_q,), int(params.nprobe), dtype=torch.int64, device=device)
     bound_cells = None if params.nbound is None else int(params.bound_cells)
     while True:  # stage 1; widen the probe of a query in the rare case it finds fewer than k documents
-        cells, cands, cand_q, bound = probe(data, S, q_lens, nprobe, bound_cells)
+        cands, cand_q, bound = probe(data, S, q_lens, nprobe, bound_cells)
         counts = torch.bincount(cand_q.long(), minlength=n_q)
         short = (counts < k) & (nprobe < K)
         if not bool(short.any()):
             break
         nprobe = torch.where(short, nprobe * 2, nprobe)
     ndocs = params.ndocs if params.ndocs is not None else SearchParams.default_ndocs(k, n_docs)
-    n_exact = max(ndocs // 4, k)
+    n_exact = SearchParams.n_exact(k, ndocs)
     ndocs = max(ndocs, k)
     nbound = max(params.nbound, ndocs) if params.nbound is not None else None
     tables = (data.centroids, data.table, data.normalize)
@@ -179,9 +176,9 @@ def staged_search_batched(
             thr = params.centroid_score_threshold
             cs = (S, q_lens, data.codes, data.offsets, cands[sel], cand_q[sel])
             part = kernels.centroid_interaction_batched(*cs, thr)
-        else:
-            cs = (Q, q_lens, S, cells, data.codes, data.residuals, data.offsets, cands[sel], cand_q[sel])
-            part = kernels.refined_interaction_batched(*cs, *tables)
+        else:  # stage 3: the CPU kernel's contract (reference.refined_interaction), as a product
+            cs = (Q, q_lens, data.codes, data.residuals, data.offsets, cands[sel], cand_q[sel])
+            part = kernels.exact_maxsim_batched(*cs, data.centroids, data.table, False)
         scores[sel] = part
         _, cands, cand_q = keep_top(scores, cands, cand_q, n_q, n)
         cands, cand_q = _by_slot(cands, cand_q, n_docs)

@@ -39,15 +39,6 @@ def compress_residuals(residuals, cutoffs, nbits):
 
 
 @njit(cache=True, nogil=True, fastmath=True)
-def decompress_token(codes, packed, t, centroids, table, normalize, out, row):
-    """Decompress token ``t`` into ``out[row, :]`` (shared by every kernel that reads residuals).
-
-    Takes the row index rather than a row view: views in hot loops cost reference counting.
-    """
-    decompress_range(codes, packed, t, t + 1, centroids, table, normalize, out, row)
-
-
-@njit(cache=True, nogil=True, fastmath=True)
 def decompress_range(codes, packed, lo, hi, centroids, table, normalize, out, row):
     """Decompress tokens ``lo:hi`` into ``out[row : row + hi - lo, :]``.
 

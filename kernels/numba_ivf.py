@@ -87,16 +87,6 @@ def probe_cells(centroid_scores, nprobe):
 
 
 @njit(cache=True, nogil=True)
-def probed_centroids(cells, K):
-    """``[K]`` bool: centroids that some query token probes (appear in ``cells``, ids of probe_cells)."""
-    probed = np.zeros(K, dtype=np.bool_)
-    for q in range(cells.shape[0]):
-        for j in range(cells.shape[1]):
-            probed[cells[q, j]] = True
-    return probed
-
-
-@njit(cache=True, nogil=True)
 def probe(cells, ivf_offsets, ivf_docs, n_docs):
     probed = np.unique(cells.ravel())
     total = 0

@@ -76,12 +76,17 @@ def decompress(
     ``table`` comes from :func:`decode_table`. ``normalize`` rescales each vector to unit L2 norm
     (for corpora of unit vectors, as ColBERT's).
     """
-    packed = np.asarray(packed)
-    residual = table[np.arange(packed.shape[1])[None, :], packed].reshape(len(packed), centroids.shape[1])
-    out = (centroids[np.asarray(codes, dtype=np.int64)] + residual).astype(np.float32)
+    out = (centroids[np.asarray(codes, dtype=np.int64)] + residuals_of(packed, table)).astype(np.float32)
     if normalize and len(out):
         out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
     return out
+
+
+def residuals_of(packed: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """``[n, nbytes]`` packed residuals -> ``[n, dim]`` float32 residual vectors (no centroid)."""
+    packed = np.asarray(packed)
+    nbytes, _, per_byte = table.shape
+    return table[np.arange(packed.shape[1])[None, :], packed].reshape(len(packed), nbytes * per_byte)
 
 
 def centroid_scores(centroids: np.ndarray, Q: np.ndarray) -> np.ndarray:
@@ -115,33 +120,27 @@ def centroid_interaction(
 def refined_interaction(
     Q: np.ndarray,
     centroid_scores: np.ndarray,
-    cells: np.ndarray,
     codes: np.ndarray,
     packed: np.ndarray,
     offsets: np.ndarray,
     candidates: np.ndarray,
-    centroids: np.ndarray,
     table: np.ndarray,
-    normalize: bool,
 ) -> np.ndarray:
-    """Centroid interaction without pruning, refined where the probe looked closely.
+    """MaxSim against the decompressed tokens without normalising them: centroid + residual.
 
-    A doc token scores ``centroid_scores[c, q]`` against query token ``q``, except when its centroid
-    ``c`` was probed for ``q`` (``c`` in ``cells[q]``, the ids of :func:`probe_cells`): then it scores
-    its exact (decompressed) similarity.
-    Distinctive tokens far from their centroid are what centroid-only scores misjudge most, and
-    they sit in exactly those cells.
+    A doc token with centroid ``c`` and residual ``r`` scores ``centroid_scores[c, q] + Q[q] . r``, that is
+    ``Q[q] . (centroid + residual)``: :func:`exact_maxsim` with ``normalize=False`` (how the device path
+    computes it). Every token's residual counts, yet no centroid row is read: the CPU kernel sums lookup
+    tables of ``Q`` x bucket weights. For unit vectors the norms it skips are within a few percent of 1, so
+    it ranks nearly as :func:`exact_maxsim` does.
     """
-    cells = cell_mask(cells, len(centroid_scores))
+    residuals = residuals_of(packed, table)
     out = np.zeros(len(candidates), dtype=np.float32)
     for i, d in enumerate(candidates):
         lo, hi = offsets[d], offsets[d + 1]
-        if hi == lo:
-            continue
-        c = codes[lo:hi].astype(np.int64)
-        approx = centroid_scores[c]  # [n, q_len]
-        exact = decompress(codes[lo:hi], packed[lo:hi], centroids, table, normalize) @ Q.T
-        out[i] = np.where(cells[c], exact, approx).max(axis=0).sum()
+        if hi > lo:
+            scores = centroid_scores[codes[lo:hi].astype(np.int64)] + residuals[lo:hi] @ Q.T
+            out[i] = scores.max(axis=0).sum()
     return out
 
 
@@ -198,14 +197,6 @@ def probe_cells(centroid_scores: np.ndarray, nprobe: int) -> np.ndarray:
     K, q_len = centroid_scores.shape
     top = np.argsort(-centroid_scores, axis=0, kind="stable")[: max(0, min(nprobe, K))]
     return np.ascontiguousarray(top.T, dtype=np.int32)
-
-
-def cell_mask(cells: np.ndarray, K: int) -> np.ndarray:
-    """``[K, q_len]`` bool from :func:`probe_cells`' ids: ``mask[c, q]`` when ``c`` is probed for ``q``."""
-    q_len = cells.shape[0]
-    mask = np.zeros((K, q_len), dtype=np.bool_)
-    mask[cells, np.arange(q_len)[:, None]] = True
-    return mask
 
 
 def probe(cells: np.ndarray, ivf_offsets: np.ndarray, ivf_docs: np.ndarray, n_docs: int) -> np.ndarray:

@@ -96,37 +96,6 @@ def centroid_interaction(
     return torch.where(kept > 0, best.sum(dim=1), 0.0).to(torch.float32)
 
 
-def refined_interaction(
-    Q: Tensor,
-    centroid_scores: Tensor,
-    cells: Tensor,
-    codes: Tensor,
-    packed: Tensor,
-    offsets: Tensor,
-    candidates: Tensor,
-    centroids: Tensor,
-    table: Tensor,
-    normalize: bool,
-) -> Tensor:
-    """:func:`colbert_index.kernels.reference.refined_interaction` on tensors of one device
-    (``cells``: ``[q_len, nprobe]`` centroid ids, as ``reference.probe_cells`` returns; -1 for none)."""
-    S = centroid_scores
-    q, j = torch.nonzero(cells >= 0, as_tuple=True)
-    mask = torch.zeros(S.shape, dtype=torch.bool, device=S.device)  # [K, q_len], reference.cell_mask
-    mask[cells[q, j].long(), q] = True
-    probed = mask.any(dim=1)
-    best = torch.full((len(candidates), Q.shape[0]), float("-inf"), dtype=torch.float32, device=Q.device)
-    for sl, tok, seg in _chunks(offsets, candidates):
-        c = codes[tok].long()
-        rows = S[c]
-        p = torch.nonzero(probed[c]).squeeze(1)  # decompress only the tokens of probed cells
-        if len(p):
-            exact = decompress(c[p], packed[tok[p]], centroids, table, normalize) @ Q.T
-            rows[p] = torch.where(mask[c[p]], exact, rows[p])
-        _max_sum(rows, seg, best[sl])
-    return torch.where(_lengths(offsets, candidates) > 0, best.sum(dim=1), 0.0).to(torch.float32)
-
-
 # ----------------------------------------------------------------------------------------- batched API
 def _by_query(cand_q: torch.Tensor, n_q: int) -> Iterator[tuple[int, torch.Tensor]]:
     """``(query, positions of its candidates)`` for every query that has candidates."""
@@ -150,7 +119,7 @@ def exact_maxsim_batched(
     table: Tensor,
     normalize: bool,
 ) -> Tensor:
-    """Stage 4 for a batch (see :mod:`colbert_index.kernels.triton_scoring`)."""
+    """Stage 4 for a batch, and stage 3 with ``normalize=False`` (see :mod:`colbert_index.kernels.triton_scoring`)."""
     out = torch.zeros(len(candidates), dtype=torch.float32, device=Q.device)
     lens = q_lens.tolist()
     for qi, pos in _by_query(cand_q, Q.shape[0]):
@@ -167,30 +136,4 @@ def centroid_interaction_batched(
     lens = q_lens.tolist()
     for qi, pos in _by_query(cand_q, S.shape[0]):
         out[pos] = centroid_interaction(S[qi, :, : lens[qi]], codes, offsets, candidates[pos], threshold)
-    return out
-
-
-def refined_interaction_batched(
-    Q: Tensor,
-    q_lens: Tensor,
-    S: Tensor,
-    cells: Tensor,
-    codes: Tensor,
-    packed: Tensor,
-    offsets: Tensor,
-    candidates: Tensor,
-    cand_q: Tensor,
-    centroids: Tensor,
-    table: Tensor,
-    normalize: bool,
-) -> Tensor:
-    """Stage 3 for a batch; ``S`` is ``[n_q, K, q_max]``, ``cells`` ``[n_q, q_max, nprobe]`` (-1: none)."""
-    out = torch.zeros(len(candidates), dtype=torch.float32, device=Q.device)
-    lens = q_lens.tolist()
-    for qi, pos in _by_query(cand_q, Q.shape[0]):
-        n = lens[qi]
-        out[pos] = refined_interaction(
-            Q[qi, :n], S[qi, :, :n], cells[qi, :n], codes, packed, offsets, candidates[pos],
-            centroids, table, normalize,
-        )  # fmt: skip
     return out

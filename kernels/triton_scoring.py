@@ -1,12 +1,11 @@
-"""Triton GPU scoring kernels: centroid interaction (stages 2/3) and fused decompression + MaxSim (stage 4).
+"""Triton GPU scoring kernels: centroid interaction (stage 2) and fused decompression + MaxSim (stages 3/4).
 
 Same contracts as :mod:`colbert_index.kernels.reference` (and the Numba kernels), on torch tensors of one
 device. Every kernel is batched: many queries, each with its own candidate list, in one launch. A batch is
 
 * ``Q [n_q, q_max, dim]`` float32, queries padded to ``q_max`` tokens, with ``q_lens [n_q]`` int32;
 * ``candidates [n]`` document slots and ``cand_q [n]`` int32, the query each candidate belongs to;
-* for stages 2/3, ``S [n_q, K, q_max]`` float32 query x centroid scores (one row per centroid, as on CPU),
-  and for stage 3 the probed ``cells [n_q, q_max, nprobe]`` (centroid ids, -1 for none).
+* for stage 2, ``S [n_q, K, q_max]`` float32 query x centroid scores (one row per centroid, as on CPU).
 
 One program scores one (query, candidate) pair: it walks the document's tokens ``BLOCK_T`` at a time,
 unpacks the 2/4-bit residuals in registers (``bucket = byte >> shift & mask``, then the bucket weight of
@@ -15,8 +14,9 @@ tile with the token tile (tensor cores). Decompressed tokens never reach global 
 powers of two (48, 96) are padded to the next one with masks; ``q_max`` and the token tile are padded
 to at least 16 rows, as ``tl.dot`` needs.
 
-The single-query functions :func:`centroid_interaction`, :func:`refined_interaction` and
-:func:`exact_maxsim` take the reference's arguments (as tensors) and return a float32 tensor.
+Stage 3 (``reference.refined_interaction``) is :func:`exact_maxsim_batched` without normalisation. The
+single-query functions :func:`centroid_interaction` and :func:`exact_maxsim` take the reference's arguments
+(as tensors) and return a float32 tensor.
 
 Importing this module imports triton; under ``TRITON_INTERPRET=1`` (set before the import) the kernels
 run on CPU tensors through Triton's interpreter, which is how CI tests them.
@@ -168,87 +168,6 @@ def _centroid_interaction_kernel(
     tl.store(out_ptr + i, tl.where(tl.sum(kept, axis=0) > 0, total, 0.0))
 
 
-# ---------------------------------------------------------------------- stage 3: refined interaction
-@triton.autotune(configs=_configs(), key=["dim", "BLOCK_Q", "NBITS", "NORMALIZE"])
-@triton.jit
-def _refined_interaction_kernel(
-    # pointers
-    q_ptr,
-    q_lens_ptr,
-    s_ptr,
-    cells_ptr,
-    probed_ptr,
-    codes_ptr,
-    packed_ptr,
-    offsets_ptr,
-    cand_ptr,
-    cand_q_ptr,
-    centroids_ptr,
-    weights_ptr,
-    out_ptr,
-    # sizes and strides
-    n_centroids,
-    dim,
-    nbytes,
-    stride_qb,
-    stride_qt,
-    stride_sb,
-    stride_sk,
-    stride_cb,
-    stride_ct,
-    nprobe,
-    # constexpr
-    NBITS: tl.constexpr,
-    NORMALIZE: tl.constexpr,
-    PRECISION: tl.constexpr,
-    BLOCK_Q: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    BLOCK_T: tl.constexpr,
-):
-    i = tl.program_id(0)
-    doc = tl.load(cand_ptr + i).to(tl.int64)
-    qi = tl.load(cand_q_ptr + i).to(tl.int64)
-    q_len = tl.load(q_lens_ptr + qi)
-    lo = tl.load(offsets_ptr + doc)
-    hi = tl.load(offsets_ptr + doc + 1)
-    rq = tl.arange(0, BLOCK_Q)
-    rd = tl.arange(0, BLOCK_D)
-    rt = tl.arange(0, BLOCK_T)
-    q_mask = rq < q_len
-    d_mask = rd < dim
-    q = tl.load(
-        q_ptr + qi * stride_qb + rq[:, None] * stride_qt + rd[None, :],
-        mask=q_mask[:, None] & d_mask[None, :],
-        other=0.0,
-    )
-    cells_row = cells_ptr + qi * stride_cb + rq * stride_ct  # this query's [q_max, nprobe] centroid ids
-    byte_col = rd // (8 // NBITS)
-    shift = 8 - NBITS * (rd % (8 // NBITS) + 1)
-    best = tl.full([BLOCK_Q], float("-inf"), tl.float32)
-    for t0 in range(lo, hi, BLOCK_T):
-        t = t0 + rt
-        t_mask = t < hi
-        code = tl.load(codes_ptr + t, mask=t_mask, other=0).to(tl.int64)
-        sq_mask = q_mask[:, None] & t_mask[None, :]
-        row = qi * stride_sb + code[None, :] * stride_sk + rq[:, None]  # [BLOCK_Q, BLOCK_T]
-        sc = tl.load(s_ptr + row, mask=sq_mask, other=float("-inf"))
-        probed = tl.load(probed_ptr + qi * n_centroids + code, mask=t_mask, other=0) != 0
-        if tl.sum(probed.to(tl.int32), axis=0) > 0:  # decompress only the tokens of probed cells
-            m2 = probed[:, None] & d_mask[None, :]
-            v = _decompress(
-                code, t, m2, packed_ptr, nbytes, byte_col, shift, weights_ptr, centroids_ptr, rd, dim, NBITS, NORMALIZE
-            )
-            exact = tl.dot(q, tl.trans(v), input_precision=PRECISION)
-            cell = tl.zeros([BLOCK_Q, BLOCK_T], tl.int1)
-            for j in range(nprobe):  # is (code, q) a probed cell: code among token q's nprobe ids
-                cj = tl.load(cells_row + j, mask=q_mask, other=-1)
-                cell = cell | (cj[:, None].to(tl.int64) == code[None, :])
-            sc = tl.where(cell & probed[None, :] & sq_mask, exact, sc)
-        best = tl.maximum(best, tl.max(sc, axis=1))
-    total = tl.sum(tl.where(q_mask & (hi > lo), best, 0.0), axis=0)
-    tl.store(out_ptr + i, total)
-
-
 # ------------------------------------------------------------------------------------------ launchers
 def _block(n: int) -> int:
     return max(16, triton.next_power_of_2(max(int(n), 1)))
@@ -333,7 +252,8 @@ def exact_maxsim_batched(
     table: torch.Tensor,
     normalize: bool,
 ) -> torch.Tensor:
-    """Stage 4 for a batch: exact MaxSim of query ``cand_q[i]`` against candidate ``candidates[i]``."""
+    """Stage 4 for a batch: exact MaxSim of query ``cand_q[i]`` against candidate ``candidates[i]`` (stage 3
+    with ``normalize=False``)."""
     device = _check_batch(Q, q_lens, codes, offsets, candidates, cand_q)
     nbits, weights = _check_codec(packed, centroids, table, Q.shape[2], device)
     out = torch.empty(len(candidates), dtype=torch.float32, device=device)
@@ -371,47 +291,6 @@ def centroid_interaction_batched(
         )  # fmt: skip
     else:
         out.zero_()
-    return out
-
-
-def refined_interaction_batched(
-    Q: torch.Tensor,
-    q_lens: torch.Tensor,
-    S: torch.Tensor,
-    cells: torch.Tensor,
-    codes: torch.Tensor,
-    packed: torch.Tensor,
-    offsets: torch.Tensor,
-    candidates: torch.Tensor,
-    cand_q: torch.Tensor,
-    centroids: torch.Tensor,
-    table: torch.Tensor,
-    normalize: bool,
-) -> torch.Tensor:
-    """Stage 3 for a batch (``reference.refined_interaction``).
-
-    ``cells [n_q, q_max, nprobe]`` int32: each query token's probed centroids (``reference.probe_cells``
-    per query), -1 where a query probes fewer or a token is padding.
-    """
-    device = _check_batch(Q, q_lens, codes, offsets, candidates, cand_q)
-    _check("S", S, 3, (torch.float32,), device)
-    _check("cells", cells, 3, (torch.int32,), device)
-    n_q, K = S.shape[:2]
-    if S.shape[0] != Q.shape[0] or S.shape[2] != Q.shape[1] or cells.shape[:2] != Q.shape[:2]:
-        raise ValueError(f"S {tuple(S.shape)} and cells {tuple(cells.shape)} do not match Q {tuple(Q.shape)}")
-    nbits, weights = _check_codec(packed, centroids, table, Q.shape[2], device)
-    probed = torch.zeros((n_q, K), dtype=torch.uint8, device=device)
-    qi, c = torch.nonzero(cells >= 0, as_tuple=True)[0], cells[cells >= 0].long()
-    probed[qi, c] = 1
-    out = torch.empty(len(candidates), dtype=torch.float32, device=device)
-    if len(candidates):
-        _refined_interaction_kernel[(len(candidates),)](
-            Q, q_lens, S, cells, probed, codes, packed, offsets, candidates, cand_q, centroids, weights, out,
-            K, Q.shape[2], packed.shape[1], Q.stride(0), Q.stride(1), S.stride(0), S.stride(1),
-            cells.stride(0), cells.stride(1), cells.shape[2],
-            NBITS=nbits, NORMALIZE=bool(normalize), PRECISION=_precision(device),
-            BLOCK_Q=_block(Q.shape[1]), BLOCK_D=_block(Q.shape[2]),
-        )  # fmt: skip
     return out
 
 
@@ -454,24 +333,3 @@ def centroid_interaction(
     S = centroid_scores.unsqueeze(0).contiguous()
     _, q_lens, cand_q = _one(centroid_scores.T, candidates)
     return centroid_interaction_batched(S, q_lens, codes, offsets, candidates, cand_q, threshold)
-
-
-def refined_interaction(
-    Q: torch.Tensor,
-    centroid_scores: torch.Tensor,
-    cells: torch.Tensor,
-    codes: torch.Tensor,
-    packed: torch.Tensor,
-    offsets: torch.Tensor,
-    candidates: torch.Tensor,
-    centroids: torch.Tensor,
-    table: torch.Tensor,
-    normalize: bool,
-) -> torch.Tensor:
-    """:func:`colbert_index.kernels.reference.refined_interaction` on tensors of one device
-    (``cells``: ``[q_len, nprobe]`` int32 centroid ids, as ``reference.probe_cells`` returns)."""
-    Qb, q_lens, cand_q = _one(Q, candidates)
-    S, C = centroid_scores.unsqueeze(0).contiguous(), cells.to(torch.int32).unsqueeze(0).contiguous()
-    return refined_interaction_batched(
-        Qb, q_lens, S, C, codes, packed, offsets, candidates, cand_q, centroids, table, normalize
-    )

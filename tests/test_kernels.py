@@ -307,43 +307,38 @@ def test_exact_maxsim(dim, nbits, normalize, q_len):
         np.testing.assert_allclose(got[candidates == d], got[candidates == d][0], rtol=1e-6, atol=_atol(q_len))
 
 
-@pytest.mark.parametrize("q_len", Q_LENS)
 @pytest.mark.parametrize("nprobe", (1, 3))
+def test_probe_cells(nprobe):
+    rng = np.random.default_rng(740 + nprobe)
+    K, q_len = 17, 9
+    S = reference.centroid_scores(rng.standard_normal((K, 48)).astype(np.float32), _queries(rng, q_len, 48))
+    cells = reference.probe_cells(S, nprobe)
+    np.testing.assert_array_equal(numba_ivf.probe_cells(S, nprobe), cells)
+    assert cells.shape == (q_len, min(nprobe, K)) and cells.dtype == np.int32
+    best = np.sort(S, axis=0)[::-1][: min(nprobe, K)].T  # each token's best scores, best first
+    np.testing.assert_array_equal(np.take_along_axis(S.T, cells.astype(np.int64), axis=1), best)
+
+
+@pytest.mark.parametrize("q_len", (*Q_LENS, 40))  # 40: two 32-column blocks of the lookup sums
 @pytest.mark.parametrize("nbits", NBITS)
 @pytest.mark.parametrize("dim", (48, 128))
-def test_refined_interaction(dim, nbits, nprobe, q_len):
-    rng = np.random.default_rng(750 + dim + nbits + nprobe + q_len)
+def test_refined_interaction(dim, nbits, q_len):
+    rng = np.random.default_rng(750 + dim + nbits + q_len)
     K = 17
     centroids, _, table = _codec(rng, K, dim, nbits)
     codes, packed, offsets = _collection(rng, _lengths(rng), K, dim, nbits)
     candidates = _candidates(rng, len(offsets) - 1)
     Q = _queries(rng, q_len, dim)
     S = reference.centroid_scores(centroids, Q)
-    cells = reference.probe_cells(S, nprobe)
-    np.testing.assert_array_equal(numba_ivf.probe_cells(S, nprobe), cells)
-    assert cells.shape == (q_len, min(nprobe, K)) and cells.dtype == np.int32
-    best = np.sort(S, axis=0)[::-1][: min(nprobe, K)].T  # each token's best scores, best first
-    np.testing.assert_array_equal(np.take_along_axis(S.T, cells.astype(np.int64), axis=1), best)
-    args = (codes, packed, offsets, candidates, centroids, table, True)
-    ref = reference.refined_interaction(Q, S, cells, *args)
-    got = numba_scoring.refined_interaction(Q, S, cells, *args)
+    args = (codes, packed, offsets, candidates, table)
+    ref = reference.refined_interaction(Q, S, *args)
+    got = numba_scoring.refined_interaction(Q, S, *args)
     assert ref.dtype == got.dtype == np.float32 and got.shape == candidates.shape
     np.testing.assert_allclose(got, ref, rtol=RTOL, atol=_atol(q_len))
-    # the two limits: no cell probed is plain centroid interaction, every cell probed is exact MaxSim
-    none = np.zeros((q_len, 0), dtype=np.int32)
-    every = np.tile(np.arange(K, dtype=np.int32), (q_len, 1))
-    np.testing.assert_allclose(
-        numba_scoring.refined_interaction(Q, S, none, *args),
-        reference.centroid_interaction(S, codes, offsets, candidates, -np.inf),
-        rtol=RTOL,
-        atol=_atol(q_len),
-    )
-    np.testing.assert_allclose(
-        numba_scoring.refined_interaction(Q, S, every, *args),
-        reference.exact_maxsim(Q, *args),
-        rtol=RTOL,
-        atol=_atol(q_len),
-    )
+    # independent: exact MaxSim over the un-normalised decompressed tokens
+    unnormalised = reference.exact_maxsim(Q, codes, packed, offsets, candidates, centroids, table, False)
+    np.testing.assert_allclose(got, unnormalised, rtol=RTOL, atol=_atol(q_len))
+    assert got[candidates == 3].tolist() == [0.0] * int((candidates == 3).sum())  # the empty doc
 
 
 @pytest.mark.parametrize("cand_dtype", (np.int32, np.int64))

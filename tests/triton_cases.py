@@ -79,29 +79,15 @@ def test_centroid_interaction(q_len, threshold):
         assert not got.any()
 
 
-@pytest.mark.parametrize("nprobe", (1, 3))
 @pytest.mark.parametrize("nbits", NBITS)
 @pytest.mark.parametrize("dim", DIMS)
-def test_refined_interaction(dim, nbits, nprobe):
-    p = problem(40 + dim + nbits + nprobe, dim, nbits)
-    S = p.S
-    cells = reference.probe_cells(S, nprobe)
-    args = p.codec_args(True)
-    got = ts.refined_interaction(*t(p.Q, S, cells, *args[:-1]), True)
-    _assert_matches(got, reference.refined_interaction(p.Q, S, cells, *args), len(p.Q))
-
-
-def test_refined_interaction_limits():
-    """No cell probed is centroid interaction without pruning; every cell probed is exact MaxSim."""
-    p = problem(50, 96, 4)
-    S, K, q_len = p.S, len(p.centroids), len(p.Q)
+def test_stage_3_is_exact_maxsim_unnormalised(dim, nbits):
+    """The device path runs stage 3 as exact_maxsim without normalisation: the CPU contract."""
+    p = problem(40 + dim + nbits, dim, nbits)
     args = p.codec_args(False)
-    none = np.zeros((q_len, 0), dtype=np.int32)
-    every = np.tile(np.arange(K, dtype=np.int32), (q_len, 1))
-    got = ts.refined_interaction(*t(p.Q, S, none, *args[:-1]), False)
-    _assert_matches(got, reference.centroid_interaction(S, p.codes, p.offsets, p.candidates, -np.inf), q_len)
-    got = ts.refined_interaction(*t(p.Q, S, every, *args[:-1]), False)
-    _assert_matches(got, reference.exact_maxsim(p.Q, *args), q_len)
+    got = ts.exact_maxsim(*t(p.Q, *args[:-1]), False)
+    ref = reference.refined_interaction(p.Q, p.S, p.codes, p.packed, p.offsets, p.candidates, p.table)
+    _assert_matches(got, ref, len(p.Q))
 
 
 @pytest.mark.parametrize("nbits", NBITS)
@@ -117,19 +103,15 @@ def test_batched_queries_one_launch(nbits):
     lists = [p.candidates, p.candidates[::-1][:5], np.array([3, 2], np.int32)]
     cands = np.concatenate(lists).astype(np.int64)
     cand_q = np.repeat(np.arange(3), [len(c) for c in lists]).astype(np.int32)
-    nprobe = 2
     S = np.zeros((3, len(p.centroids), max(q_lens)), np.float32)
-    cells = np.full((3, max(q_lens), nprobe), -1, np.int32)
     for i, q in enumerate(queries):
         S[i, :, : len(q)] = reference.centroid_scores(p.centroids, q)
-        cells[i, : len(q)] = reference.probe_cells(S[i, :, : len(q)], nprobe)
     q_lens_t = torch.tensor(q_lens, dtype=torch.int32)
     codec = t(p.centroids, p.table)
-    exact = ts.exact_maxsim_batched(*t(Q), q_lens_t, *t(p.codes, p.packed, p.offsets, cands, cand_q), *codec, True)
+    lists_t = t(p.codes, p.packed, p.offsets, cands, cand_q)
+    exact = ts.exact_maxsim_batched(*t(Q), q_lens_t, *lists_t, *codec, True)
     approx = ts.centroid_interaction_batched(*t(S), q_lens_t, *t(p.codes, p.offsets, cands, cand_q), 0.2)
-    refined = ts.refined_interaction_batched(
-        *t(Q), q_lens_t, *t(S, cells, p.codes, p.packed, p.offsets, cands, cand_q), *codec, True
-    )
+    refined = ts.exact_maxsim_batched(*t(Q), q_lens_t, *lists_t, *codec, False)
     at = 0
     for i, (q, c) in enumerate(zip(queries, lists)):
         sl = slice(at, at + len(c))
@@ -138,7 +120,8 @@ def test_batched_queries_one_launch(nbits):
         args = (p.codes, p.packed, p.offsets, c, p.centroids, p.table, True)
         _assert_matches(exact[sl], reference.exact_maxsim(q, *args), len(q))
         _assert_matches(approx[sl], reference.centroid_interaction(Si, p.codes, p.offsets, c, 0.2), len(q))
-        _assert_matches(refined[sl], reference.refined_interaction(q, Si, cells[i, : len(q)], *args), len(q))
+        ref = reference.refined_interaction(q, Si, p.codes, p.packed, p.offsets, c, p.table)
+        _assert_matches(refined[sl], ref, len(q))
 
 
 @pytest.mark.parametrize("code_dtype", (np.int32, np.uint32, np.int64))
@@ -189,7 +172,7 @@ def test_pipeline_matches_numba_on_a_tiny_index(tmp_path, monkeypatch):
     assert dev._device.kernel_name == "triton"
     queries = [unit(rng.standard_normal((n, 48))) for n in (4, 9)]
     calls = []
-    for name in ("centroid_interaction_batched", "refined_interaction_batched", "exact_maxsim_batched"):
+    for name in ("centroid_interaction_batched", "exact_maxsim_batched"):
         monkeypatch.setattr(ts, name, _spy(getattr(ts, name), name, calls))
     # small ndocs: stage 2 over the probed candidates (or the bound's nbound best), stage 3 over ndocs of them,
     # then the exact rerank
@@ -197,6 +180,6 @@ def test_pipeline_matches_numba_on_a_tiny_index(tmp_path, monkeypatch):
     for k, params in ((5, SearchParams(ndocs=16)), (3, p2), (5, SearchParams(ndocs=16, nbound=32))):
         calls.clear()
         a, b = cpu.search(queries, k=k, params=params), dev.search(queries, k=k, params=params)
-        assert calls == ["centroid_interaction_batched", "refined_interaction_batched", "exact_maxsim_batched"]
+        assert calls == ["centroid_interaction_batched", "exact_maxsim_batched", "exact_maxsim_batched"]  # 2, 3, 4
         np.testing.assert_array_equal(b.ids, a.ids)
         np.testing.assert_allclose(b.scores, a.scores, rtol=1e-5, atol=1e-5)

@@ -99,20 +99,9 @@ def profile(corpus: Corpus, index_dir: Path, k: int, threads: int):
             approx = be.centroid_interaction(S, data.codes, data.offsets, cands, p.centroid_score_threshold)
             cands = top_k(approx, cands, max(p.ndocs, k))[1]
         t3 = time.process_time()
-        n_exact = max(p.ndocs // 4, k)
+        n_exact = SearchParams.n_exact(k, p.ndocs)
         if len(cands) > n_exact:
-            approx = be.refined_interaction(
-                Q,
-                S,
-                cells,
-                data.codes,
-                data.residuals,
-                data.offsets,
-                cands,
-                codec.centroids,
-                codec.table,
-                codec.normalize,
-            )
+            approx = be.refined_interaction(Q, S, data.codes, data.residuals, data.offsets, cands, codec.table)
             cands = top_k(approx, cands, n_exact)[1]
         t4 = time.process_time()
         scores = be.exact_maxsim(

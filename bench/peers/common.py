@@ -158,8 +158,8 @@ def time_queries(search_one: Callable[[np.ndarray], np.ndarray], queries: np.nda
 BuildFn = Callable[[Corpus, Path, int], dict]
 # (corpus, index_dir, k, threads, params=None) -> (one-query function, facts)
 OpenFn = Callable[..., tuple[Callable[[np.ndarray], np.ndarray], dict]]
-# (corpus, index_dir, k, threads) -> one-query function returning ({stage: ms}, document positions)
-ProfileFn = Callable[[Corpus, Path, int, int], Callable[[np.ndarray], tuple[dict, list]]]
+# (corpus, index_dir, k, threads, params=None) -> one-query function returning ({stage: ms}, document positions)
+ProfileFn = Callable[..., Callable[[np.ndarray], tuple[dict, list]]]
 
 
 def profile_queries(profile_one: Callable[[np.ndarray], tuple[dict, list]], queries: np.ndarray, k: int) -> dict:
@@ -251,10 +251,10 @@ def runner_main(
     elif args.command == "profile":
         if profile is None:
             raise SystemExit(f"{engine}: no per-stage profile")
-        search_one, facts = open_search(corpus, args.index, args.k, args.threads)
+        search_one, facts = open_search(corpus, args.index, args.k, args.threads, **extra)
         load = {}
         with load_figures(load):
-            prof = profile_queries(profile(corpus, args.index, args.k, args.threads), corpus.queries, args.k)
+            prof = profile_queries(profile(corpus, args.index, args.k, args.threads, **extra), corpus.queries, args.k)
         searched = [list(np.asarray(search_one(q))[: args.k]) for q in corpus.queries]
         same = [list(map(int, a)) == list(map(int, b)) for a, b in zip(prof.pop("profile_ids"), searched)]
         result.update(threads=args.threads, k=args.k, **facts, **prof, same_ids_as_search=float(np.mean(same)), **load)

@@ -67,7 +67,7 @@ def open_search(corpus: Corpus, index_dir: Path, k: int, threads: int, params: d
     return search_one, facts
 
 
-def profile(corpus: Corpus, index_dir: Path, k: int, threads: int):
+def profile(corpus: Corpus, index_dir: Path, k: int, threads: int, params: dict | None = None):
     """``colbert_index.search.staged_search`` for one query, step by step, CPU time (``process_time``) per stage.
 
     Mirrors ``staged_search`` at the commit it was written for; ``same_ids_as_search`` in the output tells
@@ -76,7 +76,7 @@ def profile(corpus: Corpus, index_dir: Path, k: int, threads: int):
     numba.set_num_threads(threads)
     threadpool_limits(limits=threads)
     index = Index.open(index_dir)
-    data, be, p = index._d, index.backend, _resolved(SearchParams(), k, index.n_docs)
+    data, be, p = index._d, index.backend, _resolved(SearchParams(**(params or {})), k, index.n_docs)
     codec = data.codec
 
     def one(q: np.ndarray) -> tuple[dict, list]:

@@ -66,7 +66,8 @@ class SearchParams:
 
         Stage 3 scores every token with its residual (un-normalised), so its order is nearly the exact one:
         on the 1M-passage index its best 64 of 1024 hold as many of the exact top-10 as all 1024 (0.929), where
-        PLAID's centroid-only stage 3 needed 256 for 0.917 (bench/RESULTS.md).
+        PLAID's centroid-only stage 3 needed 256 for 0.917 (bench/RESULTS.md). When ``ndocs`` is at most this,
+        stage 3 does not run: stage 2's survivors all go to the exact rerank.
         """
         return max(2 * k, ndocs // 16)
 

@@ -102,13 +102,17 @@ def nibble_sums32(typingctx, out, oi, lut, li, packed, pi, nbytes, stride):
         return None
     if out.dtype != types.float32 or lut.dtype != types.float32 or packed.dtype != types.uint8:
         return None
+    if not all(isinstance(x, types.Integer) for x in (oi, li, pi, nbytes, stride)):
+        return None
 
     def codegen(context, builder, signature, args):
         vt, i64 = ir.VectorType(ir.FloatType(), 8), ir.IntType(64)
         out_p, lut_p, packed_p = (
             context.make_array(signature.args[k])(context, builder, args[k]).data for k in (0, 2, 4)
         )
-        oi, li, pi, nbytes, stride = args[1], args[3], args[5], args[6], args[7]
+        oi, li, pi, nbytes, stride = (
+            context.cast(builder, args[k], signature.args[k], types.int64) for k in (1, 3, 5, 6, 7)
+        )
 
         def vec(ptr, i):
             return builder.bitcast(builder.gep(ptr, [i]), vt.as_pointer())

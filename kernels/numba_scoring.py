@@ -1,4 +1,5 @@
-"""Numba CPU scoring kernels: centroid interaction (stages 2/3) and exact MaxSim (stage 4).
+"""Numba CPU scoring kernels: centroid interaction (stage 2), MaxSim with un-normalised residuals through
+lookup tables (stage 3) and exact MaxSim (stage 4).
 
 Stage 0 (query x centroid scores) is a plain matrix product: the backend uses the reference's BLAS
 call, 3.4x faster than a Numba loop at K=32768 (one thread, measured side by side). Stage 4 decompresses
@@ -18,9 +19,9 @@ from .numba_prefetch import prefetch, prefetch_candidate
 from .numba_rows import max_into, nibble_sums32, nibble_table
 
 _BLOCK = 32  # documents per parallel work item
-# prefetch distance, in doc tokens, for centroid-score rows in stage 3 (prefetching: 1.21x at 1M, 1024 docs;
-# 8 rather than 4 since max_into made each token cheaper: 1.07-1.3x at 1M, 1.13-1.18x at 10k, side by side;
-# in stage 2, where ~85% of tokens are pruned, prefetching the kept ones' rows was slower)
+# prefetch distance, in doc tokens, for centroid-score rows in stage 3 (measured on the previous, centroid-only
+# stage 3: 1.21x at 1M, 1024 docs; 8 rather than 4 once max_into made each token cheaper: 1.07-1.3x at 1M,
+# 1.13-1.18x at 10k; in stage 2, where ~85% of tokens are pruned, prefetching the kept ones' rows was slower)
 _AHEAD_TOKENS = 8
 _EXACT_BLOCK_TOKENS = 4096  # decompressed tokens per BLAS product in stage 4
 
@@ -71,9 +72,9 @@ def centroid_interaction(centroid_scores, codes, offsets, candidates, threshold)
 
 @njit(cache=True, nogil=True, parallel=True, fastmath=True)
 def refined_interaction(Q, centroid_scores, codes, packed, offsets, candidates, table):
-    """Stage 3 (``reference.refined_interaction``): each token's centroid row of ``centroid_scores`` plus its
-    residual against every query token, summed from :func:`nibble_table` rows (:func:`nibble_sums32`), so no
-    centroid row is read and no token decompressed. ~50-90 ns per token, 1.8-2x PLAID's centroid-only stage 3
+    """Stage 3 (``reference.refined_interaction``): each token's row of ``centroid_scores`` plus its residual
+    against every query token, summed from :func:`nibble_table` rows (:func:`nibble_sums32`), so no row of
+    ``centroids`` is read and no token decompressed. ~50-90 ns per token, 1.8-2x PLAID's centroid-only stage 3
     per document, paid back by a 4x smaller exact rerank (bench/RESULTS.md)."""
     q_len = Q.shape[0]
     K = centroid_scores.shape[0]

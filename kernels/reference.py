@@ -134,12 +134,11 @@ def refined_interaction(
     tables of ``Q`` x bucket weights. For unit vectors the norms it skips are within a few percent of 1, so
     it ranks nearly as :func:`exact_maxsim` does.
     """
-    residuals = residuals_of(packed, table)
     out = np.zeros(len(candidates), dtype=np.float32)
     for i, d in enumerate(candidates):
         lo, hi = offsets[d], offsets[d + 1]
         if hi > lo:
-            scores = centroid_scores[codes[lo:hi].astype(np.int64)] + residuals[lo:hi] @ Q.T
+            scores = centroid_scores[codes[lo:hi].astype(np.int64)] + residuals_of(packed[lo:hi], table) @ Q.T
             out[i] = scores.max(axis=0).sum()
     return out
 

@@ -10,7 +10,7 @@ import doctest
 
 import numpy as np
 import pytest
-from colbert_index.kernels import numba_codec, numba_ivf, numba_scoring, reference
+from colbert_index.kernels import numba_codec, numba_ivf, numba_rows, numba_scoring, reference
 
 from colbert_index.search import top_k
 
@@ -319,9 +319,27 @@ def test_probe_cells(nprobe):
     np.testing.assert_array_equal(np.take_along_axis(S.T, cells.astype(np.int64), axis=1), best)
 
 
+@pytest.mark.parametrize("nbits", NBITS)
+@pytest.mark.parametrize("dim", (8, 48, 64, 96, 128))
+def test_nibble_table(dim, nbits):
+    """Rows 32 b + (v >> 4) and 32 b + 16 + (v & 15) sum to Q . (residual of byte value v at position b)."""
+    rng = np.random.default_rng(730 + dim + nbits)
+    _, _, table = _codec(rng, 5, dim, nbits)
+    Q = _queries(rng, 7, dim)
+    lut = numba_rows.nibble_table(Q, table, 32)
+    assert lut.shape == (table.shape[0] * 32, 32) and lut.dtype == np.float32
+    np.testing.assert_array_equal(lut[:, 7:], 0.0)  # padding columns
+    per_byte = table.shape[2]
+    for b in range(table.shape[0]):
+        v = np.arange(256)
+        got = lut[32 * b + (v >> 4)] + lut[32 * b + 16 + (v & 15)]
+        want = table[b] @ Q[:, b * per_byte : (b + 1) * per_byte].T  # [256, q_len]
+        np.testing.assert_allclose(got[:, :7], want, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("q_len", (*Q_LENS, 40))  # 40: two 32-column blocks of the lookup sums
 @pytest.mark.parametrize("nbits", NBITS)
-@pytest.mark.parametrize("dim", (48, 128))
+@pytest.mark.parametrize("dim", DIMS)
 def test_refined_interaction(dim, nbits, q_len):
     rng = np.random.default_rng(750 + dim + nbits + q_len)
     K = 17
@@ -357,6 +375,8 @@ def test_empty_candidate_list(cand_dtype):
     for mod in (reference, numba_scoring):
         out = mod.exact_maxsim(Q, codes, packed, offsets, empty, centroids, table, True)
         assert out.shape == (0,) and out.dtype == np.float32
+        out = mod.refined_interaction(Q, S, codes, packed, offsets, empty, table)
+        assert out.shape == (0,) and out.dtype == np.float32
 
 
 def test_only_empty_docs_as_candidates():
@@ -373,6 +393,7 @@ def test_only_empty_docs_as_candidates():
         np.testing.assert_array_equal(
             mod.exact_maxsim(Q, codes, packed, offsets, candidates, centroids, table, False), 0.0
         )
+        np.testing.assert_array_equal(mod.refined_interaction(Q, S, codes, packed, offsets, candidates, table), 0.0)
 
 
 def test_int64_candidates():

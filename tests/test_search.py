@@ -70,8 +70,8 @@ def test_4bit_is_closer_to_raw_exact_than_2bit(index_2k_2bit, index_2k_4bit, cor
 def test_source_doc_is_found(index_2k_2bit, corpus_2k):
     """Each query is made from one document; exact search ranks it top-10, so must a wide search.
 
-    At PLAID's defaults the centroid-only stages 2/3 lose it for some queries (its distinctive tokens
-    sit far from their centroids); ``ndocs=1024`` reranks enough candidates exactly to keep it.
+    At PLAID's defaults the centroid-only stage 2 can drop it for some queries (its distinctive tokens
+    sit far from their centroids); ``ndocs=1024`` keeps enough candidates to keep it.
     """
 
     t = corpus_2k.targets

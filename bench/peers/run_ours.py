@@ -77,6 +77,8 @@ def profile(corpus: Corpus, index_dir: Path, k: int, threads: int, params: dict 
     threadpool_limits(limits=threads)
     index = Index.open(index_dir)
     data, be, p = index._d, index.backend, _resolved(SearchParams(**(params or {})), k, index.n_docs)
+    if p.nbound is not None:
+        raise SystemExit("ours: the per-stage profile mirrors the plain probe; it has no nbound path")
     codec = data.codec
 
     def one(q: np.ndarray) -> tuple[dict, list]:

@@ -21,7 +21,8 @@ from .numba_rows import max_into, nibble_sums32, nibble_table
 _BLOCK = 32  # documents per parallel work item
 # prefetch distance, in doc tokens, for centroid-score rows in stage 3 (measured on the previous, centroid-only
 # stage 3: 1.21x at 1M, 1024 docs; 8 rather than 4 once max_into made each token cheaper: 1.07-1.3x at 1M,
-# 1.13-1.18x at 10k; in stage 2, where ~85% of tokens are pruned, prefetching the kept ones' rows was slower)
+# 1.13-1.18x at 10k; with the lookup-table stage 3, 4 / 8 / 16 are within 12%, 8 never the slowest; in stage
+# 2, where ~85% of tokens are pruned, prefetching the kept ones' rows was slower)
 _AHEAD_TOKENS = 8
 _EXACT_BLOCK_TOKENS = 4096  # decompressed tokens per BLAS product in stage 4
 

@@ -16,7 +16,7 @@ from numba import njit, prange
 
 from .numba_codec import decompress_range
 from .numba_prefetch import prefetch, prefetch_candidate
-from .numba_rows import max_into, nibble_sums32, nibble_table
+from .numba_rows import max_into, nibble_sums32, nibble_table_int8
 
 _BLOCK = 32  # documents per parallel work item
 # prefetch distance, in doc tokens, for centroid-score rows in stage 3 (measured on the previous, centroid-only
@@ -73,15 +73,16 @@ def centroid_interaction(centroid_scores, codes, offsets, candidates, threshold)
 
 @njit(cache=True, nogil=True, parallel=True, fastmath=True)
 def refined_interaction(Q, centroid_scores, codes, packed, offsets, candidates, table):
-    """Stage 3 (``reference.refined_interaction``): each token's row of ``centroid_scores`` plus its residual
-    against every query token, summed from :func:`nibble_table` rows (:func:`nibble_sums32`), so no row of
-    ``centroids`` is read and no token decompressed. ~50-90 ns per token, 1.8-2x PLAID's centroid-only stage 3
-    per document, paid back by a 4x smaller exact rerank (bench/RESULTS.md)."""
+    """Stage 3 (``reference.refined_interaction`` with ``quantised=True``): each token's row of
+    ``centroid_scores`` plus its residual against every query token, summed in int16 from int8 lookup tables
+    (:func:`nibble_table_int8`, :func:`nibble_sums32`), so no row of ``centroids`` is read and no token
+    decompressed. ~35-50 ns per token at dim 64, 2 bits (1M index), about PLAID's centroid-only stage 3 per
+    document plus the lookups, paid back by a 4x smaller exact rerank (bench/RESULTS.md)."""
     q_len = Q.shape[0]
     K = centroid_scores.shape[0]
     nbytes = packed.shape[1]
     q_pad = (q_len + 31) // 32 * 32  # nibble_sums32 fills 32 columns at a time
-    lut = nibble_table(Q, table, q_pad)
+    lut, scale = nibble_table_int8(Q, table, q_pad)
     flat_lut = lut.reshape(lut.size)
     flat_scores = centroid_scores.reshape(K * q_len)  # 1-D views for the prefetches and the row sums
     flat_packed = packed.reshape(packed.shape[0] * nbytes)
@@ -90,7 +91,7 @@ def refined_interaction(Q, centroid_scores, codes, packed, offsets, candidates, 
     nblocks = (n + _BLOCK - 1) // _BLOCK
     for blk in prange(nblocks):
         best = np.empty((3, q_len), dtype=np.float32)  # rows 0/1: the running max (max_into); 2: one token's
-        residual = np.empty(q_pad, dtype=np.float32)  # one token's residual . each query token
+        residual = np.empty(q_pad, dtype=np.int16)  # one token's residual . each query token, in table units
         for i in range(blk * _BLOCK, min(n, (blk + 1) * _BLOCK)):
             prefetch_candidate(offsets, candidates, i, codes, 1)
             prefetch_candidate(offsets, candidates, i, flat_packed, nbytes)
@@ -108,7 +109,7 @@ def refined_interaction(Q, centroid_scores, codes, packed, offsets, candidates, 
                     nibble_sums32(residual, j, flat_lut, j, flat_packed, t * nbytes, nbytes, q_pad)
                 c = codes[t]
                 for q in range(q_len):
-                    best[2, q] = centroid_scores[c, q] + residual[q]
+                    best[2, q] = centroid_scores[c, q] + np.float32(residual[q]) * scale[q]
                 max_into(best, 1 - cur, cur, best, 2)
                 cur = 1 - cur
             total = np.float32(0.0)

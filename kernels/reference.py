@@ -117,6 +117,30 @@ def centroid_interaction(
     return out
 
 
+def nibble_table_int8(Q: np.ndarray, table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """What each half byte of a packed residual adds to each query token, rounded to int8 per query token.
+
+    Returns ``(lut [nbytes * 32, q_len] int8, scale [q_len] float32)``. Row ``32 b + h`` is for the high half
+    ``h`` of byte ``b`` (the dimensions it encodes . their bucket weights), row ``32 b + 16 + l`` for the low
+    half; ``lut * scale`` approximates those dot products, the largest of a column mapping to ``limit =
+    min(127, 32767 // (2 nbytes))`` so that a token's ``2 nbytes`` rows sum exactly in int16. The float32
+    products, added in dimension order, and the float64 divisions (round half to even) are the CPU kernel's.
+    """
+    nbytes, _, per_byte = table.shape
+    half = per_byte // 2
+    Q = np.asarray(Q, dtype=np.float32)
+    lut = np.zeros((nbytes, 2, 16, len(Q)), dtype=np.float32)
+    for b in range(nbytes):
+        for k in range(half):
+            lut[b, 0] += table[b, np.arange(16) << 4, k][:, None] * Q[:, b * per_byte + k][None, :]
+            lut[b, 1] += table[b, np.arange(16), half + k][:, None] * Q[:, b * per_byte + half + k][None, :]
+    lut = lut.reshape(nbytes * 32, len(Q))
+    limit = min(127, 32767 // max(1, 2 * nbytes))
+    peak = np.abs(lut).max(axis=0).astype(np.float64) if len(lut) else np.zeros(len(Q))
+    scale = np.where(peak > 0, peak / limit, 1.0).astype(np.float32)
+    return np.rint(lut.astype(np.float64) / scale.astype(np.float64)).astype(np.int8), scale
+
+
 def refined_interaction(
     Q: np.ndarray,
     centroid_scores: np.ndarray,
@@ -125,21 +149,34 @@ def refined_interaction(
     offsets: np.ndarray,
     candidates: np.ndarray,
     table: np.ndarray,
+    quantised: bool = False,
 ) -> np.ndarray:
     """MaxSim against the decompressed tokens without normalising them: centroid + residual.
 
     A doc token with centroid ``c`` and residual ``r`` scores ``centroid_scores[c, q] + Q[q] . r``, that is
     ``Q[q] . (centroid + residual)``: :func:`exact_maxsim` with ``normalize=False`` (how the device path
-    computes it). Every token's residual counts, yet no centroid row is read: the CPU kernel sums lookup
-    tables of ``Q`` x bucket weights. For unit vectors the norms it skips are within a few percent of 1, so
-    it ranks nearly as :func:`exact_maxsim` does.
+    computes it). For unit vectors the norms it skips are within a few percent of 1, so it ranks nearly as
+    :func:`exact_maxsim` does. ``quantised``: ``Q[q] . r`` from :func:`nibble_table_int8`'s rows, summed
+    exactly and times ``scale[q]``: what the CPU kernel computes without reading a centroid row (within
+    ~0.02 of the float score per document at dim 64, 2 bits; the exact rerank that follows is unaffected).
     """
+    if quantised:
+        lut, scale = nibble_table_int8(Q, table)
+        lut = lut.astype(np.int32)
     out = np.zeros(len(candidates), dtype=np.float32)
     for i, d in enumerate(candidates):
         lo, hi = offsets[d], offsets[d + 1]
-        if hi > lo:
-            scores = centroid_scores[codes[lo:hi].astype(np.int64)] + residuals_of(packed[lo:hi], table) @ Q.T
-            out[i] = scores.max(axis=0).sum()
+        if hi == lo:
+            continue
+        if quantised:
+            b = np.arange(packed.shape[1]) * 32
+            v = packed[lo:hi].astype(np.int64)
+            sums = lut[b + (v >> 4)].sum(axis=1) + lut[b + 16 + (v & 15)].sum(axis=1)  # [n_tokens, q_len]
+            residual = sums.astype(np.float32) * scale
+        else:
+            residual = residuals_of(packed[lo:hi], table) @ Q.T
+        scores = centroid_scores[codes[lo:hi].astype(np.int64)] + residual
+        out[i] = scores.max(axis=0).sum()
     return out
 
 

@@ -337,6 +337,33 @@ def test_nibble_table(dim, nbits):
         np.testing.assert_allclose(got[:, :7], want, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("q_len", (1, 7, 40))
+@pytest.mark.parametrize("nbits", NBITS)
+@pytest.mark.parametrize("dim", (8, 48, 64, 128))
+def test_nibble_table_int8(dim, nbits, q_len):
+    """The kernel's int8 table is the reference's to the bit (same float32 steps), padding columns are 0,
+    and ``lut * scale`` is the float table within half a step."""
+    rng = np.random.default_rng(735 + dim + nbits + q_len)
+    _, _, table = _codec(rng, 5, dim, nbits)
+    Q = _queries(rng, q_len, dim)
+    q_pad = (q_len + 31) // 32 * 32
+    got, got_scale = numba_rows.nibble_table_int8(Q, table, q_pad)
+    want, scale = reference.nibble_table_int8(Q, table)
+    assert got.dtype == want.dtype == np.int8 and got.shape == (table.shape[0] * 32, q_pad)
+    np.testing.assert_array_equal(got[:, :q_len], want)
+    np.testing.assert_array_equal(got_scale[:q_len], scale)
+    np.testing.assert_array_equal(got[:, q_len:], 0)
+    assert np.abs(want).max() == min(127, 32767 // (2 * table.shape[0]))  # each column's peak takes the limit
+    lut = numba_rows.nibble_table(Q, table, q_pad)[:, :q_len]
+    assert np.all(np.abs(want * scale - lut) <= scale / 2 * (1 + 1e-5))
+
+
+def _quantisation_bound(Q, table) -> float:
+    """The most rounding the int8 tables can move a document's stage-3 score: half a step on each of a
+    token's ``2 nbytes`` rows, for every query token."""
+    return float(reference.nibble_table_int8(Q, table)[1].sum() * table.shape[0])
+
+
 @pytest.mark.parametrize("q_len", (*Q_LENS, 40))  # 40: two 32-column blocks of the lookup sums
 @pytest.mark.parametrize("nbits", NBITS)
 @pytest.mark.parametrize("dim", DIMS)
@@ -349,14 +376,35 @@ def test_refined_interaction(dim, nbits, q_len):
     Q = _queries(rng, q_len, dim)
     S = reference.centroid_scores(centroids, Q)
     args = (codes, packed, offsets, candidates, table)
-    ref = reference.refined_interaction(Q, S, *args)
+    ref = reference.refined_interaction(Q, S, *args, quantised=True)
     got = numba_scoring.refined_interaction(Q, S, *args)
     assert ref.dtype == got.dtype == np.float32 and got.shape == candidates.shape
-    np.testing.assert_allclose(got, ref, rtol=RTOL, atol=_atol(q_len))
-    # independent: exact MaxSim over the un-normalised decompressed tokens
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * q_len)
+    # independent: exact MaxSim over the un-normalised decompressed tokens, within the rounding of the tables
     unnormalised = reference.exact_maxsim(Q, codes, packed, offsets, candidates, centroids, table, False)
-    np.testing.assert_allclose(got, unnormalised, rtol=RTOL, atol=_atol(q_len))
+    np.testing.assert_allclose(reference.refined_interaction(Q, S, *args), unnormalised, rtol=RTOL, atol=_atol(q_len))
+    assert np.abs(got - unnormalised).max() <= _quantisation_bound(Q, table) + _atol(q_len)
     assert got[candidates == 3].tolist() == [0.0] * int((candidates == 3).sum())  # the empty doc
+
+
+@pytest.mark.parametrize("dim", (256, 512))
+def test_refined_interaction_int16_headroom(dim):
+    """Every table entry at the limit and every byte selecting it: a token's sum is the largest the int16
+    accumulators are sized for (dim 512, 4 bits: 512 rows of 63), and must not wrap."""
+    nbits, K, q_len = 4, 3, 33
+    nbytes = dim * nbits // 8
+    table = np.full((nbytes, 256, 8 // nbits), 0.01, dtype=np.float32)
+    Q = np.full((q_len, dim), dim**-0.5, dtype=np.float32)
+    codes = np.zeros(5, dtype=np.uint16)
+    packed = np.full((5, nbytes), 0xFF, dtype=np.uint8)
+    offsets = np.array([0, 2, 5], dtype=np.int64)
+    candidates = np.array([0, 1], dtype=np.int32)
+    S = np.zeros((K, q_len), dtype=np.float32)
+    lut, scale = reference.nibble_table_int8(Q, table)
+    assert np.all(lut == min(127, 32767 // (2 * nbytes)))
+    got = numba_scoring.refined_interaction(Q, S, codes, packed, offsets, candidates, table)
+    want = np.float32(q_len * dim * 0.01 * dim**-0.5)  # every residual dimension 0.01, every query one 1/sqrt(dim)
+    np.testing.assert_allclose(got, want, rtol=1e-4)
 
 
 @pytest.mark.parametrize("cand_dtype", (np.int32, np.int64))

@@ -67,21 +67,6 @@ def one_blas_thread() -> Iterator[None]:
                     lib.set_num_threads(n)
 
 
-def _one_blas_thread(kernel):
-    """``kernel`` (one that calls BLAS) run under :func:`one_blas_thread`.
-
-    With two BLAS threads, OpenBLAS's workers and Numba's OpenMP workers (which spin between regions)
-    take turns on the cores: one query on 2 threads took 8.1 ms instead of 3.6 on one (10k docs).
-    """
-
-    def run(*args):
-        with one_blas_thread():
-            return kernel(*args)
-
-    run.__doc__ = kernel.__doc__
-    return run
-
-
 def _numba_namespace() -> SimpleNamespace:
     try:
         from colbert_index.kernels import numba_codec, numba_ivf, numba_scoring
@@ -91,9 +76,6 @@ def _numba_namespace() -> SimpleNamespace:
     for mod in (numba_codec, numba_scoring, numba_ivf):
         funcs.update({name: getattr(mod, name) for name in KERNELS if hasattr(mod, name)})
     funcs["decode_table"] = reference.decode_table  # built once per index: no kernel needed
-    # stage 0 is a BLAS product (it beats a Numba loop); stage 4 ends in one
-    funcs["centroid_scores"] = _one_blas_thread(reference.centroid_scores)
-    funcs["exact_maxsim"] = _one_blas_thread(funcs["exact_maxsim"])
     return SimpleNamespace(name="numba", **funcs)
 
 

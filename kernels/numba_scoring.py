@@ -1,9 +1,8 @@
 """Numba CPU scoring kernels: centroid interaction (stage 2), MaxSim with un-normalised residuals through
 lookup tables (stage 3) and exact MaxSim (stage 4).
 
-Stage 0 (query x centroid scores) is a plain matrix product: the backend uses the reference's BLAS
-call, 3.4x faster than a Numba loop at K=32768 (one thread, measured side by side). Stage 4 decompresses
-in Numba and scores with BLAS too.
+Stage 0 (query x centroid scores) and stage 4's scores of decompressed tokens are :func:`numba_rows.row_scores`
+(register-blocked products, faster than OpenBLAS on one thread for these shapes).
 
 Same contracts as :mod:`colbert_index.kernels.reference`. Candidates are split into blocks so each
 thread reuses one scratch buffer; ``prange`` runs over blocks of documents.
@@ -16,7 +15,7 @@ from numba import njit, prange
 
 from .numba_codec import decompress_range
 from .numba_prefetch import prefetch, prefetch_candidate
-from .numba_rows import max_into, nibble_sums32, nibble_table_int8
+from .numba_rows import max_into, nibble_sums32, nibble_table_int8, row_scores
 
 _BLOCK = 32  # documents per parallel work item
 # prefetch distance, in doc tokens, for centroid-score rows in stage 3 (measured on the previous, centroid-only
@@ -25,6 +24,14 @@ _BLOCK = 32  # documents per parallel work item
 # 2, where ~85% of tokens are pruned, prefetching the kept ones' rows was slower)
 _AHEAD_TOKENS = 8
 _EXACT_BLOCK_TOKENS = 4096  # decompressed tokens per BLAS product in stage 4
+
+
+@njit(cache=True, nogil=True)
+def centroid_scores(centroids, Q):
+    """Stage 0 (``reference.centroid_scores``): ``[K, q_len]``, one row of query-token scores per centroid."""
+    out = np.empty((centroids.shape[0], Q.shape[0]), dtype=np.float32)
+    row_scores(np.ascontiguousarray(centroids), Q, out)
+    return out
 
 
 @njit(cache=True, nogil=True, parallel=True, fastmath=True)
@@ -120,22 +127,22 @@ def refined_interaction(Q, centroid_scores, codes, packed, offsets, candidates, 
 
 
 def exact_maxsim(Q, codes, packed, offsets, candidates, centroids, table, normalize):
-    """Stage 4: decompress a block of candidates (Numba), score it with one BLAS product, max per doc.
+    """Stage 4: decompress a block of candidates (Numba), score it (:func:`numba_rows.row_scores`), max per doc.
 
-    The product is where the time goes, and BLAS runs it ~2.5x faster than a Numba dot loop (1M-doc
-    index, 256 candidates, one thread). Blocks of ~_EXACT_BLOCK_TOKENS tokens keep the decompressed
-    tokens and their scores in cache. The caller sets BLAS threads (the backend: one).
+    Blocks of ~_EXACT_BLOCK_TOKENS tokens keep the decompressed tokens and their scores in cache.
     """
     candidates = np.asarray(candidates)
     n = len(candidates)
     out = np.zeros(n, dtype=np.float32)
     if n == 0:
         return out
+    Q = np.ascontiguousarray(Q, dtype=np.float32)
     lengths = offsets[candidates + 1] - offsets[candidates]
     local = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(lengths, out=local[1:])
-    buf = np.empty((min(int(local[-1]), _EXACT_BLOCK_TOKENS + int(lengths.max())), Q.shape[1]), np.float32)
-    QT = np.ascontiguousarray(Q.T)
+    size = min(int(local[-1]), _EXACT_BLOCK_TOKENS + int(lengths.max()))
+    buf = np.empty((size, Q.shape[1]), np.float32)
+    scores = np.empty((size, Q.shape[0]), np.float32)
     i = 0
     while i < n:
         j = min(n, max(i + 1, int(np.searchsorted(local, local[i] + _EXACT_BLOCK_TOKENS, side="right")) - 1))
@@ -143,7 +150,8 @@ def exact_maxsim(Q, codes, packed, offsets, candidates, centroids, table, normal
         if m:
             rows = local[i : j + 1] - local[i]  # where each document's tokens go in buf
             decompress_docs(codes, packed, offsets, candidates[i:j], rows, centroids, table, normalize, buf)
-            out[i:j] = segment_max_sum(buf[:m] @ QT, rows)
+            row_scores(buf[:m], Q, scores)
+            out[i:j] = segment_max_sum(scores[:m], rows)
         i = j
     return out
 

@@ -123,22 +123,24 @@ def nibble_table_int8(Q: np.ndarray, table: np.ndarray) -> tuple[np.ndarray, np.
     Returns ``(lut [nbytes * 32, q_len] int8, scale [q_len] float32)``. Row ``32 b + h`` is for the high half
     ``h`` of byte ``b`` (the dimensions it encodes . their bucket weights), row ``32 b + 16 + l`` for the low
     half; ``lut * scale`` approximates those dot products, the largest of a column mapping to ``limit =
-    min(127, 32767 // (2 nbytes))`` so that a token's ``2 nbytes`` rows sum exactly in int16. The float32
-    products, added in dimension order, and the float64 divisions (round half to even) are the CPU kernel's.
+    min(127, 32767 // (2 nbytes))`` so that a token's ``2 nbytes`` rows sum exactly in int16. Computed in
+    float64, where products of float32 values are exact and a half byte's one or two products (4 or 2 bits) are
+    rounded once, so the CPU kernel's table is this one to the bit however its compiler fuses the operations.
     """
     nbytes, _, per_byte = table.shape
     half = per_byte // 2
-    Q = np.asarray(Q, dtype=np.float32)
-    lut = np.zeros((nbytes, 2, 16, len(Q)), dtype=np.float32)
+    Q = np.asarray(Q, dtype=np.float32).astype(np.float64)
+    weights = table.astype(np.float64)
+    lut = np.zeros((nbytes, 2, 16, len(Q)))
     for b in range(nbytes):
         for k in range(half):
-            lut[b, 0] += table[b, np.arange(16) << 4, k][:, None] * Q[:, b * per_byte + k][None, :]
-            lut[b, 1] += table[b, np.arange(16), half + k][:, None] * Q[:, b * per_byte + half + k][None, :]
+            lut[b, 0] += weights[b, np.arange(16) << 4, k][:, None] * Q[:, b * per_byte + k][None, :]
+            lut[b, 1] += weights[b, np.arange(16), half + k][:, None] * Q[:, b * per_byte + half + k][None, :]
     lut = lut.reshape(nbytes * 32, len(Q))
     limit = min(127, 32767 // max(1, 2 * nbytes))
-    peak = np.abs(lut).max(axis=0).astype(np.float64) if len(lut) else np.zeros(len(Q))
+    peak = np.abs(lut).max(axis=0) if len(lut) else np.zeros(len(Q))
     scale = np.where(peak > 0, peak / limit, 1.0).astype(np.float32)
-    return np.rint(lut.astype(np.float64) / scale.astype(np.float64)).astype(np.int8), scale
+    return np.rint(lut / scale.astype(np.float64)).astype(np.int8), scale
 
 
 def refined_interaction(

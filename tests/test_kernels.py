@@ -200,17 +200,30 @@ def test_decompress_no_tokens(normalize):
 # ------------------------------------------------------------------------------------------- scoring
 
 
-@pytest.mark.parametrize("K", (1, 37))
-@pytest.mark.parametrize("q_len", Q_LENS)
-@pytest.mark.parametrize("dim", DIMS)
+@pytest.mark.parametrize("K", (0, 1, 2, 37))  # odd K: the last row pairs with itself
+@pytest.mark.parametrize("q_len", (*Q_LENS, 8, 16, 24, 40, 64))  # every column block width, and two blocks
+@pytest.mark.parametrize("dim", (8, *DIMS))
 def test_centroid_scores(dim, q_len, K):
     rng = np.random.default_rng(500 + dim + q_len + K)
     centroids = _unit(rng.standard_normal((K, dim)))
     Q = _queries(rng, q_len, dim)
-    got = reference.centroid_scores(centroids, Q)  # the numba backend uses it too (BLAS)
-    assert got.dtype == np.float32 and got.shape == (K, q_len) and got.flags.c_contiguous
     expected = centroids.astype(np.float64) @ Q.astype(np.float64).T
-    np.testing.assert_allclose(got, expected, rtol=RTOL, atol=1e-5)
+    for mod in (reference, numba_scoring):
+        got = mod.centroid_scores(centroids, Q)
+        assert got.dtype == np.float32 and got.shape == (K, q_len) and got.flags.c_contiguous
+        np.testing.assert_allclose(got, expected, rtol=RTOL, atol=1e-5)
+
+
+def test_row_scores_leaves_other_rows():
+    """``row_scores`` writes ``out[:len(A)]`` only, whether its rows are whole vectors (q_len 16) or not (5)."""
+    rng = np.random.default_rng(505)
+    A = rng.standard_normal((5, 48)).astype(np.float32)
+    for q_len in (5, 16):
+        Q = _queries(rng, q_len, 48)
+        out = np.full((8, q_len), 7.0, dtype=np.float32)
+        numba_rows.row_scores(A, Q, out)
+        np.testing.assert_allclose(out[:5], A.astype(np.float64) @ Q.T.astype(np.float64), rtol=RTOL, atol=1e-5)
+        np.testing.assert_array_equal(out[5:], 7.0)
 
 
 def _interaction_inputs(seed: int, q_len: int, K: int):
@@ -327,7 +340,7 @@ def test_nibble_table(dim, nbits):
     _, _, table = _codec(rng, 5, dim, nbits)
     Q = _queries(rng, 7, dim)
     lut = numba_rows.nibble_table(Q, table, 32)
-    assert lut.shape == (table.shape[0] * 32, 32) and lut.dtype == np.float32
+    assert lut.shape == (table.shape[0] * 32, 32) and lut.dtype == np.float64
     np.testing.assert_array_equal(lut[:, 7:], 0.0)  # padding columns
     per_byte = table.shape[2]
     for b in range(table.shape[0]):

@@ -12,8 +12,8 @@ vector add.
 
 Stage 0 (query x centroid scores) and stage 4 (decompressed tokens x query) are products of a tall matrix with
 the few query tokens: :func:`row_scores` computes two rows at a time, 32 query tokens each, in eight AVX
-accumulators (:data:`dot2x32` and its narrower siblings), 1.4-2.5x faster than OpenBLAS on one thread for 4k-65k
-rows at dim 64 (and no BLAS thread pool to hold to one thread).
+accumulators (:data:`dot2x32` and its narrower siblings): faster than OpenBLAS on one thread at dim 64, 1.1-1.4x
+at 4k rows and 2.1-2.5x at 32k-65k (and no BLAS thread pool to hold to one thread).
 
 Stage 3 scores a token's residual against every query token through lookup tables rounded to int8
 (:func:`nibble_table_int8`): :func:`nibble_sums32` adds a token's table rows in registers (a loop of row adds

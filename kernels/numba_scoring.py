@@ -23,7 +23,7 @@ _BLOCK = 32  # documents per parallel work item
 # 1.13-1.18x at 10k; with the lookup-table stage 3, 4 / 8 / 16 are within 12%, 8 never the slowest; in stage
 # 2, where ~85% of tokens are pruned, prefetching the kept ones' rows was slower)
 _AHEAD_TOKENS = 8
-_EXACT_BLOCK_TOKENS = 4096  # decompressed tokens per BLAS product in stage 4
+_EXACT_BLOCK_TOKENS = 4096  # decompressed tokens per row_scores call in stage 4
 
 
 @njit(cache=True, nogil=True)
@@ -83,8 +83,8 @@ def refined_interaction(Q, centroid_scores, codes, packed, offsets, candidates, 
     """Stage 3 (``reference.refined_interaction`` with ``quantised=True``): each token's row of
     ``centroid_scores`` plus its residual against every query token, summed in int16 from int8 lookup tables
     (:func:`nibble_table_int8`, :func:`nibble_sums32`), so no row of ``centroids`` is read and no token
-    decompressed. ~35-50 ns per token at dim 64, 2 bits (1M index), about PLAID's centroid-only stage 3 per
-    document plus the lookups, paid back by a 4x smaller exact rerank (bench/RESULTS.md)."""
+    decompressed. ~50 ns per token at dim 64, 2 bits (1M index), 3-4x PLAID's centroid-only stage 3 per
+    document, paid back by a 4x smaller exact rerank (bench/RESULTS.md)."""
     q_len = Q.shape[0]
     K = centroid_scores.shape[0]
     nbytes = packed.shape[1]

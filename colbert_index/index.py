@@ -650,7 +650,7 @@ class Index:
             numba.set_num_threads(1)  # thread-local: this worker's kernels stay on its own core
             return self._search_one(snap, q, k, p, how)
 
-        # the kernels release the GIL (nogil=True); BLAS (stage 0) stays on the calling worker's core
+        # the kernels release the GIL (nogil=True); BLAS (the numpy backend's products) on one thread per worker
         with one_blas_thread(), ThreadPoolExecutor(n_workers) as pool:
             return snap.result(list(pool.map(one, queries)))
 

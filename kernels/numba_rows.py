@@ -93,9 +93,12 @@ def nibble_table(Q, table, q_pad):
             for k in range(half):
                 w_high, w_low = np.float64(table[b, h << 4, k]), np.float64(table[b, h, half + k])  # other half 0
                 for q in range(q_len):
-                    out[b * 32 + h, q] += w_high * np.float64(Q[q, b * per_byte + k])
-                    out[b * 32 + 16 + h, q] += w_low * np.float64(Q[q, b * per_byte + half + k])
+                    out[b * 32 + h, q] += w_high * np.float64(np.float32(Q[q, b * per_byte + k]))
+                    out[b * 32 + 16 + h, q] += w_low * np.float64(np.float32(Q[q, b * per_byte + half + k]))
     return out
+
+
+_TINY = np.float32(np.finfo(np.float32).tiny)  # the smallest normal float32
 
 
 @njit(cache=True, nogil=True)
@@ -108,17 +111,18 @@ def nibble_table_int8(Q, table, q_pad):
     """
     lut = nibble_table(Q, table, q_pad)
     rows = lut.shape[0]
-    limit = min(127, 32767 // max(1, rows // 16))
+    limit = min(127, max(1, 32767 // max(1, rows // 16)))
     scale = np.ones(q_pad, dtype=np.float32)
     out = np.zeros((rows, q_pad), dtype=np.int8)
     for q in range(q_pad):
         m = 0.0
         for r in range(rows):
             m = max(m, abs(lut[r, q]))
-        if m > 0:
-            scale[q] = np.float32(m / limit)
+        step = np.float32(m / limit)
+        if step >= _TINY:  # else a column of zeros: a (sub)normal-underflowing query token adds nothing
+            scale[q] = step
             for r in range(rows):
-                out[r, q] = np.int8(np.rint(lut[r, q] / np.float64(scale[q])))
+                out[r, q] = np.int8(min(limit, max(-limit, np.rint(lut[r, q] / np.float64(step)))))
     return out, scale
 
 

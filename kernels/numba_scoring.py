@@ -28,7 +28,8 @@ _EXACT_BLOCK_TOKENS = 4096  # decompressed tokens per row_scores call in stage 4
 
 @njit(cache=True, nogil=True)
 def centroid_scores(centroids, Q):
-    """Stage 0 (``reference.centroid_scores``): ``[K, q_len]``, one row of query-token scores per centroid."""
+    """Stage 0 (``reference.centroid_scores``): ``[K, q_len]``, one row of query-token scores per centroid.
+    ``centroids`` must be float32 (the codec's always are); ``Q`` any float dtype and layout."""
     out = np.empty((centroids.shape[0], Q.shape[0]), dtype=np.float32)
     row_scores(np.ascontiguousarray(centroids), Q, out)
     return out

@@ -137,10 +137,13 @@ def nibble_table_int8(Q: np.ndarray, table: np.ndarray) -> tuple[np.ndarray, np.
             lut[b, 0] += weights[b, np.arange(16) << 4, k][:, None] * Q[:, b * per_byte + k][None, :]
             lut[b, 1] += weights[b, np.arange(16), half + k][:, None] * Q[:, b * per_byte + half + k][None, :]
     lut = lut.reshape(nbytes * 32, len(Q))
-    limit = min(127, 32767 // max(1, 2 * nbytes))
+    limit = min(127, max(1, 32767 // max(1, 2 * nbytes)))
     peak = np.abs(lut).max(axis=0) if len(lut) else np.zeros(len(Q))
-    scale = np.where(peak > 0, peak / limit, 1.0).astype(np.float32)
-    return np.rint(lut / scale.astype(np.float64)).astype(np.int8), scale
+    step = (peak / limit).astype(np.float32)
+    used = step >= np.finfo(np.float32).tiny  # a column whose step underflows float32 is all zeros, scale 1
+    scale = np.where(used, step, np.float32(1.0)).astype(np.float32)
+    ints = np.clip(np.rint(lut / scale.astype(np.float64)), -limit, limit) * used
+    return ints.astype(np.int8), scale
 
 
 def refined_interaction(

@@ -354,7 +354,7 @@ def test_nibble_table(dim, nbits):
 @pytest.mark.parametrize("nbits", NBITS)
 @pytest.mark.parametrize("dim", (8, 48, 64, 128))
 def test_nibble_table_int8(dim, nbits, q_len):
-    """The kernel's int8 table is the reference's to the bit (same float32 steps), padding columns are 0,
+    """The kernel's int8 table is the reference's to the bit (float64, products exact), padding columns are 0,
     and ``lut * scale`` is the float table within half a step."""
     rng = np.random.default_rng(735 + dim + nbits + q_len)
     _, _, table = _codec(rng, 5, dim, nbits)
@@ -369,6 +369,25 @@ def test_nibble_table_int8(dim, nbits, q_len):
     assert np.abs(want).max() == min(127, 32767 // (2 * table.shape[0]))  # each column's peak takes the limit
     lut = numba_rows.nibble_table(Q, table, q_pad)[:, :q_len]
     assert np.all(np.abs(want * scale - lut) <= scale / 2 * (1 + 1e-5))
+
+
+def test_nibble_table_int8_tiny_query_tokens():
+    """A query token so small that its table's step underflows float32 gets a zero column (scale 1) in both
+    the kernel and the reference, instead of a division by zero (Numba) or inf -> int8 (numpy); one whose
+    step is subnormal stays within the limit."""
+    table = reference.decode_table(np.tile(np.float32([-0.05, -0.01, 0.01, 0.05]), (8, 1)), 2)
+    Q = np.zeros((3, 8), dtype=np.float32)
+    Q[0], Q[1], Q[2] = 0.35, 1e-44, 1.79e-42
+    got, got_scale = numba_rows.nibble_table_int8(Q, table, 32)
+    want, scale = reference.nibble_table_int8(Q, table)
+    np.testing.assert_array_equal(got[:, :3], want)
+    np.testing.assert_array_equal(got_scale[:3], scale)
+    assert np.all(want[:, 1] == 0) and scale[1] == 1.0
+    assert np.abs(want.astype(np.int64)).max() <= 127
+    S = np.zeros((2, 3), dtype=np.float32)
+    codes, packed, offsets = np.zeros(2, np.uint16), np.full((2, 2), 0x1B, np.uint8), np.array([0, 2], np.int64)
+    out = numba_scoring.refined_interaction(Q, S, codes, packed, offsets, np.array([0], np.int32), table)
+    assert np.isfinite(out).all()
 
 
 def _quantisation_bound(Q, table) -> float:

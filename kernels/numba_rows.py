@@ -134,7 +134,7 @@ def nibble_sums32(typingctx, out, oi, lut, li, packed, pi, nbytes, stride):
     1-D arrays (``out`` int16, ``lut`` int8, ``packed`` uint8); nothing is bounds-checked, nor the int16 sum
     for overflow (:func:`nibble_table_int8` bounds it). High and low halves accumulate in two ``<32 x i16>``
     registers: a row is one sign-extending load and add per 16 columns, and the int8 table of 32 query
-    tokens (16 KiB at dim 64, 2 bits) stays in L1 where the float one (64 KiB) did not: stage 3 1.6-2x faster
+    tokens (16 KiB at dim 64, 2 bits) stays in L1 where the float one (64 KiB) did not: stage 3 1.5-2x faster
     on the 1M index (side by side in one process).
     """
     if not (isinstance(out, types.Array) and isinstance(lut, types.Array) and isinstance(packed, types.Array)):

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from .numba_rows import max_into
 
@@ -33,6 +36,20 @@ def build_ivf(codes, offsets, n_centroids):
                 ivf_docs[fill[c]] = d
                 fill[c] += 1
     return ivf_offsets, ivf_docs
+
+
+@intrinsic
+def _trailing_zeros(typingctx, x):
+    """The index of the lowest set bit of a nonzero uint64 (``llvm.cttz``: one instruction)."""
+    if x != types.uint64:
+        return None
+
+    def codegen(context, builder, signature, args):
+        i64 = ir.IntType(64)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(i64, [i64, ir.IntType(1)]), "llvm.cttz.i64")
+        return builder.call(fn, [args[0], ir.IntType(1)(1)])
+
+    return types.int64(types.uint64), codegen
 
 
 _SCAN_BLOCK = 16  # centroids whose per-query-token maxima are checked before any is looked at alone
@@ -88,27 +105,26 @@ def probe_cells(centroid_scores, nprobe):
 
 @njit(cache=True, nogil=True)
 def probe(cells, ivf_offsets, ivf_docs, n_docs):
+    # Candidates are marked in a bitmap of 64-bit words and read off it word by word, in slot order (a
+    # bool per document read one by one, or a sort of the candidates: 8x slower at 1M passages, 50k
+    # candidates).
     probed = np.unique(cells.ravel())
     total = 0
     for c in probed:
         total += ivf_offsets[c + 1] - ivf_offsets[c]
-    seen = np.zeros(n_docs, dtype=np.bool_)
-    out = np.empty(total, dtype=np.int32)
-    n = 0
+    words = np.zeros((n_docs + 63) // 64, dtype=np.uint64)
     for c in probed:
         for p in range(ivf_offsets[c], ivf_offsets[c + 1]):
-            d = ivf_docs[p]
-            if not seen[d]:
-                seen[d] = True
-                out[n] = d
-                n += 1
-    if n * 16 < n_docs:  # few candidates: sort them; many: read them off the bitmap, already in order
-        return np.sort(out[:n])
+            d = np.uint64(ivf_docs[p])
+            words[d >> np.uint64(6)] |= np.uint64(1) << (d & np.uint64(63))
+    out = np.empty(total, dtype=np.int32)
     n = 0
-    for d in range(n_docs):
-        if seen[d]:
-            out[n] = d
+    for w in range(words.shape[0]):
+        x = words[w]
+        while x:
+            out[n] = w * 64 + _trailing_zeros(x)
             n += 1
+            x &= x - np.uint64(1)
     return out[:n]
 
 

@@ -684,6 +684,26 @@ def test_probe_cells_ids(K, nprobe, ties):
     np.testing.assert_array_equal(numba_ivf.probe_cells(S, nprobe), reference.probe_cells(S, nprobe))
 
 
+def test_probe_bitmap_word_edges():
+    """Documents at the edges of the probe's 64-bit words (0, 63, 64, 127, 128, the last) and in no list."""
+    n_docs, q_len = 200, 3
+    lists = [[0, 63, 64, 199], [63, 127, 128], [1, 64, 190], [5]]
+    ivf_offsets = np.cumsum([0] + [len(x) for x in lists]).astype(np.int64)
+    ivf_docs = np.concatenate(lists).astype(np.int32)
+    S = np.array([[0.9, 0.1, 0.3], [0.2, 0.8, 0.1], [0.5, 0.4, 0.7], [0.0, 0.0, 0.0]], dtype=np.float32)
+    for nprobe in (1, 2, 3):
+        cells = reference.probe_cells(S, nprobe)
+        got = numba_ivf.probe(cells, ivf_offsets, ivf_docs, n_docs)
+        np.testing.assert_array_equal(got, reference.probe(cells, ivf_offsets, ivf_docs, n_docs))
+        ext = reference.probe_cells(S, 4)
+        floor = S[ext[:, 3], np.arange(q_len)]
+        ref_c, ref_b = reference.probe_bound(S, ext[:, :3], nprobe, floor, ivf_offsets, ivf_docs, n_docs)
+        got_c, got_b = numba_ivf.probe_bound(S, ext[:, :3], nprobe, floor, ivf_offsets, ivf_docs, n_docs)
+        np.testing.assert_array_equal(got_c, ref_c)
+        np.testing.assert_allclose(got_b, ref_b, rtol=1e-6)
+    assert numba_ivf.probe(np.array([[0]], np.int32), ivf_offsets, ivf_docs, n_docs).tolist() == [0, 63, 64, 199]
+
+
 def test_probe_tie_break_lower_id():
     # centroids 1 and 3 tie for best; nprobe=1 must pick 1, whose list holds only doc 0
     S = np.array([[0.0], [2.0], [1.0], [2.0]], dtype=np.float32)

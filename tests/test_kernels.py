@@ -700,7 +700,7 @@ def test_probe_bitmap_word_edges():
         ref_c, ref_b = reference.probe_bound(S, ext[:, :3], nprobe, floor, ivf_offsets, ivf_docs, n_docs)
         got_c, got_b = numba_ivf.probe_bound(S, ext[:, :3], nprobe, floor, ivf_offsets, ivf_docs, n_docs)
         np.testing.assert_array_equal(got_c, ref_c)
-        np.testing.assert_allclose(got_b, ref_b, rtol=1e-6)
+        np.testing.assert_allclose(got_b, ref_b, rtol=1e-6, atol=1e-6)
     assert numba_ivf.probe(np.array([[0]], np.int32), ivf_offsets, ivf_docs, n_docs).tolist() == [0, 63, 64, 199]
 
 

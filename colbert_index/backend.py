@@ -19,6 +19,8 @@ KERNELS = (
     "centroid_scores",
     "centroid_interaction",
     "refined_interaction",
+    "refined_interaction_tables",
+    "refined_interaction_from",
     "exact_maxsim",
     "segment_max_sums",
     "build_ivf",

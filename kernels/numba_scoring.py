@@ -82,18 +82,34 @@ def centroid_interaction(centroid_scores, codes, offsets, candidates, threshold)
     return out
 
 
-@njit(cache=True, nogil=True, parallel=True, fastmath=True)
 def refined_interaction(Q, centroid_scores, codes, packed, offsets, candidates, table):
     """Stage 3 (``reference.refined_interaction`` with ``quantised=True``): each token's row of
     ``centroid_scores`` plus its residual against every query token, summed in int16 from int8 lookup tables
     (:func:`nibble_table_int8`, :func:`nibble_sums32`), so no row of ``centroids`` is read and no token
     decompressed. ~50 ns per token at dim 64, 2 bits (1M index), 3-4x PLAID's centroid-only stage 3 per
     document, paid back by a 4x smaller exact rerank (bench/RESULTS.md)."""
-    q_len = Q.shape[0]
-    K = centroid_scores.shape[0]
+    return refined_interaction_from(
+        refined_interaction_tables(Q, table), centroid_scores, codes, packed, offsets, candidates
+    )
+
+
+@njit(cache=True, nogil=True)
+def refined_interaction_tables(Q, table):
+    """Stage 3's int8 tables for one query, ``(lut, scale)`` (:func:`nibble_table_int8`, 32 columns at a time
+    for :func:`nibble_sums32`): built once per query, not once per segment (0.07-0.28 ms each at dims 64-128)."""
+    return nibble_table_int8(Q, table, (Q.shape[0] + 31) // 32 * 32)
+
+
+def refined_interaction_from(tables, centroid_scores, codes, packed, offsets, candidates):
+    """:func:`refined_interaction` from :func:`refined_interaction_tables`' result."""
+    return _refined(*tables, centroid_scores, codes, packed, offsets, candidates)
+
+
+@njit(cache=True, nogil=True, parallel=True, fastmath=True)
+def _refined(lut, scale, centroid_scores, codes, packed, offsets, candidates):
+    K, q_len = centroid_scores.shape
     nbytes = packed.shape[1]
-    q_pad = (q_len + 31) // 32 * 32  # nibble_sums32 fills 32 columns at a time
-    lut, scale = nibble_table_int8(Q, table, q_pad)
+    q_pad = lut.shape[1]
     flat_lut = lut.reshape(lut.size)
     flat_scores = centroid_scores.reshape(K * q_len)  # 1-D views for the prefetches and the row sums
     flat_packed = packed.reshape(packed.shape[0] * nbytes)

@@ -185,6 +185,25 @@ def refined_interaction(
     return out
 
 
+def refined_interaction_tables(Q: np.ndarray, table: np.ndarray) -> tuple:
+    """What stage 3 needs of one query, computed once however many segments it scores: here ``(Q, table)``
+    themselves (the Numba backend's are its int8 tables, :func:`nibble_table_int8`)."""
+    return Q, table
+
+
+def refined_interaction_from(
+    tables: tuple,
+    centroid_scores: np.ndarray,
+    codes: np.ndarray,
+    packed: np.ndarray,
+    offsets: np.ndarray,
+    candidates: np.ndarray,
+) -> np.ndarray:
+    """:func:`refined_interaction` from :func:`refined_interaction_tables`' result."""
+    Q, table = tables
+    return refined_interaction(Q, centroid_scores, codes, packed, offsets, candidates, table)
+
+
 def exact_maxsim(
     Q: np.ndarray,
     codes: np.ndarray,

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from colbert_index.kernels import numba_codec, numba_ivf, numba_rows, numba_scoring, reference
 
+from colbert_index.backend import get_backend
 from colbert_index.search import top_k
 
 DIMS = (48, 64, 96, 128)
@@ -417,6 +418,26 @@ def test_refined_interaction(dim, nbits, q_len):
     np.testing.assert_allclose(reference.refined_interaction(Q, S, *args), unnormalised, rtol=RTOL, atol=_atol(q_len))
     assert np.abs(got - unnormalised).max() <= _quantisation_bound(Q, table) + _atol(q_len)
     assert got[candidates == 3].tolist() == [0.0] * int((candidates == 3).sum())  # the empty doc
+
+
+@pytest.mark.parametrize("backend", ("numpy", "numba"))
+def test_refined_interaction_tables_once(backend):
+    """Stage 3 from tables built once per query (as search shares them between segments) = the one-call kernel,
+    for every split of the candidates."""
+    be = get_backend(backend)
+    rng = np.random.default_rng(771)
+    K, dim, nbits, q_len = 17, 64, 2, 32
+    centroids, _, table = _codec(rng, K, dim, nbits)
+    codes, packed, offsets = _collection(rng, _lengths(rng), K, dim, nbits)
+    candidates = _candidates(rng, len(offsets) - 1)
+    Q = _queries(rng, q_len, dim)
+    S = reference.centroid_scores(centroids, Q)
+    whole = be.refined_interaction(Q, S, codes, packed, offsets, candidates, table)
+    tables = be.refined_interaction_tables(Q, table)
+    parts = [be.refined_interaction_from(tables, S, codes, packed, offsets, c) for c in np.array_split(candidates, 3)]
+    np.testing.assert_array_equal(np.concatenate(parts), whole)
+    want = reference.refined_interaction(Q, S, codes, packed, offsets, candidates, table, quantised=backend == "numba")
+    np.testing.assert_allclose(whole, want, rtol=1e-5, atol=1e-5 * q_len)
 
 
 @pytest.mark.parametrize("dim", (256, 512))

@@ -129,10 +129,18 @@ def _refined(lut, scale, centroid_scores, codes, packed, offsets, candidates):
             for q in range(q_len):
                 best[0, q] = -np.inf
             cur = 0
+            nlo, nhi = 0, 0  # the next candidate's tokens, whose rows are requested during this one's last tokens
+            if i + 1 < n:
+                nlo, nhi = offsets[candidates[i + 1]], offsets[candidates[i + 1] + 1]
             for t in range(lo, hi):
-                if t + _AHEAD_TOKENS < hi:  # the score rows are random reads in a table of K rows; both
-                    # ends of one are requested (32 query tokens: two lines; the first alone: stage 3 1.14x slower)
-                    row = codes[t + _AHEAD_TOKENS] * q_len
+                # the score rows are random reads in a table of K rows: both ends of the row of the token
+                # _AHEAD_TOKENS on are requested (32 query tokens: two lines; the first alone: stage 3 1.14x
+                # slower), running on into the next candidate (its first rows not requested: 1.14-1.38x slower)
+                u = t + _AHEAD_TOKENS
+                if u >= hi:
+                    u = u - hi + nlo if u - hi + nlo < nhi else -1
+                if u >= 0:
+                    row = codes[u] * q_len
                     prefetch(flat_scores, row)
                     prefetch(flat_scores, row + q_len - 1)
                 for j in range(0, q_pad, 32):

@@ -185,9 +185,9 @@ def staged_search(
         approx = [backend.centroid_interaction(S, d.codes, d.offsets, c, thr) for d, c in zip(segs, cands)]
         cands = _best_across(approx, cands, bases, ndocs)
     if sum(map(len, cands)) > n_exact:  # stage 3: every token with its residual, not normalised
-        tables = backend.refined_interaction_tables(Q, codec.table)  # once for every segment
+        luts = backend.refined_interaction_tables(Q, codec.table)  # once for every segment
         approx = [
-            backend.refined_interaction_from(tables, S, d.codes, d.residuals, d.offsets, c) for d, c in zip(segs, cands)
+            backend.refined_interaction_from(luts, S, d.codes, d.residuals, d.offsets, c) for d, c in zip(segs, cands)
         ]
         cands = _best_across(approx, cands, bases, n_exact)
     tables = (codec.centroids, codec.table, codec.normalize)

@@ -38,32 +38,29 @@ def build_ivf(codes, offsets, n_centroids):
     return ivf_offsets, ivf_docs
 
 
-@intrinsic
-def _trailing_zeros(typingctx, x):
-    """The index of the lowest set bit of a nonzero uint64 (``llvm.cttz``: one instruction)."""
-    if x != types.uint64:
-        return None
+def _uint64_bits(op: str, doc: str, *flags: int):
+    """An intrinsic ``f(x)`` for a uint64 ``x``: LLVM's ``llvm.<op>.i64`` (one instruction), returning int64;
+    ``flags`` are its trailing i1 constant arguments."""
 
-    def codegen(context, builder, signature, args):
-        i64 = ir.IntType(64)
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(i64, [i64, ir.IntType(1)]), "llvm.cttz.i64")
-        return builder.call(fn, [args[0], ir.IntType(1)(1)])
+    def f(typingctx, x):
+        if x != types.uint64:
+            return None
 
-    return types.int64(types.uint64), codegen
+        def codegen(context, builder, signature, args):
+            i1, i64 = ir.IntType(1), ir.IntType(64)
+            fn = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(i64, [i64] + [i1] * len(flags)), f"llvm.{op}.i64"
+            )
+            return builder.call(fn, [args[0], *(i1(v) for v in flags)])
+
+        return types.int64(types.uint64), codegen
+
+    f.__name__, f.__doc__ = f"_{op}", doc
+    return intrinsic(f)
 
 
-@intrinsic
-def _popcount(typingctx, x):
-    """The number of set bits of a uint64 (``llvm.ctpop``)."""
-    if x != types.uint64:
-        return None
-
-    def codegen(context, builder, signature, args):
-        i64 = ir.IntType(64)
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(i64, [i64]), "llvm.ctpop.i64")
-        return builder.call(fn, [args[0]])
-
-    return types.int64(types.uint64), codegen
+_trailing_zeros = _uint64_bits("cttz", "The index of the lowest set bit of a nonzero uint64.", 1)
+_popcount = _uint64_bits("ctpop", "The number of set bits of a uint64.")
 
 
 _SCAN_BLOCK = 16  # centroids whose per-query-token maxima are checked before any is looked at alone
@@ -177,10 +174,10 @@ def probe_bound(centroid_scores, cells, nprobe, floor, ivf_offsets, ivf_docs, n_
             g = centroid_scores[c, q] - floor[q]
             for p in range(ivf_offsets[c], ivf_offsets[c + 1]):
                 d = np.uint64(ivf_docs[p])
-                x = words[d >> np.uint64(6)]
-                b = d & np.uint64(63)
+                w, b = d >> np.uint64(6), d & np.uint64(63)
+                x = words[w]
                 if (x >> b) & one:
-                    i = first[d >> np.uint64(6)] + _popcount(x & ((one << b) - one))
+                    i = first[w] + _popcount(x & ((one << b) - one))
                     if last_q[i] != q:
                         last_q[i] = q
                         gain[i] += g

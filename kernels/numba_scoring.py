@@ -15,7 +15,7 @@ from numba import njit, prange
 
 from .numba_codec import decompress_range
 from .numba_prefetch import prefetch, prefetch_candidate
-from .numba_rows import max_into, nibble_sums32, nibble_table_int8, row_scores
+from .numba_rows import byte_table_int8, doc_max32, max_into, row_scores
 
 _BLOCK = 32  # documents per parallel work item
 # prefetch distance, in doc tokens, for centroid-score rows in stage 3 (measured on the previous, centroid-only
@@ -85,9 +85,9 @@ def centroid_interaction(centroid_scores, codes, offsets, candidates, threshold)
 def refined_interaction(Q, centroid_scores, codes, packed, offsets, candidates, table):
     """Stage 3 (``reference.refined_interaction`` with ``quantised=True``): each token's row of
     ``centroid_scores`` plus its residual against every query token, summed in int16 from int8 lookup tables
-    (:func:`nibble_table_int8`, :func:`nibble_sums32`), so no row of ``centroids`` is read and no token
-    decompressed. ~50 ns per token at dim 64, 2 bits (1M index), 3-4x PLAID's centroid-only stage 3 per
-    document, paid back by a 4x smaller exact rerank (bench/RESULTS.md)."""
+    (:func:`byte_table_int8`, :func:`doc_max32`), so no row of ``centroids`` is read and no token
+    decompressed. ~18 ns per token at dim 64, 2 bits (1M index, AMD EPYC Zen 4), 3-4x PLAID's centroid-only
+    stage 3 per document, paid back by a 4x smaller exact rerank (bench/RESULTS.md)."""
     return refined_interaction_from(
         refined_interaction_tables(Q, table), centroid_scores, codes, packed, offsets, candidates
     )
@@ -95,9 +95,9 @@ def refined_interaction(Q, centroid_scores, codes, packed, offsets, candidates, 
 
 @njit(cache=True, nogil=True)
 def refined_interaction_tables(Q, table):
-    """Stage 3's int8 tables for one query, ``(lut, scale)`` (:func:`nibble_table_int8`, 32 columns at a time
-    for :func:`nibble_sums32`): built once per query, not once per segment (0.07-0.28 ms each at dims 64-128)."""
-    return nibble_table_int8(Q, table, (Q.shape[0] + 31) // 32 * 32)
+    """Stage 3's int8 tables for one query, ``(lut, scale)`` (:func:`byte_table_int8`, 32 columns at a time
+    for :func:`doc_max32`): built once per query, not once per segment."""
+    return byte_table_int8(Q, table, (Q.shape[0] + 31) // 32 * 32)
 
 
 def refined_interaction_from(tables, centroid_scores, codes, packed, offsets, candidates):
@@ -109,50 +109,31 @@ def refined_interaction_from(tables, centroid_scores, codes, packed, offsets, ca
 def _refined(lut, scale, centroid_scores, codes, packed, offsets, candidates):
     K, q_len = centroid_scores.shape
     nbytes = packed.shape[1]
-    q_pad = lut.shape[1]
     flat_lut = lut.reshape(lut.size)
-    flat_scores = centroid_scores.reshape(K * q_len)  # 1-D views for the prefetches and the row sums
+    flat_scores = centroid_scores.reshape(K * q_len)  # 1-D views for the intrinsic and the prefetches
     flat_packed = packed.reshape(packed.shape[0] * nbytes)
     n = candidates.shape[0]
     out = np.zeros(n, dtype=np.float32)
-    nblocks = (n + _BLOCK - 1) // _BLOCK
-    for blk in prange(nblocks):
-        best = np.empty((3, q_len), dtype=np.float32)  # rows 0/1: the running max (max_into); 2: one token's
-        residual = np.empty(q_pad, dtype=np.int16)  # one token's residual . each query token, in table units
+    for blk in prange((n + _BLOCK - 1) // _BLOCK):
+        best = np.empty(32, dtype=np.float32)
         for i in range(blk * _BLOCK, min(n, (blk + 1) * _BLOCK)):
             prefetch_candidate(offsets, candidates, i, codes, 1)
             prefetch_candidate(offsets, candidates, i, flat_packed, nbytes)
+            if i + 1 < n:  # the score rows of the next candidate's first tokens (doc_max32 prefetches the rest)
+                nlo, nhi = offsets[candidates[i + 1]], offsets[candidates[i + 1] + 1]
+                for u in range(nlo, min(nhi, nlo + _AHEAD_TOKENS)):
+                    row = codes[u] * q_len
+                    prefetch(flat_scores, row)
+                    prefetch(flat_scores, row + q_len - 1)
             d = candidates[i]
             lo, hi = offsets[d], offsets[d + 1]
             if hi == lo:
                 continue
-            for q in range(q_len):
-                best[0, q] = -np.inf
-            cur = 0
-            nlo, nhi = 0, 0  # the next candidate's tokens, whose rows are requested during this one's last tokens
-            if i + 1 < n:
-                nlo, nhi = offsets[candidates[i + 1]], offsets[candidates[i + 1] + 1]
-            for t in range(lo, hi):
-                # the score rows are random reads in a table of K rows: both ends of the row of the token
-                # _AHEAD_TOKENS on are requested (32 query tokens: two lines; the first alone: stage 3 1.14x
-                # slower), running on into the next candidate (its first rows not requested: 1.14-1.38x slower)
-                u = t + _AHEAD_TOKENS
-                if u >= hi:
-                    u = u - hi + nlo if u - hi + nlo < nhi else -1
-                if u >= 0:
-                    row = codes[u] * q_len
-                    prefetch(flat_scores, row)
-                    prefetch(flat_scores, row + q_len - 1)
-                for j in range(0, q_pad, 32):
-                    nibble_sums32(residual, j, flat_lut, j, flat_packed, t * nbytes, nbytes, q_pad)
-                c = codes[t]
-                for q in range(q_len):
-                    best[2, q] = centroid_scores[c, q] + np.float32(residual[q]) * scale[q]
-                max_into(best, 1 - cur, cur, best, 2)
-                cur = 1 - cur
             total = np.float32(0.0)
-            for q in range(q_len):
-                total += best[cur, q]
+            for j in range(0, q_len, 32):
+                doc_max32(best, flat_lut, scale, flat_scores, q_len, codes, flat_packed, lo, hi, j)
+                for q in range(min(32, q_len - j)):
+                    total += best[q]
             out[i] = total
     return out
 

@@ -117,27 +117,29 @@ def centroid_interaction(
     return out
 
 
-def nibble_table_int8(Q: np.ndarray, table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """What each half byte of a packed residual adds to each query token, rounded to int8 per query token.
+def byte_table_int8(Q: np.ndarray, table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """What each byte of a packed residual adds to each query token, rounded to int8 per query token.
 
-    Returns ``(lut [nbytes * 32, q_len] int8, scale [q_len] float32)``. Row ``32 b + h`` is for the high half
-    ``h`` of byte ``b`` (the dimensions it encodes . their bucket weights), row ``32 b + 16 + l`` for the low
-    half; ``lut * scale`` approximates those dot products, the largest of a column mapping to ``limit =
-    min(127, 32767 // (2 nbytes))`` so that a token's ``2 nbytes`` rows sum exactly in int16. Computed in
-    float64, where products of float32 values are exact and a half byte's one or two products (4 or 2 bits) are
-    rounded once, so the CPU kernel's table is this one to the bit however its compiler fuses the operations.
+    Returns ``(lut [nbytes * 256, q_len] int8, scale [q_len] float32)``. Row ``256 b + v`` is for value ``v`` of
+    byte ``b``: the dot products of the dimensions its high half encodes with their bucket weights, plus the
+    same for its low half (each half summed first); ``lut * scale`` approximates it, the largest of a column
+    mapping to ``limit = min(127, 32767 // nbytes)`` so that a token's ``nbytes`` rows sum exactly in int16.
+    Computed in float64, where products of float32 values are exact and each half's one or two products (4 or
+    2 bits) and the halves' sum are rounded in a fixed order, so the CPU kernel's table is this one to the bit
+    however its compiler fuses the operations.
     """
     nbytes, _, per_byte = table.shape
     half = per_byte // 2
     Q = np.asarray(Q, dtype=np.float32).astype(np.float64)
     weights = table.astype(np.float64)
-    lut = np.zeros((nbytes, 2, 16, len(Q)))
+    halves = np.zeros((nbytes, 2, 16, len(Q)))
     for b in range(nbytes):
         for k in range(half):
-            lut[b, 0] += weights[b, np.arange(16) << 4, k][:, None] * Q[:, b * per_byte + k][None, :]
-            lut[b, 1] += weights[b, np.arange(16), half + k][:, None] * Q[:, b * per_byte + half + k][None, :]
-    lut = lut.reshape(nbytes * 32, len(Q))
-    limit = min(127, max(1, 32767 // max(1, 2 * nbytes)))
+            halves[b, 0] += weights[b, np.arange(16) << 4, k][:, None] * Q[:, b * per_byte + k][None, :]
+            halves[b, 1] += weights[b, np.arange(16), half + k][:, None] * Q[:, b * per_byte + half + k][None, :]
+    v = np.arange(256)
+    lut = (halves[:, 0, v >> 4] + halves[:, 1, v & 15]).reshape(nbytes * 256, len(Q))
+    limit = min(127, max(1, 32767 // max(1, nbytes)))
     peak = np.abs(lut).max(axis=0) if len(lut) else np.zeros(len(Q))
     step = (peak / limit).astype(np.float32)
     used = step >= np.finfo(np.float32).tiny  # a column whose step underflows float32 is all zeros, scale 1
@@ -161,12 +163,12 @@ def refined_interaction(
     A doc token with centroid ``c`` and residual ``r`` scores ``centroid_scores[c, q] + Q[q] . r``, that is
     ``Q[q] . (centroid + residual)``: :func:`exact_maxsim` with ``normalize=False`` (how the device path
     computes it). For unit vectors the norms it skips are within a few percent of 1, so it ranks nearly as
-    :func:`exact_maxsim` does. ``quantised``: ``Q[q] . r`` from :func:`nibble_table_int8`'s rows, summed
+    :func:`exact_maxsim` does. ``quantised``: ``Q[q] . r`` from :func:`byte_table_int8`'s rows, summed
     exactly and times ``scale[q]``: what the CPU kernel computes without reading a centroid row (within
     ~0.02 of the float score per document at dim 64, 2 bits; the exact rerank that follows is unaffected).
     """
     if quantised:
-        lut, scale = nibble_table_int8(Q, table)
+        lut, scale = byte_table_int8(Q, table)
         lut = lut.astype(np.int32)
     out = np.zeros(len(candidates), dtype=np.float32)
     for i, d in enumerate(candidates):
@@ -174,9 +176,8 @@ def refined_interaction(
         if hi == lo:
             continue
         if quantised:
-            b = np.arange(packed.shape[1]) * 32
-            v = packed[lo:hi].astype(np.int64)
-            sums = lut[b + (v >> 4)].sum(axis=1) + lut[b + 16 + (v & 15)].sum(axis=1)  # [n_tokens, q_len]
+            rows = np.arange(packed.shape[1]) * 256 + packed[lo:hi].astype(np.int64)
+            sums = lut[rows].sum(axis=1)  # [n_tokens, q_len]
             residual = sums.astype(np.float32) * scale
         else:
             residual = residuals_of(packed[lo:hi], table) @ Q.T
@@ -187,7 +188,7 @@ def refined_interaction(
 
 def refined_interaction_tables(Q: np.ndarray, table: np.ndarray) -> tuple:
     """What stage 3 needs of one query, computed once however many segments it scores: here ``(Q, table)``
-    themselves (the Numba backend's are its int8 tables, :func:`nibble_table_int8`)."""
+    themselves (the Numba backend's are its int8 tables, :func:`byte_table_int8`)."""
     return Q, table
 
 

@@ -354,33 +354,36 @@ def test_nibble_table(dim, nbits):
 @pytest.mark.parametrize("q_len", (1, 7, 40))
 @pytest.mark.parametrize("nbits", NBITS)
 @pytest.mark.parametrize("dim", (8, 48, 64, 128))
-def test_nibble_table_int8(dim, nbits, q_len):
+def test_byte_table_int8(dim, nbits, q_len):
     """The kernel's int8 table is the reference's to the bit (float64, products exact), padding columns are 0,
-    and ``lut * scale`` is the float table within half a step."""
+    and ``lut * scale`` is the float table within half a step; row ``256 b + v`` is the two half-byte rows."""
     rng = np.random.default_rng(735 + dim + nbits + q_len)
     _, _, table = _codec(rng, 5, dim, nbits)
     Q = _queries(rng, q_len, dim)
     q_pad = (q_len + 31) // 32 * 32
-    got, got_scale = numba_rows.nibble_table_int8(Q, table, q_pad)
-    want, scale = reference.nibble_table_int8(Q, table)
-    assert got.dtype == want.dtype == np.int8 and got.shape == (table.shape[0] * 32, q_pad)
+    got, got_scale = numba_rows.byte_table_int8(Q, table, q_pad)
+    want, scale = reference.byte_table_int8(Q, table)
+    nbytes = table.shape[0]
+    assert got.dtype == want.dtype == np.int8 and got.shape == (nbytes * 256, q_pad)
     np.testing.assert_array_equal(got[:, :q_len], want)
     np.testing.assert_array_equal(got_scale[:q_len], scale)
     np.testing.assert_array_equal(got[:, q_len:], 0)
-    assert np.abs(want).max() == min(127, 32767 // (2 * table.shape[0]))  # each column's peak takes the limit
-    lut = numba_rows.nibble_table(Q, table, q_pad)[:, :q_len]
+    assert np.abs(want).max() == min(127, 32767 // nbytes)  # each column's peak takes the limit
+    half = numba_rows.nibble_table(Q, table, q_pad)[:, :q_len]
+    v = np.arange(256)
+    lut = np.concatenate([half[32 * b + (v >> 4)] + half[32 * b + 16 + (v & 15)] for b in range(nbytes)])
     assert np.all(np.abs(want * scale - lut) <= scale / 2 * (1 + 1e-5))
 
 
-def test_nibble_table_int8_tiny_query_tokens():
+def test_byte_table_int8_tiny_query_tokens():
     """A query token so small that its table's step underflows float32 gets a zero column (scale 1) in both
     the kernel and the reference, instead of a division by zero (Numba) or inf -> int8 (numpy); one whose
     step is subnormal stays within the limit."""
     table = reference.decode_table(np.tile(np.float32([-0.05, -0.01, 0.01, 0.05]), (8, 1)), 2)
     Q = np.zeros((3, 8), dtype=np.float32)
     Q[0], Q[1], Q[2] = 0.35, 1e-44, 1.79e-42
-    got, got_scale = numba_rows.nibble_table_int8(Q, table, 32)
-    want, scale = reference.nibble_table_int8(Q, table)
+    got, got_scale = numba_rows.byte_table_int8(Q, table, 32)
+    want, scale = reference.byte_table_int8(Q, table)
     np.testing.assert_array_equal(got[:, :3], want)
     np.testing.assert_array_equal(got_scale[:3], scale)
     assert np.all(want[:, 1] == 0) and scale[1] == 1.0
@@ -393,8 +396,8 @@ def test_nibble_table_int8_tiny_query_tokens():
 
 def _quantisation_bound(Q, table) -> float:
     """The most rounding the int8 tables can move a document's stage-3 score: half a step on each of a
-    token's ``2 nbytes`` rows, for every query token."""
-    return float(reference.nibble_table_int8(Q, table)[1].sum() * table.shape[0])
+    token's ``nbytes`` rows, for every query token."""
+    return float(reference.byte_table_int8(Q, table)[1].sum() * table.shape[0] / 2)
 
 
 @pytest.mark.parametrize("q_len", (*Q_LENS, 40))  # 40: two 32-column blocks of the lookup sums
@@ -420,6 +423,23 @@ def test_refined_interaction(dim, nbits, q_len):
     assert got[candidates == 3].tolist() == [0.0] * int((candidates == 3).sum())  # the empty doc
 
 
+@pytest.mark.parametrize(("dim", "nbits"), ((4, 2), (12, 2), (6, 4)))  # 1 or 3 bytes: an odd last byte
+def test_refined_interaction_odd_bytes(dim, nbits):
+    """Residuals of an odd number of bytes: the kernel sums bytes in pairs, and the last one alone."""
+    rng = np.random.default_rng(760 + dim + nbits)
+    K, q_len = 5, 7
+    centroids, _, table = _codec(rng, K, dim, nbits)
+    codes, packed, offsets = _collection(rng, _lengths(rng), K, dim, nbits)
+    candidates = _candidates(rng, len(offsets) - 1)
+    Q = _queries(rng, q_len, dim)
+    S = reference.centroid_scores(centroids, Q)
+    args = (codes, packed, offsets, candidates, table)
+    got = numba_scoring.refined_interaction(Q, S, *args)
+    np.testing.assert_allclose(got, reference.refined_interaction(Q, S, *args, quantised=True), rtol=1e-5, atol=1e-5)
+    unnormalised = reference.exact_maxsim(Q, codes, packed, offsets, candidates, centroids, table, False)
+    assert np.abs(got - unnormalised).max() <= _quantisation_bound(Q, table) + _atol(q_len)
+
+
 @pytest.mark.parametrize("backend", ("numpy", "numba"))
 def test_refined_interaction_tables_once(backend):
     """Stage 3 from tables built once per query (as search shares them between segments) = the one-call kernel,
@@ -443,7 +463,7 @@ def test_refined_interaction_tables_once(backend):
 @pytest.mark.parametrize("dim", (256, 512))
 def test_refined_interaction_int16_headroom(dim):
     """Every table entry at the limit and every byte selecting it: a token's sum is the largest the int16
-    accumulators are sized for (dim 512, 4 bits: 512 rows of 63), and must not wrap."""
+    accumulators are sized for (dim 512, 4 bits: 256 rows of 127), and must not wrap."""
     nbits, K, q_len = 4, 3, 33
     nbytes = dim * nbits // 8
     table = np.full((nbytes, 256, 8 // nbits), 0.01, dtype=np.float32)
@@ -453,8 +473,8 @@ def test_refined_interaction_int16_headroom(dim):
     offsets = np.array([0, 2, 5], dtype=np.int64)
     candidates = np.array([0, 1], dtype=np.int32)
     S = np.zeros((K, q_len), dtype=np.float32)
-    lut, scale = reference.nibble_table_int8(Q, table)
-    assert np.all(lut == min(127, 32767 // (2 * nbytes)))
+    lut, scale = reference.byte_table_int8(Q, table)
+    assert np.all(lut == min(127, 32767 // nbytes))
     got = numba_scoring.refined_interaction(Q, S, codes, packed, offsets, candidates, table)
     want = np.float32(q_len * dim * 0.01 * dim**-0.5)  # every residual dimension 0.01, every query one 1/sqrt(dim)
     np.testing.assert_allclose(got, want, rtol=1e-4)

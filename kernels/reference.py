@@ -100,21 +100,50 @@ def centroid_interaction(
     offsets: np.ndarray,
     candidates: np.ndarray,
     threshold: float,
+    quantised: bool = False,
 ) -> np.ndarray:
     """Approximate MaxSim of each candidate using only its tokens' centroids.
 
     ``centroid_scores`` is ``[K, q_len]`` (query token scores of every centroid). A doc token whose
     centroid scores below ``threshold`` for every query token is pruned; a document left with no
-    token scores 0. ``threshold=-inf`` disables pruning.
+    token scores 0. ``threshold=-inf`` disables pruning. ``quantised``: the kept rows rounded to int8
+    (:func:`kept_rows_int8`), the maxima summed exactly and times the step, as the CPU kernel computes it
+    (within ``q_len / 2`` steps of the float score).
     """
     keep = centroid_scores.max(axis=1) >= np.float32(threshold)  # compared in float32, as the kernels do
+    table, step = centroid_scores, np.float32(1.0)
+    if quantised:
+        remap, rows, step = kept_rows_int8(centroid_scores, threshold)
+        table = rows[remap, : centroid_scores.shape[1]].astype(np.int64)
     out = np.zeros(len(candidates), dtype=np.float32)
     for i, d in enumerate(candidates):
         c = codes[offsets[d] : offsets[d + 1]].astype(np.int64)
         c = c[keep[c]]
         if len(c):
-            out[i] = centroid_scores[c].max(axis=0).sum()
+            best = table[c].max(axis=0).sum()
+            out[i] = np.float32(best) * step if quantised else best
     return out
+
+
+def kept_rows_int8(centroid_scores: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np.float32]:
+    """Stage 2's int8 table: ``(remap [K] int32, rows [1 + kept, q_pad] int8, step float32)``.
+
+    Kept centroids (some query token scores ``>= threshold``) are numbered from 1 in id order; ``rows[remap[c]]``
+    is centroid ``c``'s scores over ``step`` rounded to nearest (float32 division) and clipped to +-127, padded
+    with 0 to ``q_pad`` (a multiple of 32) columns; pruned centroids map to row 0, all -128. ``step`` is the
+    largest magnitude among the kept rows' scores over 127 (float32), 1 when that is 0 or subnormal.
+    """
+    S = np.asarray(centroid_scores, dtype=np.float32)
+    K, q_len = S.shape
+    keep = S.max(axis=1) >= np.float32(threshold) if q_len else np.zeros(K, bool)
+    remap = np.zeros(K, dtype=np.int32)
+    remap[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
+    peak = np.abs(S[keep]).max() if keep.any() and q_len else np.float32(0.0)
+    step = np.float32(peak) / np.float32(127.0) if peak >= np.finfo(np.float32).tiny else np.float32(1.0)
+    rows = np.zeros((int(keep.sum()) + 1, (q_len + 31) // 32 * 32), dtype=np.int8)
+    rows[0] = -128
+    rows[1:, :q_len] = np.clip(np.rint(S[keep] / step), -127, 127).astype(np.int8)
+    return remap, rows, np.float32(step)
 
 
 def byte_table_int8(Q: np.ndarray, table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

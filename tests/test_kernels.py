@@ -256,7 +256,10 @@ def test_centroid_interaction(q_len, K, pruning):
     ref = reference.centroid_interaction(S, codes, offsets, candidates, threshold)
     got = numba_scoring.centroid_interaction(S, codes, offsets, candidates, threshold)
     assert ref.dtype == got.dtype == np.float32 and got.shape == candidates.shape
-    np.testing.assert_allclose(got, ref, rtol=RTOL, atol=_atol(q_len))
+    # the kernel's int8 arithmetic is the quantised reference's exactly, and within q_len half steps of float
+    quantised = reference.centroid_interaction(S, codes, offsets, candidates, threshold, quantised=True)
+    np.testing.assert_array_equal(got, quantised)
+    np.testing.assert_allclose(got, ref, rtol=0, atol=_interaction_bound(S, threshold))
     assert got[candidates == 3].tolist() == [0.0] * int((candidates == 3).sum())  # the empty doc
     if pruning == "all":
         np.testing.assert_array_equal(got, 0.0)
@@ -264,7 +267,31 @@ def test_centroid_interaction(q_len, K, pruning):
         for i, d in enumerate(candidates[:6]):
             c = codes[offsets[d] : offsets[d + 1]].astype(np.int64)
             expected = S[c].max(axis=0).sum() if len(c) else 0.0
-            np.testing.assert_allclose(got[i], expected, rtol=RTOL, atol=_atol(q_len))
+            np.testing.assert_allclose(got[i], expected, rtol=0, atol=_interaction_bound(S, threshold))
+
+
+def _interaction_bound(S, threshold) -> float:
+    """The most the int8 rows can move a stage-2 score: half a step per query token (and float32 sums)."""
+    step = reference.kept_rows_int8(S, threshold)[2]
+    return float(S.shape[1] * step / 2 * (1 + 1e-5) + _atol(S.shape[1]))
+
+
+@pytest.mark.parametrize("q_len", (*Q_LENS, 40))
+def test_kept_rows_int8(q_len):
+    """The kernel's stage-2 table is the reference's to the bit: kept centroids numbered from 1 in id order,
+    row 0 all -128, rows within half a step of the scores, padding 0."""
+    rng = np.random.default_rng(610 + q_len)
+    S = (0.4 * rng.standard_normal((200, q_len))).astype(np.float32)
+    threshold = float(np.median(S.max(axis=1)))  # about half the centroids kept
+    remap, rows, step = numba_scoring.kept_rows_int8(S, threshold)
+    for got, want in zip((remap, rows, step), reference.kept_rows_int8(S, threshold)):
+        np.testing.assert_array_equal(got, want)
+    keep = S.max(axis=1) >= np.float32(threshold)
+    assert 0 < keep.sum() < len(S) and rows.shape == (keep.sum() + 1, (q_len + 31) // 32 * 32)
+    np.testing.assert_array_equal(remap[keep], np.arange(1, keep.sum() + 1))
+    np.testing.assert_array_equal(remap[~keep], 0)
+    assert np.all(rows[0] == -128) and np.all(rows[1:, q_len:] == 0) and np.abs(rows[1:]).max() == 127
+    assert np.all(np.abs(rows[remap[keep], :q_len] * step - S[keep]) <= step / 2 * (1 + 1e-5))
 
 
 def test_centroid_interaction_fully_pruned_doc_scores_zero():
@@ -277,7 +304,8 @@ def test_centroid_interaction_fully_pruned_doc_scores_zero():
         ref = reference.centroid_interaction(S, codes, offsets, candidates, threshold)
         got = numba_scoring.centroid_interaction(S, codes, offsets, candidates, threshold)
         np.testing.assert_allclose(ref, expected, rtol=1e-6)
-        np.testing.assert_allclose(got, expected, rtol=1e-6)
+        np.testing.assert_allclose(got, expected, rtol=0, atol=_interaction_bound(S, threshold))
+        assert (got[[0, 2]] == 0.0).all() == (threshold == 0.0)  # exactly 0 when pruned
 
 
 def test_centroid_interaction_threshold_not_float32_representable():
@@ -289,8 +317,8 @@ def test_centroid_interaction_threshold_not_float32_representable():
     candidates = np.zeros(1, dtype=np.int32)
     ref = reference.centroid_interaction(S, codes, offsets, candidates, threshold)
     got = numba_scoring.centroid_interaction(S, codes, offsets, candidates, threshold)
-    np.testing.assert_array_equal(got, ref)
-    assert got[0] == np.float32(threshold)  # both compare in float32: the token is kept
+    assert ref[0] == np.float32(threshold)  # both compare in float32: the token is kept
+    assert got[0] == np.float32(127) * (np.float32(threshold) / np.float32(127))  # its row: 127 steps
 
 
 @pytest.mark.parametrize("q_len", Q_LENS)

@@ -15,15 +15,9 @@ from numba import njit, prange
 
 from .numba_codec import decompress_range
 from .numba_prefetch import prefetch, prefetch_candidate
-from .numba_rows import _NO_TOKEN, byte_table_int8, doc_max32, doc_max_int8, max_into, row_scores
+from .numba_rows import _NO_TOKEN, _TINY, AHEAD_TOKENS, byte_table_int8, doc_max32, doc_max_int8, max_into, row_scores
 
 _BLOCK = 32  # documents per parallel work item
-# prefetch distance, in doc tokens, for centroid-score rows in stage 3 (measured on the previous, centroid-only
-# stage 3: 1.21x at 1M, 1024 docs; 8 rather than 4 once max_into made each token cheaper: 1.07-1.3x at 1M,
-# 1.13-1.18x at 10k; with the lookup-table stage 3, 4 / 8 / 16 are within 12%, 8 never the slowest; in stage
-# 2, where ~85% of tokens are pruned, prefetching the kept ones' rows was slower)
-_AHEAD_TOKENS = 8
-_TINY = np.float32(np.finfo(np.float32).tiny)
 _EXACT_BLOCK_TOKENS = 4096  # decompressed tokens per row_scores call in stage 4
 
 
@@ -133,7 +127,7 @@ def _refined(lut, scale, centroid_scores, codes, packed, offsets, candidates):
             prefetch_candidate(offsets, candidates, i, flat_packed, nbytes)
             if i + 1 < n:  # the score rows of the next candidate's first tokens (doc_max32 prefetches the rest)
                 nlo, nhi = offsets[candidates[i + 1]], offsets[candidates[i + 1] + 1]
-                for u in range(nlo, min(nhi, nlo + _AHEAD_TOKENS)):
+                for u in range(nlo, min(nhi, nlo + AHEAD_TOKENS)):
                     row = codes[u] * q_len
                     prefetch(flat_scores, row)
                     prefetch(flat_scores, row + q_len - 1)

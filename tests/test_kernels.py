@@ -432,8 +432,19 @@ def _quantisation_bound(Q, table) -> float:
 @pytest.mark.parametrize("nbits", NBITS)
 @pytest.mark.parametrize("dim", DIMS)
 def test_refined_interaction(dim, nbits, q_len):
-    rng = np.random.default_rng(750 + dim + nbits + q_len)
-    K = 17
+    _check_refined_interaction(750 + dim + nbits + q_len, 17, dim, nbits, q_len)
+
+
+@pytest.mark.parametrize(("dim", "nbits"), ((4, 2), (12, 2), (6, 4)))  # 1 or 3 bytes: an odd last byte
+def test_refined_interaction_odd_bytes(dim, nbits):
+    """Residuals of an odd number of bytes: the kernel sums bytes in pairs, and the last one alone."""
+    _check_refined_interaction(760 + dim + nbits, 5, dim, nbits, 7)
+
+
+def _check_refined_interaction(seed: int, K: int, dim: int, nbits: int, q_len: int) -> None:
+    """The kernel against the quantised reference, and against exact un-normalised MaxSim within the tables'
+    rounding."""
+    rng = np.random.default_rng(seed)
     centroids, _, table = _codec(rng, K, dim, nbits)
     codes, packed, offsets = _collection(rng, _lengths(rng), K, dim, nbits)
     candidates = _candidates(rng, len(offsets) - 1)
@@ -449,23 +460,6 @@ def test_refined_interaction(dim, nbits, q_len):
     np.testing.assert_allclose(reference.refined_interaction(Q, S, *args), unnormalised, rtol=RTOL, atol=_atol(q_len))
     assert np.abs(got - unnormalised).max() <= _quantisation_bound(Q, table) + _atol(q_len)
     assert got[candidates == 3].tolist() == [0.0] * int((candidates == 3).sum())  # the empty doc
-
-
-@pytest.mark.parametrize(("dim", "nbits"), ((4, 2), (12, 2), (6, 4)))  # 1 or 3 bytes: an odd last byte
-def test_refined_interaction_odd_bytes(dim, nbits):
-    """Residuals of an odd number of bytes: the kernel sums bytes in pairs, and the last one alone."""
-    rng = np.random.default_rng(760 + dim + nbits)
-    K, q_len = 5, 7
-    centroids, _, table = _codec(rng, K, dim, nbits)
-    codes, packed, offsets = _collection(rng, _lengths(rng), K, dim, nbits)
-    candidates = _candidates(rng, len(offsets) - 1)
-    Q = _queries(rng, q_len, dim)
-    S = reference.centroid_scores(centroids, Q)
-    args = (codes, packed, offsets, candidates, table)
-    got = numba_scoring.refined_interaction(Q, S, *args)
-    np.testing.assert_allclose(got, reference.refined_interaction(Q, S, *args, quantised=True), rtol=1e-5, atol=1e-5)
-    unnormalised = reference.exact_maxsim(Q, codes, packed, offsets, candidates, centroids, table, False)
-    assert np.abs(got - unnormalised).max() <= _quantisation_bound(Q, table) + _atol(q_len)
 
 
 @pytest.mark.parametrize("backend", ("numpy", "numba"))

@@ -233,39 +233,40 @@ _NO_TOKEN = -(1 << 62)  # doc_max_int8's result for a document with no kept toke
 
 
 @intrinsic
-def doc_max_int8(typingctx, rows, remap, codes, lo, hi, col):
-    """The sum over 32 lanes of the max over tokens ``t`` in ``[lo, hi)`` of ``rows[remap[codes[t]], col:col+32]``
-    (int8), or ``_NO_TOKEN`` when every token maps to row 0 (all -128: pruned): stage 2 for one document.
+def doc_max_int8(typingctx, rows, block, remap, codes, lo, hi):
+    """The sum over 32 lanes of the max over tokens ``t`` in ``[lo, hi)`` of ``rows[block, remap[codes[t]]]``
+    (int8), or ``_NO_TOKEN`` when every token maps to the pruned row (all -128): stage 2 for one document.
 
-    ``rows`` int8 2-D (C-contiguous, at least ``col + 32`` columns), ``remap`` int32 1-D, ``codes`` uint16 1-D;
-    nothing is bounds-checked. Every token is looked up (no branch on pruning, a coin flip for the predictor)
-    in a table of the kept centroids' rows small enough for L1/L2, and the running max stays in one register:
-    stage 2 1.6x faster than a branch-free compaction of the kept tokens followed by float maxima (1M index,
-    cold caches, side by side).
+    ``rows`` int8 ``[blocks, n_rows, 32]`` (C-contiguous), ``remap`` and ``codes`` uint16 or uint32 1-D; nothing
+    is bounds-checked. Every token is looked up (no branch on pruning, a coin flip for the predictor) in a table
+    of the kept centroids' rows small enough for L1/L2, and the running max stays in one register: stage 2 1.6x
+    faster than a branch-free compaction of the kept tokens followed by float maxima (1M index, cold caches,
+    side by side).
     """
-    if not (isinstance(rows, types.Array) and rows.ndim == 2 and rows.dtype == types.int8):
+    if not (isinstance(rows, types.Array) and rows.ndim == 3 and rows.dtype == types.int8):
         return None
-    if not (isinstance(remap, types.Array) and remap.dtype == types.int32):
+    unsigned = (types.uint16, types.uint32)
+    if not all(isinstance(x, types.Array) and x.ndim == 1 and x.dtype in unsigned for x in (remap, codes)):
         return None
-    if not (isinstance(codes, types.Array) and codes.dtype == types.uint16):
-        return None
-    if not all(isinstance(x, types.Integer) for x in (lo, hi, col)):
+    if not all(isinstance(x, types.Integer) for x in (block, lo, hi)):
         return None
 
     def codegen(context, builder, signature, args):
         i8, i32, i64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
         bytes_t, wide_t = ir.VectorType(i8, 32), ir.VectorType(i32, 32)
-        ary = [context.make_array(signature.args[k])(context, builder, args[k]) for k in range(3)]
-        rows_p, remap_p, codes_p = (a.data for a in ary)
-        stride = builder.extract_value(ary[0].strides, 0)
-        lo, hi, col = (context.cast(builder, args[k], signature.args[k], types.int64) for k in (3, 4, 5))
+        rows_p, remap_p, codes_p = (
+            context.make_array(signature.args[k])(context, builder, args[k]).data for k in (0, 2, 3)
+        )
+        block, lo, hi = (context.cast(builder, args[k], signature.args[k], types.int64) for k in (1, 4, 5))
+        n_rows = builder.extract_value(context.make_array(signature.args[0])(context, builder, args[0]).shape, 1)
+        first = builder.gep(rows_p, [builder.mul(block, builder.shl(n_rows, i64(5)))])
 
         best = cgutils.alloca_once_value(builder, ir.Constant(bytes_t, [-128] * 32))
         with cgutils.for_range(builder, builder.sub(hi, lo)) as tokens:
             code = builder.zext(builder.load(builder.gep(codes_p, [builder.add(lo, tokens.index)])), i64)
-            r = builder.sext(builder.load(builder.gep(remap_p, [code])), i64)
-            p = builder.gep(rows_p, [builder.add(builder.mul(r, stride), col)])
-            x = builder.load(builder.bitcast(p, bytes_t.as_pointer()), align=1)
+            r = builder.zext(builder.load(builder.gep(remap_p, [code])), i64)
+            row = builder.gep(first, [builder.shl(r, i64(5))])
+            x = builder.load(builder.bitcast(row, bytes_t.as_pointer()), align=1)
             builder.store(
                 builder.call(
                     _llvm_function(builder, "llvm.smax.v32i8", bytes_t, bytes_t, bytes_t), [builder.load(best), x]
@@ -281,7 +282,7 @@ def doc_max_int8(typingctx, rows, remap, codes, lo, hi, col):
         )
         return builder.select(none, i64(_NO_TOKEN), builder.sext(total, i64))
 
-    return types.int64(rows, remap, codes, lo, hi, col), codegen
+    return types.int64(rows, block, remap, codes, lo, hi), codegen
 
 
 def _dot2(width: int):

@@ -114,7 +114,8 @@ def centroid_interaction(
     table, step = centroid_scores, np.float32(1.0)
     if quantised:
         remap, rows, step = kept_rows_int8(centroid_scores, threshold)
-        table = rows[remap, : centroid_scores.shape[1]].astype(np.int64)
+        table = rows[:, remap].transpose(1, 0, 2).reshape(len(remap), -1)  # [K, q_pad]
+        table = table[:, : centroid_scores.shape[1]].astype(np.int64)
     out = np.zeros(len(candidates), dtype=np.float32)
     for i, d in enumerate(candidates):
         c = codes[offsets[d] : offsets[d + 1]].astype(np.int64)
@@ -126,23 +127,27 @@ def centroid_interaction(
 
 
 def kept_rows_int8(centroid_scores: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np.float32]:
-    """Stage 2's int8 table: ``(remap [K] int32, rows [1 + kept, q_pad] int8, step float32)``.
+    """Stage 2's int8 table: ``(remap [K] uint16, rows [q_pad // 32, kept + 1, 32] int8, step float32)``.
 
-    Kept centroids (some query token scores ``>= threshold``) are numbered from 1 in id order; ``rows[remap[c]]``
-    is centroid ``c``'s scores over ``step`` rounded to nearest (float32 division) and clipped to +-127, padded
-    with 0 to ``q_pad`` (a multiple of 32) columns; pruned centroids map to row 0, all -128. ``step`` is the
-    largest magnitude among the kept rows' scores over 127 (float32), 1 when that is 0 or subnormal.
+    Kept centroids (some query token scores ``>= threshold``) are numbered from 0 in id order; ``rows[j, remap[c]]``
+    holds centroid ``c``'s scores for query tokens ``32 j .. 32 j + 31`` over ``step``, rounded to nearest (float32
+    division) and clipped to +-127, padded with 0 past ``q_len``; pruned centroids map to the last row, all -128.
+    ``remap`` is uint32 when ``K > 65536`` (the codes' own dtype rule). ``step`` is the largest magnitude among the
+    kept rows' scores over 127 (float32), 1 when that is 0 or subnormal.
     """
     S = np.asarray(centroid_scores, dtype=np.float32)
     K, q_len = S.shape
     keep = S.max(axis=1) >= np.float32(threshold) if q_len else np.zeros(K, bool)
-    remap = np.zeros(K, dtype=np.int32)
-    remap[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
+    n = int(keep.sum())
+    remap = np.full(K, n, dtype=np.uint16 if K <= 65536 else np.uint32)
+    remap[keep] = np.arange(n)
     peak = np.abs(S[keep]).max() if keep.any() and q_len else np.float32(0.0)
     step = np.float32(peak) / np.float32(127.0) if peak >= np.finfo(np.float32).tiny else np.float32(1.0)
-    rows = np.zeros((int(keep.sum()) + 1, (q_len + 31) // 32 * 32), dtype=np.int8)
-    rows[0] = -128
-    rows[1:, :q_len] = np.clip(np.rint(S[keep] / step), -127, 127).astype(np.int8)
+    q_pad = (q_len + 31) // 32 * 32
+    flat = np.zeros((n + 1, q_pad), dtype=np.int8)
+    flat[:n, :q_len] = np.clip(np.rint(S[keep] / step), -127, 127).astype(np.int8)
+    flat[n] = -128
+    rows = np.ascontiguousarray(flat.reshape(n + 1, q_pad // 32, 32).transpose(1, 0, 2))
     return remap, rows, np.float32(step)
 
 

@@ -278,8 +278,8 @@ def _interaction_bound(S, threshold) -> float:
 
 @pytest.mark.parametrize("q_len", (*Q_LENS, 40))
 def test_kept_rows_int8(q_len):
-    """The kernel's stage-2 table is the reference's to the bit: kept centroids numbered from 1 in id order,
-    row 0 all -128, rows within half a step of the scores, padding 0."""
+    """The kernel's stage-2 table is the reference's to the bit: kept centroids numbered from 0 in id order,
+    32 query tokens per block, the last row all -128 (pruned), rows within half a step of the scores, padding 0."""
     rng = np.random.default_rng(610 + q_len)
     S = (0.4 * rng.standard_normal((200, q_len))).astype(np.float32)
     threshold = float(np.median(S.max(axis=1)))  # about half the centroids kept
@@ -287,11 +287,31 @@ def test_kept_rows_int8(q_len):
     for got, want in zip((remap, rows, step), reference.kept_rows_int8(S, threshold)):
         np.testing.assert_array_equal(got, want)
     keep = S.max(axis=1) >= np.float32(threshold)
-    assert 0 < keep.sum() < len(S) and rows.shape == (keep.sum() + 1, (q_len + 31) // 32 * 32)
-    np.testing.assert_array_equal(remap[keep], np.arange(1, keep.sum() + 1))
-    np.testing.assert_array_equal(remap[~keep], 0)
-    assert np.all(rows[0] == -128) and np.all(rows[1:, q_len:] == 0) and np.abs(rows[1:]).max() == 127
-    assert np.all(np.abs(rows[remap[keep], :q_len] * step - S[keep]) <= step / 2 * (1 + 1e-5))
+    n = int(keep.sum())
+    assert 0 < n < len(S) and remap.dtype == np.uint16 and rows.shape == ((q_len + 31) // 32, n + 1, 32)
+    np.testing.assert_array_equal(remap[keep], np.arange(n))
+    np.testing.assert_array_equal(remap[~keep], n)
+    flat = rows.transpose(1, 0, 2).reshape(n + 1, -1)  # [row, q_pad]
+    assert np.all(flat[n] == -128) and np.all(flat[:n, q_len:] == 0) and np.abs(flat[:n]).max() == 127
+    assert np.all(np.abs(flat[remap[keep], :q_len] * step - S[keep]) <= step / 2 * (1 + 1e-5))
+
+
+def test_centroid_interaction_past_65536_centroids():
+    """Codebooks over 65536 centroids have uint32 codes: stage 2 remaps them through a uint32 table."""
+    rng = np.random.default_rng(611)
+    K = 65536 + 300
+    S = (0.4 * rng.standard_normal((K, 8))).astype(np.float32)
+    S[::500] = -2.0  # pruned at threshold -1; the rest kept, so row numbers pass 65535 too
+    codes = rng.integers(K - 600, K, 400).astype(np.uint32)  # ids on both sides of 65536
+    codes[:20] = np.arange(0, K, 500)[-20:]  # document 0: pruned tokens only
+    offsets = np.arange(0, 401, 20, dtype=np.int64)
+    candidates = np.arange(20)
+    remap = numba_scoring.kept_rows_int8(S, -1.0)[0]
+    assert remap.dtype == np.uint32 and remap[codes[20:]].max() > 65535
+    got = numba_scoring.centroid_interaction(S, codes, offsets, candidates, -1.0)
+    want = reference.centroid_interaction(S, codes, offsets, candidates, -1.0, quantised=True)
+    np.testing.assert_array_equal(got, want)
+    assert got[0] == 0 and np.all(got[1:] > 0)
 
 
 def test_centroid_interaction_fully_pruned_doc_scores_zero():

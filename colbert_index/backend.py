@@ -71,13 +71,15 @@ def one_blas_thread() -> Iterator[None]:
 
 def _numba_namespace() -> SimpleNamespace:
     try:
-        from colbert_index.kernels import numba_codec, numba_ivf, numba_scoring
+        from colbert_index.kernels import numba_codec, numba_ivf, numba_scoring, numba_vnni
     except ImportError as e:  # pragma: no cover - numba is a hard dependency
         raise ImportError(f"backend 'numba' needs numba: pip install numba ({e})") from e
     funcs = {}
     for mod in (numba_codec, numba_scoring, numba_ivf):
         funcs.update({name: getattr(mod, name) for name in KERNELS if hasattr(mod, name)})
     funcs["decode_table"] = reference.decode_table  # built once per index: no kernel needed
+    # stage 0 in int8 where the CPU has VNNI (codec.ResidualCodec.centroid_scores), the float kernel elsewhere
+    funcs["centroid_scores_int8"] = numba_vnni.centroid_scores_int8 if numba_vnni.HAS_VNNI else None
     return SimpleNamespace(name="numba", **funcs)
 
 

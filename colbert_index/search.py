@@ -159,7 +159,7 @@ def staged_search(
         return np.zeros(0, np.float32), np.zeros(0, np.int64)
     # [K, q_len]: one contiguous row of query-token scores per centroid, the layout stages 2/3 read.
     if S is None:
-        S = backend.centroid_scores(codec.centroids, Q)
+        S = codec.centroid_scores(Q, backend)
     nprobe = params.nprobe
     while True:  # stage 1; widen the probe in the rare case it finds fewer than k documents
         if params.nbound is None:

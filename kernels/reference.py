@@ -94,6 +94,25 @@ def centroid_scores(centroids: np.ndarray, Q: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(centroids @ Q.T, dtype=np.float32)
 
 
+def quantize_query(Q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Query tokens rounded to int8, one scale each: ``(int8 [q_len, dim], scale float32 [q_len])`` with
+    ``scale = max |Q[q]| / 127`` (1 for an all-zero token) and values ``rint(Q / scale)`` clipped to +-127."""
+    Q = np.asarray(Q, dtype=np.float32)
+    peak = np.abs(Q).max(axis=1) if Q.size else np.zeros(len(Q), np.float32)
+    scale = np.where(peak > 0, peak / np.float32(127.0), np.float32(1.0)).astype(np.float32)
+    return np.clip(np.rint(Q / scale[:, None]), -127, 127).astype(np.int8), scale
+
+
+def centroid_scores_int8(centroids_u8: np.ndarray, scales: np.ndarray, Q: np.ndarray) -> np.ndarray:
+    """Stage 0 in int8: ``[K, q_len]`` exact integer products of the stored int8 centroids (``centroids_u8``
+    minus 128: ``codec.ResidualCodec.centroids_u8``) with :func:`quantize_query`'s values, as float32, times the
+    query token's scale, times the centroid's ``scales`` (float32, in that order)."""
+    qi, sq = quantize_query(Q)
+    c = centroids_u8[:, : qi.shape[1]].astype(np.int64) - 128
+    dots = (c @ qi.T.astype(np.int64)).astype(np.float32)
+    return (dots * sq[None, :]) * np.asarray(scales, np.float32)[:, None]
+
+
 def centroid_interaction(
     centroid_scores: np.ndarray,
     codes: np.ndarray,

@@ -10,9 +10,10 @@ import doctest
 
 import numpy as np
 import pytest
-from colbert_index.kernels import numba_codec, numba_ivf, numba_rows, numba_scoring, reference
+from colbert_index.kernels import numba_codec, numba_ivf, numba_rows, numba_scoring, numba_vnni, reference
 
 from colbert_index.backend import get_backend
+from colbert_index.codec import ResidualCodec, dequantize_centroids, quantize_centroids
 from colbert_index.search import top_k
 
 DIMS = (48, 64, 96, 128)
@@ -225,6 +226,65 @@ def test_row_scores_leaves_other_rows():
         numba_rows.row_scores(A, Q, out)
         np.testing.assert_allclose(out[:5], A.astype(np.float64) @ Q.T.astype(np.float64), rtol=RTOL, atol=1e-5)
         np.testing.assert_array_equal(out[5:], 7.0)
+
+
+def _plain_codec(centroids: np.ndarray) -> ResidualCodec:
+    dim = centroids.shape[1]
+    return ResidualCodec(centroids, np.zeros((dim, 3), np.float32), np.zeros((dim, 4), np.float32), 2)
+
+
+@pytest.mark.parametrize("K", (0, 1, 37))
+@pytest.mark.parametrize("q_len", (1, 5, 8, 16, 24, 32, 40, 64))  # every column block width, and two blocks
+@pytest.mark.parametrize("dim", (6, 8, *DIMS))  # 6: rows padded to whole 4-byte groups
+def test_centroid_scores_int8(dim, q_len, K):
+    """Stage 0 in int8: the VNNI kernel is the reference to the bit, and the reference within the query's
+    rounding of the float scores of the stored centroids; an all-zero query token scores 0."""
+    rng = np.random.default_rng(520 + dim + q_len + K)
+    centroids = dequantize_centroids(*quantize_centroids(_unit(rng.standard_normal((K, dim)))))
+    Q = _queries(rng, q_len, dim)
+    if q_len > 2:
+        Q[1] = 0.0
+    u8, scales = _plain_codec(centroids).centroids_u8
+    assert u8.shape == (K, -(-dim // 4) * 4) and np.all(u8[:, dim:] == 128)
+    want = reference.centroid_scores_int8(u8, scales, Q)
+    assert want.dtype == np.float32 and want.shape == (K, q_len)
+    qi, sq = reference.quantize_query(Q)
+    error = (np.abs(centroids).sum(axis=1)[:, None] * sq[None, :] / 2) * (1 + 1e-5) + 1e-6  # half a step per dim
+    assert np.all(np.abs(want - centroids.astype(np.float64) @ Q.T.astype(np.float64)) <= error)
+    if q_len > 2:
+        np.testing.assert_array_equal(want[:, 1], 0.0)
+    if not numba_vnni.HAS_VNNI:
+        pytest.skip("this CPU has no VNNI: the int8 kernel is not used (the reference above is still checked)")
+    got = numba_vnni.centroid_scores_int8(u8, scales, Q)
+    assert got.dtype == np.float32 and got.shape == (K, q_len) and got.flags.c_contiguous
+    np.testing.assert_array_equal(got, want)
+
+
+def test_quantize_query_matches_reference():
+    rng = np.random.default_rng(530)
+    Q = (rng.standard_normal((9, 12)) * np.logspace(-3, 1, 9)[:, None]).astype(np.float32)
+    Q[4] = 0.0
+    packed, scale, sums = numba_vnni.quantize_query(Q, 12, 16)
+    qi, sq = reference.quantize_query(Q)
+    np.testing.assert_array_equal(scale[:9], sq)
+    np.testing.assert_array_equal(scale[9:], 1.0)
+    np.testing.assert_array_equal(packed.view(np.int8).reshape(3, 16, 4).transpose(1, 0, 2).reshape(16, 12)[:9], qi)
+    np.testing.assert_array_equal(sums[:9], 128 * qi.astype(np.int32).sum(axis=1))
+    assert np.abs(qi).max(axis=1)[[0, 1, 2, 3, 5, 6, 7, 8]].tolist() == [127] * 8
+
+
+def test_codec_centroid_scores_picks_the_int8_kernel_where_the_backend_has_it():
+    rng = np.random.default_rng(531)
+    centroids = dequantize_centroids(*quantize_centroids(_unit(rng.standard_normal((50, 64)))))
+    codec = _plain_codec(centroids)
+    Q = _queries(rng, 7, 64)
+    float_scores = reference.centroid_scores(centroids, Q)
+    np.testing.assert_array_equal(codec.centroid_scores(Q, get_backend("numpy")), float_scores)
+    got = codec.centroid_scores(Q, get_backend("numba"))
+    if numba_vnni.HAS_VNNI:
+        np.testing.assert_array_equal(got, reference.centroid_scores_int8(*codec.centroids_u8, Q))
+    else:
+        np.testing.assert_allclose(got, float_scores, rtol=RTOL, atol=1e-5)
 
 
 def _interaction_inputs(seed: int, q_len: int, K: int):

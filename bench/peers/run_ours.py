@@ -87,7 +87,7 @@ def profile(corpus: Corpus, index_dir: Path, k: int, threads: int, params: dict 
 
     def stages(Q: np.ndarray) -> tuple[dict, list]:
         t0 = time.process_time()
-        S = be.centroid_scores(codec.centroids, Q)
+        S = codec.centroid_scores(Q, be)
         t1 = time.process_time()
         nprobe = p.nprobe
         while True:

@@ -18,6 +18,8 @@ KERNELS = (
     "decompress",
     "centroid_scores",
     "centroid_interaction",
+    "centroid_interaction_tables",
+    "centroid_interaction_from",
     "refined_interaction",
     "refined_interaction_tables",
     "refined_interaction_from",
@@ -78,8 +80,8 @@ def _numba_namespace() -> SimpleNamespace:
     for mod in (numba_codec, numba_scoring, numba_ivf):
         funcs.update({name: getattr(mod, name) for name in KERNELS if hasattr(mod, name)})
     funcs["decode_table"] = reference.decode_table  # built once per index: no kernel needed
-    # stage 0 in int8 where the CPU has VNNI (codec.ResidualCodec.centroid_scores), the float kernel elsewhere
-    funcs["centroid_scores_int8"] = numba_vnni.centroid_scores_int8 if numba_vnni.HAS_VNNI else None
+    # stages 0-1 and stage 2's table in one int8 pass where the CPU has VNNI (search.query_tables)
+    funcs["query_tables_int8"] = numba_vnni.query_tables if numba_vnni.HAS_VNNI else None
     return SimpleNamespace(name="numba", **funcs)
 
 

@@ -207,12 +207,5 @@ class ResidualCodec:
         u8[:, : self.dim] = q.view(np.uint8) ^ np.uint8(0x80)
         return u8, scales
 
-    def centroid_scores(self, Q: np.ndarray, backend) -> np.ndarray:
-        """Stage 0: ``[K, q_len]`` scores of every centroid against every query token. With a backend that
-        has ``centroid_scores_int8`` (Numba on a CPU with VNNI) the query tokens are rounded to int8 and scored
-        against the stored int8 centroids (3.4x faster at K=65536; within ~0.005 of the float scores)."""
-        int8 = getattr(backend, "centroid_scores_int8", None)
-        return int8(*self.centroids_u8, Q) if int8 is not None else backend.centroid_scores(self.centroids, Q)
-
     def decompress(self, codes: np.ndarray, packed: np.ndarray, backend) -> np.ndarray:
         return backend.decompress(codes, packed, self.centroids, self.table, self.normalize)

@@ -136,18 +136,15 @@ def staged_search(
     params: SearchParams,
     data,
     backend,
-    S: np.ndarray | None = None,
     deleted: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One query through the four stages; returns ``(scores, slots)`` of length ``min(k, live docs)``.
 
     ``data``: one index's arrays, or a list of segments' arrays that share one codebook. Segments are
     searched as one index: every stage keeps its best candidates across all of them, and slot ``s`` of
-    segment ``i`` is returned as ``s`` plus the documents of segments ``0..i-1``.
-    ``S``: the query's ``[K, q_len]`` centroid scores, when the caller shares them between indexes of
-    one codebook. ``deleted``: bool ``[n_docs]`` (a list of such or ``None`` with segments), slots that
-    must never be returned; they are dropped right after the probe, so they never take a candidate's
-    place in a later stage.
+    segment ``i`` is returned as ``s`` plus the documents of segments ``0..i-1``. ``deleted``: bool
+    ``[n_docs]`` (a list of such or ``None`` with segments), slots that must never be returned; they are
+    dropped right after the probe, so they never take a candidate's place in a later stage.
     """
     segs = list(data) if isinstance(data, (list, tuple)) else [data]
     dels = [deleted] if not isinstance(data, (list, tuple)) else (deleted or [None] * len(segs))
@@ -157,13 +154,12 @@ def staged_search(
     k = min(k, int(bases[-1]) - sum(int(np.count_nonzero(x)) for x in dels if x is not None))
     if k <= 0:
         return np.zeros(0, np.float32), np.zeros(0, np.int64)
-    # [K, q_len]: one contiguous row of query-token scores per centroid, the layout stages 2/3 read.
-    if S is None:
-        S = codec.centroid_scores(Q, backend)
+    S, first_cells, stage2 = query_tables(codec, Q, backend, params)
     nprobe = params.nprobe
     while True:  # stage 1; widen the probe in the rare case it finds fewer than k documents
         if params.nbound is None:
-            cells, bounds = backend.probe_cells(S, nprobe), None
+            cells = first_cells if nprobe == params.nprobe else backend.probe_cells(S, nprobe)
+            bounds = None
             cands = [backend.probe(cells, d.ivf_offsets, d.ivf_docs, d.n_docs) for d in segs]
             cands = [c if x is None else c[~x[c]] for c, x in zip(cands, dels)]
         else:
@@ -181,8 +177,9 @@ def staged_search(
     if nbound is not None and sum(map(len, cands)) > nbound:  # the best by the bound (sorted: memory order)
         cands = [np.sort(c) for c in _best_across(bounds, cands, bases, nbound)]
     if sum(map(len, cands)) > ndocs:  # stage 2: centroid interaction with pruning
-        thr = params.centroid_score_threshold
-        approx = [backend.centroid_interaction(S, d.codes, d.offsets, c, thr) for d, c in zip(segs, cands)]
+        if stage2 is None:  # once for every segment
+            stage2 = backend.centroid_interaction_tables(S, params.centroid_score_threshold)
+        approx = [backend.centroid_interaction_from(stage2, d.codes, d.offsets, c) for d, c in zip(segs, cands)]
         cands = _best_across(approx, cands, bases, ndocs)
     if sum(map(len, cands)) > n_exact:  # stage 3: every token with its residual, not normalised
         luts = backend.refined_interaction_tables(Q, codec.table)  # once for every segment
@@ -193,6 +190,22 @@ def staged_search(
     tables = (codec.centroids, codec.table, codec.normalize)
     scores = [backend.exact_maxsim(Q, d.codes, d.residuals, d.offsets, c, *tables) for d, c in zip(segs, cands)]
     return top_k(np.concatenate(scores), np.concatenate([c + b for c, b in zip(cands, bases)]), k)  # stage 4
+
+
+def query_tables(codec, Q: np.ndarray, backend, params: SearchParams) -> tuple:
+    """Stage 0 and what the next stages take from it: ``(S, cells, stage-2 table or None)``.
+
+    ``S [K, q_len]``: one contiguous row of query-token scores per centroid, the layout stages 2/3 read. A backend
+    with ``query_tables_int8`` (Numba on a CPU with VNNI) scores int8 query tokens against the stored int8
+    centroids and gives stage 1's cells and stage 2's table from the same pass (:mod:`kernels.numba_vnni`);
+    otherwise ``S`` is the float product, the cells are probed from it (``None`` with ``nbound``, which probes
+    its own) and stage 2 builds its table if it runs.
+    """
+    fused = getattr(backend, "query_tables_int8", None)
+    if fused is not None:
+        return fused(*codec.centroids_u8, Q, params.nprobe, params.centroid_score_threshold)
+    S = backend.centroid_scores(codec.centroids, Q)
+    return S, backend.probe_cells(S, params.nprobe) if params.nbound is None else None, None
 
 
 def _cells_and_floor(backend, S: np.ndarray, nprobe: int) -> tuple[np.ndarray, np.ndarray]:

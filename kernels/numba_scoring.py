@@ -38,6 +38,17 @@ def centroid_interaction(centroid_scores, codes, offsets, candidates, threshold)
     return _interaction(*kept_rows_int8(centroid_scores, threshold), codes, offsets, candidates)
 
 
+def centroid_interaction_tables(centroid_scores, threshold):
+    """Stage 2's table for one query (:func:`kept_rows_int8`): built once, not once per segment."""
+    return kept_rows_int8(centroid_scores, threshold)
+
+
+def centroid_interaction_from(tables, codes, offsets, candidates):
+    """:func:`centroid_interaction` from :func:`centroid_interaction_tables`' result (or the third of
+    ``numba_vnni.query_tables``')."""
+    return _interaction(*tables, codes, offsets, candidates)
+
+
 def kept_rows_int8(centroid_scores, threshold):
     """``(remap [K] uint16, rows [q_pad // 32, kept + 1, 32] int8, step float32)``: ``rows[j, remap[c]]`` is
     centroid ``c``'s scores for query tokens ``32 j ..`` over ``step`` rounded (``reference.kept_rows_int8``'s
@@ -55,7 +66,7 @@ def kept_rows_int8(centroid_scores, threshold):
 def _fill_kept_rows(centroid_scores, thr, remap):
     """:func:`kept_rows_int8` into ``remap``; returns ``(rows, step)``."""
     K, q_len = centroid_scores.shape
-    keep = np.zeros(K, dtype=np.bool_)
+    kept = np.empty(K, dtype=np.int64)
     n = 0
     peak = np.float32(0.0)
     for c in range(K):
@@ -63,23 +74,30 @@ def _fill_kept_rows(centroid_scores, thr, remap):
         for q in range(q_len):  # an OR of comparisons vectorises; a running max did not (2.8x slower)
             k |= centroid_scores[c, q] >= thr
         if k:
-            keep[c] = True
+            kept[n] = c
             n += 1
             for q in range(q_len):
                 peak = max(peak, abs(centroid_scores[c, q]))
+    return int8_rows(centroid_scores, kept, kept[:n], peak, remap)
+
+
+@njit(cache=True, nogil=True)
+def int8_rows(src, src_rows, kept, peak, remap):
+    """Stage 2's table from the kept centroids' float score rows: ``src[src_rows[j]]`` is the row of centroid
+    ``kept[j]`` (ascending ids), ``peak`` their largest magnitude. Fills ``remap`` and returns ``(rows, step)``
+    (:func:`kept_rows_int8`)."""
+    n, q_len = kept.shape[0], src.shape[1]
     step = peak / np.float32(127.0) if peak >= _TINY else np.float32(1.0)
     remap[:] = n
     rows = np.zeros(((q_len + 31) // 32, n + 1, 32), dtype=np.int8)
     rows[:, n, :] = -128
-    r = 0
-    for c in range(K):
-        if keep[c]:
-            remap[c] = r
-            for q in range(q_len):
-                rows[q // 32, r, q % 32] = np.int8(
-                    min(np.float32(127.0), max(np.float32(-127.0), np.rint(centroid_scores[c, q] / step)))
-                )
-            r += 1
+    for j in range(n):
+        remap[kept[j]] = j
+        r = src_rows[j]
+        for q in range(q_len):
+            rows[q // 32, j, q % 32] = np.int8(
+                min(np.float32(127.0), max(np.float32(-127.0), np.rint(src[r, q] / step)))
+            )
     return rows, step
 
 

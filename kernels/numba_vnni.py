@@ -21,7 +21,9 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from .numba_ivf import _trailing_zeros, probe_insert
 from .numba_rows import _llvm_function
+from .numba_scoring import int8_rows
 
 
 def _has_vnni() -> bool:
@@ -65,25 +67,36 @@ def quantize_query(Q, dim_pad, q_pad):
 
 
 def _dot2_int8(width: int):
-    """An intrinsic ``dot2(out, o0, o1, a, a0, a1, qp, col, scale, sums, s0, s1)``: for the two uint8 rows of
-    ``a`` at byte offsets ``a0`` and ``a1`` (multiples of 4) and columns ``col:col+width`` of the packed query
-    ``qp [groups, stride]`` (int32, 2-D), ``out[o0:o0+width] = (dot - sums) * scale * s0`` and likewise at ``o1``
-    with ``s1``, ``dot`` the int32 products summed by ``vpdpbusd`` over all groups. Indices not checked."""
+    """An intrinsic ``dot2(out, o0, o1, a, a0, a1, qp, col, scale, sums, s0, s1, floor, thr, valid, kept)``: for
+    the two uint8 rows of ``a`` at byte offsets ``a0`` and ``a1`` (multiples of 4) and columns ``col:col+width``
+    of the packed query ``qp [groups, stride]`` (int32, 2-D), ``out[o0:o0+width] = (dot - sums) * scale * s0``
+    and likewise at ``o1`` with ``s1``, ``dot`` the int32 products summed by ``vpdpbusd`` over all groups.
+    Tested in registers over the first ``valid`` columns: returns the uint64 mask of the columns ``i`` where
+    ``out[o0 + i] > floor[col + i]`` (bits 0-31) and the same for the row at ``o1`` (bits 32-63), and ORs bit 0
+    (some ``out[o0 + i] >= thr``) and bit 1 (the same at ``o1``) into ``kept[0]``. Indices not checked."""
     nvec = width // 8
 
-    def dot2(typingctx, out, o0, o1, a, a0, a1, qp, col, scale, sums, s0, s1):
-        arrays = ((out, 1, types.float32), (a, 1, types.uint8), (qp, 2, types.int32), (scale, 1, types.float32))
+    def dot2(typingctx, out, o0, o1, a, a0, a1, qp, col, scale, sums, s0, s1, floor, thr, valid, kept):
+        arrays = (
+            (out, 1, types.float32),
+            (a, 1, types.uint8),
+            (qp, 2, types.int32),
+            (scale, 1, types.float32),
+            (sums, 1, types.int32),
+            (floor, 1, types.float32),
+            (kept, 1, types.int64),
+        )
         if not all(isinstance(x, types.Array) and x.ndim == nd and x.dtype == dt for x, nd, dt in arrays):
             return None
-        if not (isinstance(sums, types.Array) and sums.dtype == types.int32 and s0 == s1 == types.float32):
+        if not (s0 == s1 == thr == types.float32 and isinstance(valid, types.Integer)):
             return None
 
         def codegen(context, builder, sig, args):
             i32, i64, f32 = ir.IntType(32), ir.IntType(64), ir.FloatType()
             vi, vf = ir.VectorType(i32, 8), ir.VectorType(f32, 8)
             lane0 = ir.Constant(vi, [0] * 8)  # a shuffle mask: lane 0 everywhere
-            out_p, a_p, qp_p, scale_p, sums_p = (
-                context.make_array(sig.args[k])(context, builder, args[k]).data for k in (0, 3, 6, 8, 9)
+            out_p, a_p, qp_p, scale_p, sums_p, floor_p, kept_p = (
+                context.make_array(sig.args[k])(context, builder, args[k]).data for k in (0, 3, 6, 8, 9, 12, 15)
             )
             qp_a = context.make_array(sig.args[6])(context, builder, args[6])
             groups, stride = (builder.extract_value(qp_a.shape, k) for k in (0, 1))
@@ -109,16 +122,29 @@ def _dot2_int8(width: int):
                     y = builder.load(at(qp_p, builder.add(row, i64(8 * k)), vi), align=4)
                     builder.store(builder.call(dp, [builder.load(accs[k]), x0, y]), accs[k])
                     builder.store(builder.call(dp, [builder.load(accs[nvec + k]), x1, y]), accs[nvec + k])
-            for first, o, s in ((0, o0, args[10]), (nvec, o1, args[11])):
+            i1v = ir.VectorType(ir.IntType(1), 8)
+            any_of = _llvm_function(builder, "llvm.vector.reduce.or.v8i1", ir.IntType(1), i1v)
+            valid = splat(context.cast(builder, args[14], sig.args[14], types.int32), vi)
+            thr = splat(args[13], vf)
+            above, keep = i64(0), i64(0)
+            for first, o, s, row in ((0, o0, args[10], 0), (nvec, o1, args[11], 1)):
+                row_keep = ir.Constant(i1v, [0] * 8)
                 for k in range(nvec):
                     c = builder.add(col, i64(8 * k))
                     dot = builder.sub(builder.load(accs[first + k]), builder.load(at(sums_p, c, vi), align=4))
                     v = builder.fmul(builder.sitofp(dot, vf), builder.load(at(scale_p, c, vf), align=4))
                     v = builder.fmul(v, splat(s, vf))
                     builder.store(v, at(out_p, builder.add(o, i64(8 * k)), vf), align=4)
-            return context.get_dummy_value()
+                    lanes = builder.icmp_signed("<", ir.Constant(vi, list(range(8 * k, 8 * k + 8))), valid)
+                    gt = builder.fcmp_ordered(">", v, builder.load(at(floor_p, c, vf), align=4))
+                    bits = builder.zext(builder.bitcast(builder.and_(gt, lanes), ir.IntType(8)), i64)
+                    above = builder.or_(above, builder.shl(bits, i64(32 * row + 8 * k)))
+                    row_keep = builder.or_(row_keep, builder.and_(builder.fcmp_ordered(">=", v, thr), lanes))
+                keep = builder.or_(keep, builder.shl(builder.zext(builder.call(any_of, [row_keep]), i64), i64(row)))
+            builder.store(builder.or_(builder.load(kept_p), keep), kept_p)
+            return above
 
-        return types.void(out, o0, o1, a, a0, a1, qp, col, scale, sums, s0, s1), codegen
+        return types.uint64(out, o0, o1, a, a0, a1, qp, col, scale, sums, s0, s1, floor, thr, valid, kept), codegen
 
     dot2.__name__ = f"dot2_int8x{width}"
     return intrinsic(dot2)
@@ -127,36 +153,88 @@ def _dot2_int8(width: int):
 dot2_int8x8, dot2_int8x16, dot2_int8x24, dot2_int8x32 = (_dot2_int8(w) for w in (8, 16, 24, 32))
 
 
+def query_tables(centroids_u8, scales, Q, nprobe, threshold):
+    """Stage 0 and what stages 1 and 2 take from it, in one pass over the centroids: ``(S, cells, kept)``.
+
+    ``S [K, q_len]`` float32: ``reference.centroid_scores_int8`` (the query tokens rounded to int8,
+    :func:`quantize_query`, against ``centroids_u8 [K, dim_pad]``, the stored int8 centroids plus 128 with rows
+    padded by 128 to a multiple of 4 bytes, times their ``scales [K]``). ``cells``: ``probe_cells(S, nprobe)``.
+    ``kept``: ``kept_rows_int8(S, threshold)`` (``numba_scoring``'s stage-2 table). Each pair of rows is offered
+    to the probe's top lists and the keep test while it is in L1: reading the 8 MiB of ``S`` again for each took
+    ~1.3 ms per query at K=65536 (1M-passage index). Needs :data:`HAS_VNNI`.
+    """
+    K = centroids_u8.shape[0]
+    remap = np.empty(K, dtype=np.uint16 if K <= 65536 else np.uint32)
+    S, cells, rows, step = _query_tables(
+        centroids_u8, scales, Q, max(0, min(int(nprobe), K)), np.float32(threshold), remap
+    )
+    return S, cells, (remap, rows, step)
+
+
 @njit(cache=True, nogil=True)
-def centroid_scores_int8(centroids_u8, scales, Q):
-    """Stage 0 (``reference.centroid_scores_int8``): ``[K, q_len]`` float32 scores of the int8 query tokens
-    (:func:`quantize_query`) against ``centroids_u8 [K, dim_pad]`` (the stored int8 centroids plus 128, rows
-    padded with 128 to a multiple of 4 bytes) times their ``scales [K]``. Needs :data:`HAS_VNNI`."""
+def _query_tables(centroids_u8, scales, Q, nprobe, thr, remap):
     K, dim_pad = centroids_u8.shape
     q_len = Q.shape[0]
     cols = (q_len + 7) // 8 * 8
     qp, scale, sums = quantize_query(Q, dim_pad, cols)
     out = np.empty((K, q_len), dtype=np.float32)
     flat_a, flat_out = centroids_u8.reshape(K * dim_pad), out.reshape(K * q_len)
-    rows = np.empty(2 * cols, dtype=np.float32)  # two rows, when out's rows are not whole vectors
+    pair = np.empty(2 * cols, dtype=np.float32)  # two rows, when out's rows are not whole vectors
+    top_val = np.empty((q_len, nprobe), dtype=np.float32)  # stage 1: numba_ivf.probe_cells' top lists
+    top_id = np.zeros((q_len, nprobe), dtype=np.int32)
+    n_top = np.zeros(q_len, dtype=np.int64)
+    # the last of each list once full, -inf before; +inf without a probe (and past q_len: whole vectors)
+    floor = np.full(cols, -np.inf if nprobe > 0 else np.inf, dtype=np.float32)
+    kept = np.empty(K, dtype=np.int64)  # stage 2: the kept centroids and their rows, packed
+    kept_rows = np.empty((K, q_len), dtype=np.float32)  # only the first len(kept) rows are ever touched
+    n_kept = 0
+    keep = np.zeros(1, dtype=np.int64)
     for i in range(0, K, 2):
         i1 = min(i + 1, K - 1)  # an odd last row pairs with itself
         direct = cols == q_len and i1 > i
-        dst = flat_out if direct else rows
+        dst = flat_out if direct else pair
         o0, o1 = (i * q_len, i1 * q_len) if direct else (0, cols)
+        keep[0] = 0
         for j in range(0, cols, 32):
             w = min(32, cols - j)
-            a0, a1, s0, s1 = i * dim_pad, i1 * dim_pad, scales[i], scales[i1]
+            a0, a1, s0, s1, valid = i * dim_pad, i1 * dim_pad, scales[i], scales[i1], min(32, q_len - j)
+            args = (qp, j, scale, sums, s0, s1, floor, thr, valid, keep)
             if w == 32:
-                dot2_int8x32(dst, o0 + j, o1 + j, flat_a, a0, a1, qp, j, scale, sums, s0, s1)
+                above = dot2_int8x32(dst, o0 + j, o1 + j, flat_a, a0, a1, *args)
             elif w == 24:
-                dot2_int8x24(dst, o0 + j, o1 + j, flat_a, a0, a1, qp, j, scale, sums, s0, s1)
+                above = dot2_int8x24(dst, o0 + j, o1 + j, flat_a, a0, a1, *args)
             elif w == 16:
-                dot2_int8x16(dst, o0 + j, o1 + j, flat_a, a0, a1, qp, j, scale, sums, s0, s1)
+                above = dot2_int8x16(dst, o0 + j, o1 + j, flat_a, a0, a1, *args)
             else:
-                dot2_int8x8(dst, o0 + j, o1 + j, flat_a, a0, a1, qp, j, scale, sums, s0, s1)
+                above = dot2_int8x8(dst, o0 + j, o1 + j, flat_a, a0, a1, *args)
+            if i1 == i:  # an odd last row: once
+                above &= np.uint64(0xFFFFFFFF)
+            while above:  # the columns where a row enters the top list (rare once the lists fill)
+                b = _trailing_zeros(above)
+                above &= above - np.uint64(1)
+                c, o = (i, o0) if b < 32 else (i1, o1 - 32)
+                v, q = dst[o + j + b], j + b % 32
+                if v > floor[q]:  # again: row i may just have raised it for row i1
+                    probe_insert(top_val, top_id, n_top, floor, q, v, c)
         if not direct:
             for q in range(q_len):
-                out[i, q] = rows[q]
-                out[i1, q] = rows[cols + q]
-    return out
+                out[i, q] = pair[q]
+                out[i1, q] = pair[cols + q]
+        for c, bit in ((i, 1), (i1, 2)):
+            if keep[0] & bit and (bit == 1 or i1 > i):
+                kept[n_kept] = c
+                kept_rows[n_kept, :] = out[c, :]
+                n_kept += 1
+    peak = _abs_max(kept_rows[:n_kept])
+    rows, step = int8_rows(kept_rows, np.arange(n_kept), kept[:n_kept], peak, remap)
+    return out, top_id, rows, step
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def _abs_max(a):
+    """The largest magnitude in ``a`` (finite: fastmath lets the loop vectorise), 0 when empty."""
+    peak = np.float32(0.0)
+    for r in range(a.shape[0]):
+        for q in range(a.shape[1]):
+            peak = max(peak, abs(a[r, q]))
+    return peak

@@ -145,6 +145,18 @@ def centroid_interaction(
     return out
 
 
+def centroid_interaction_tables(centroid_scores: np.ndarray, threshold: float) -> tuple:
+    """What :func:`centroid_interaction_from` needs of one query: here the float scores and the threshold (the
+    Numba backend's are its int8 rows, :func:`kept_rows_int8`)."""
+    return centroid_scores, threshold
+
+
+def centroid_interaction_from(tables: tuple, codes, offsets, candidates) -> np.ndarray:
+    """:func:`centroid_interaction` from :func:`centroid_interaction_tables`' result."""
+    centroid_scores, threshold = tables
+    return centroid_interaction(centroid_scores, codes, offsets, candidates, threshold)
+
+
 def kept_rows_int8(centroid_scores: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np.float32]:
     """Stage 2's int8 table: ``(remap [K] uint16, rows [q_pad // 32, kept + 1, 32] int8, step float32)``.
 

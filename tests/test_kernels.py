@@ -14,7 +14,7 @@ from colbert_index.kernels import numba_codec, numba_ivf, numba_rows, numba_scor
 
 from colbert_index.backend import get_backend
 from colbert_index.codec import ResidualCodec, dequantize_centroids, quantize_centroids
-from colbert_index.search import top_k
+from colbert_index.search import SearchParams, query_tables, top_k
 
 DIMS = (48, 64, 96, 128)
 NBITS = (2, 4)
@@ -233,14 +233,19 @@ def _plain_codec(centroids: np.ndarray) -> ResidualCodec:
     return ResidualCodec(centroids, np.zeros((dim, 3), np.float32), np.zeros((dim, 4), np.float32), 2)
 
 
-@pytest.mark.parametrize("K", (0, 1, 37))
+@pytest.mark.parametrize("K", (0, 1, 37, 300))  # odd K: the last row pairs with itself
 @pytest.mark.parametrize("q_len", (1, 5, 8, 16, 24, 32, 40, 64))  # every column block width, and two blocks
 @pytest.mark.parametrize("dim", (6, 8, *DIMS))  # 6: rows padded to whole 4-byte groups
-def test_centroid_scores_int8(dim, q_len, K):
-    """Stage 0 in int8: the VNNI kernel is the reference to the bit, and the reference within the query's
-    rounding of the float scores of the stored centroids; an all-zero query token scores 0."""
+def test_query_tables_int8(dim, q_len, K):
+    """Stage 0 in int8: the VNNI kernel's scores are the reference's to the bit, and the reference within the
+    query's rounding of the float scores of the stored centroids (an all-zero query token scores 0); the cells
+    and the stage-2 table it gives from the same pass are ``probe_cells``' and ``kept_rows_int8``' of those
+    scores, ties (duplicate centroids) included."""
     rng = np.random.default_rng(520 + dim + q_len + K)
-    centroids = dequantize_centroids(*quantize_centroids(_unit(rng.standard_normal((K, dim)))))
+    centroids = _unit(rng.standard_normal((K, dim)))
+    if K > 10:
+        centroids[K // 3 : K // 3 + 5] = centroids[K // 2]  # tied scores: the lower id goes first
+    centroids = dequantize_centroids(*quantize_centroids(centroids))
     Q = _queries(rng, q_len, dim)
     if q_len > 2:
         Q[1] = 0.0
@@ -255,9 +260,15 @@ def test_centroid_scores_int8(dim, q_len, K):
         np.testing.assert_array_equal(want[:, 1], 0.0)
     if not numba_vnni.HAS_VNNI:
         pytest.skip("this CPU has no VNNI: the int8 kernel is not used (the reference above is still checked)")
-    got = numba_vnni.centroid_scores_int8(u8, scales, Q)
-    assert got.dtype == np.float32 and got.shape == (K, q_len) and got.flags.c_contiguous
-    np.testing.assert_array_equal(got, want)
+    threshold = float(np.median(want.max(axis=1))) if K and q_len else 0.0  # about half the centroids kept
+    for nprobe in (1, 2, 5):
+        got, cells, kept = numba_vnni.query_tables(u8, scales, Q, nprobe, threshold)
+        assert got.dtype == np.float32 and got.shape == (K, q_len) and got.flags.c_contiguous
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(cells, reference.probe_cells(want, nprobe))
+        for x, y in zip(kept, reference.kept_rows_int8(want, threshold)):
+            np.testing.assert_array_equal(x, y)
+        assert kept[0].dtype == np.uint16
 
 
 def test_quantize_query_matches_reference():
@@ -273,18 +284,27 @@ def test_quantize_query_matches_reference():
     assert np.abs(qi).max(axis=1)[[0, 1, 2, 3, 5, 6, 7, 8]].tolist() == [127] * 8
 
 
-def test_codec_centroid_scores_picks_the_int8_kernel_where_the_backend_has_it():
+def test_query_tables_picks_the_int8_kernel_where_the_backend_has_it():
+    """``search.query_tables``: the fused int8 pass with Numba on a VNNI CPU, the float scores, their cells and no
+    stage-2 table (built when stage 2 runs) otherwise."""
     rng = np.random.default_rng(531)
-    centroids = dequantize_centroids(*quantize_centroids(_unit(rng.standard_normal((50, 64)))))
-    codec = _plain_codec(centroids)
+    codec = _plain_codec(dequantize_centroids(*quantize_centroids(_unit(rng.standard_normal((50, 64))))))
     Q = _queries(rng, 7, 64)
-    float_scores = reference.centroid_scores(centroids, Q)
-    np.testing.assert_array_equal(codec.centroid_scores(Q, get_backend("numpy")), float_scores)
-    got = codec.centroid_scores(Q, get_backend("numba"))
+    params = SearchParams(nprobe=2, centroid_score_threshold=0.1)
+    float_scores = reference.centroid_scores(codec.centroids, Q)
+    S, cells, stage2 = query_tables(codec, Q, get_backend("numpy"), params)
+    np.testing.assert_array_equal(S, float_scores)
+    np.testing.assert_array_equal(cells, reference.probe_cells(float_scores, 2))
+    assert stage2 is None
+    S, cells, stage2 = query_tables(codec, Q, get_backend("numba"), params)
     if numba_vnni.HAS_VNNI:
-        np.testing.assert_array_equal(got, reference.centroid_scores_int8(*codec.centroids_u8, Q))
+        np.testing.assert_array_equal(S, reference.centroid_scores_int8(*codec.centroids_u8, Q))
+        for x, y in zip(stage2, reference.kept_rows_int8(S, 0.1)):
+            np.testing.assert_array_equal(x, y)
     else:
-        np.testing.assert_allclose(got, float_scores, rtol=RTOL, atol=1e-5)
+        np.testing.assert_allclose(S, float_scores, rtol=RTOL, atol=1e-5)
+        assert stage2 is None
+    np.testing.assert_array_equal(cells, reference.probe_cells(S, 2))
 
 
 def _interaction_inputs(seed: int, q_len: int, K: int):

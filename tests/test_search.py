@@ -99,6 +99,20 @@ def test_numpy_and_numba_backends_agree(index_2k_2bit, corpus_2k):
     np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5, atol=1e-4)
 
 
+def test_numba_float_stage_0_as_on_cpus_without_vnni(index_2k_2bit, corpus_2k, monkeypatch):
+    """Where the CPU has no VNNI the backend has no fused int8 pass: float scores, probe_cells and stage 2's own
+    table. Forced here, it finds what the numpy backend finds and what exact search ranks first."""
+    from colbert_index import Index
+
+    monkeypatch.setattr(index_2k_2bit.backend, "query_tables_int8", None)
+    q = corpus_2k.queries[:3]
+    a, b = index_2k_2bit.search(q, k=10), Index.open(index_2k_2bit.path, backend="numpy").search(q, k=10)
+    np.testing.assert_array_equal(a.ids, b.ids)
+    np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5, atol=1e-4)
+    res = index_2k_2bit.search(corpus_2k.queries, k=10)
+    assert recall_at(res.ids, index_2k_2bit.search_exact(corpus_2k.queries, k=10).ids, 10) >= 0.9
+
+
 def test_variable_length_queries(index_2k_2bit, corpus_2k):
     Q = corpus_2k.queries[:3]
     lengths = np.array([32, 9, 1])

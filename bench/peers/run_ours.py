@@ -23,7 +23,7 @@ from threadpoolctl import threadpool_limits
 import colbert_index
 from colbert_index import Index, SearchParams
 from colbert_index.backend import one_blas_thread
-from colbert_index.search import top_k
+from colbert_index.search import query_tables, top_k
 
 
 def build(corpus: Corpus, index_dir: Path, nbits: int) -> dict:
@@ -87,18 +87,20 @@ def profile(corpus: Corpus, index_dir: Path, k: int, threads: int, params: dict 
 
     def stages(Q: np.ndarray) -> tuple[dict, list]:
         t0 = time.process_time()
-        S = codec.centroid_scores(Q, be)
+        S, first_cells, stage2 = query_tables(codec, Q, be, p)  # with VNNI: stage 1's cells too
         t1 = time.process_time()
         nprobe = p.nprobe
         while True:
-            cells = be.probe_cells(S, nprobe)
+            cells = first_cells if nprobe == p.nprobe else be.probe_cells(S, nprobe)
             cands = be.probe(cells, data.ivf_offsets, data.ivf_docs, data.n_docs)
             if len(cands) >= k or nprobe >= codec.n_centroids:
                 break
             nprobe *= 2
         t2 = time.process_time()
         if len(cands) > max(p.ndocs, k):
-            approx = be.centroid_interaction(S, data.codes, data.offsets, cands, p.centroid_score_threshold)
+            if stage2 is None:
+                stage2 = be.centroid_interaction_tables(S, p.centroid_score_threshold)
+            approx = be.centroid_interaction_from(stage2, data.codes, data.offsets, cands)
             cands = top_k(approx, cands, max(p.ndocs, k))[1]
         t3 = time.process_time()
         n_exact = SearchParams.n_exact(k, p.ndocs)

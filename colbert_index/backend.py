@@ -22,6 +22,7 @@ KERNELS = (
     "centroid_interaction_from",
     "refined_interaction",
     "refined_interaction_tables",
+    "refined_interaction_scores",
     "refined_interaction_from",
     "exact_maxsim",
     "segment_max_sums",

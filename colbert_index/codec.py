@@ -199,6 +199,13 @@ class ResidualCodec:
         return codes.astype(self.code_dtype), packed
 
     @cached_property
+    def max_centroid_norm(self) -> float:
+        """The largest centroid norm: with a query token's norm, a bound on its centroid scores."""
+        return (
+            float(np.sqrt(np.einsum("kd,kd->k", self.centroids, self.centroids).max())) if len(self.centroids) else 0.0
+        )
+
+    @cached_property
     def centroids_u8(self) -> tuple[np.ndarray, np.ndarray]:
         """The centroids as stored (:func:`quantize_centroids`: int8 rows, float32 scales) with 128 added to the
         int8 values, rows padded with 128 (zero) to a multiple of 4 bytes: what the int8 stage 0 reads."""

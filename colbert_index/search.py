@@ -154,11 +154,16 @@ def staged_search(
     k = min(k, int(bases[-1]) - sum(int(np.count_nonzero(x)) for x in dels if x is not None))
     if k <= 0:
         return np.zeros(0, np.float32), np.zeros(0, np.int64)
-    S, first_cells, stage2 = query_tables(codec, Q, backend, params)
+    tables3 = backend.refined_interaction_tables(Q, codec.table, score_bound(codec, Q))  # stage 0 may need them
+    S, rows3, first_cells, stage2 = query_tables(codec, Q, backend, params, tables3)
     nprobe = params.nprobe
     while True:  # stage 1; widen the probe in the rare case it finds fewer than k documents
         if params.nbound is None:
-            cells = first_cells if nprobe == params.nprobe else backend.probe_cells(S, nprobe)
+            if first_cells is not None and nprobe == params.nprobe:
+                cells = first_cells
+            else:
+                S = backend.centroid_scores(codec.centroids, Q) if S is None else S  # the fused pass keeps none
+                cells = backend.probe_cells(S, nprobe)
             bounds = None
             cands = [backend.probe(cells, d.ivf_offsets, d.ivf_docs, d.n_docs) for d in segs]
             cands = [c if x is None else c[~x[c]] for c, x in zip(cands, dels)]
@@ -182,9 +187,11 @@ def staged_search(
         approx = [backend.centroid_interaction_from(stage2, d.codes, d.offsets, c) for d, c in zip(segs, cands)]
         cands = _best_across(approx, cands, bases, ndocs)
     if sum(map(len, cands)) > n_exact:  # stage 3: every token with its residual, not normalised
-        luts = backend.refined_interaction_tables(Q, codec.table)  # once for every segment
+        if rows3 is None:  # once for every segment
+            rows3 = backend.refined_interaction_scores(tables3, S)
         approx = [
-            backend.refined_interaction_from(luts, S, d.codes, d.residuals, d.offsets, c) for d, c in zip(segs, cands)
+            backend.refined_interaction_from(tables3, rows3, d.codes, d.residuals, d.offsets, c)
+            for d, c in zip(segs, cands)
         ]
         cands = _best_across(approx, cands, bases, n_exact)
     tables = (codec.centroids, codec.table, codec.normalize)
@@ -192,20 +199,30 @@ def staged_search(
     return top_k(np.concatenate(scores), np.concatenate([c + b for c, b in zip(cands, bases)]), k)  # stage 4
 
 
-def query_tables(codec, Q: np.ndarray, backend, params: SearchParams) -> tuple:
-    """Stage 0 and what the next stages take from it: ``(S, cells, stage-2 table or None)``.
+def score_bound(codec, Q: np.ndarray) -> np.ndarray:
+    """A bound on each query token's centroid scores, ``|Q[q]|`` times the largest centroid norm with 5% to
+    spare for the int8 query tokens of stage 0 (float64): what stage 3's int16 sums leave room for."""
+    norms = np.sqrt(np.einsum("qd,qd->q", Q.astype(np.float64), Q.astype(np.float64)))
+    return norms * codec.max_centroid_norm * 1.05
 
-    ``S [K, q_len]``: one contiguous row of query-token scores per centroid, the layout stages 2/3 read. A backend
-    with ``query_tables_int8`` (Numba on a CPU with VNNI) scores int8 query tokens against the stored int8
-    centroids and gives stage 1's cells and stage 2's table from the same pass (:mod:`kernels.numba_vnni`);
-    otherwise ``S`` is the float product, the cells are probed from it (``None`` with ``nbound``, which probes
-    its own) and stage 2 builds its table if it runs.
+
+def query_tables(codec, Q: np.ndarray, backend, params: SearchParams, tables3) -> tuple:
+    """Stage 0 and what the next stages take from it: ``(S, stage-3 score rows, cells, stage-2 table)``.
+
+    ``S [K, q_len]``: one contiguous row of query-token scores per centroid. A backend with
+    ``query_tables_int8`` (Numba on a CPU with VNNI) scores int8 query tokens against the stored int8 centroids
+    and gives stage 1's cells and stage 2's and 3's tables from the same pass (:mod:`kernels.numba_vnni`),
+    keeping no float ``S`` (``None``: computed if a wider probe needs it). Otherwise ``S`` is the float product,
+    the cells are probed from it (``None`` with ``nbound``, which probes its own), and stages 2 and 3 build
+    their tables (``None`` here) if they run. ``tables3``: stage 3's :func:`refined_interaction_tables`.
     """
     fused = getattr(backend, "query_tables_int8", None)
-    if fused is not None:
-        return fused(*codec.centroids_u8, Q, params.nprobe, params.centroid_score_threshold)
+    if fused is not None and params.nbound is None:
+        u8, scales = codec.centroids_u8
+        rows3, cells, stage2 = fused(u8, scales, Q, params.nprobe, params.centroid_score_threshold, tables3)
+        return None, rows3, cells, stage2
     S = backend.centroid_scores(codec.centroids, Q)
-    return S, backend.probe_cells(S, params.nprobe) if params.nbound is None else None, None
+    return S, None, backend.probe_cells(S, params.nprobe) if params.nbound is None else None, None
 
 
 def _cells_and_floor(backend, S: np.ndarray, nprobe: int) -> tuple[np.ndarray, np.ndarray]:

@@ -15,7 +15,18 @@ from numba import njit, prange
 
 from .numba_codec import decompress_range
 from .numba_prefetch import prefetch, prefetch_candidate
-from .numba_rows import _NO_TOKEN, _TINY, AHEAD_TOKENS, byte_table_int8, doc_max32, doc_max_int8, max_into, row_scores
+from .numba_rows import (
+    _NO_TOKEN,
+    _TINY,
+    AHEAD_TOKENS,
+    byte_table_int8,
+    doc_max16,
+    doc_max_int8,
+    int16_room,
+    max_into,
+    row_scores,
+    score_rows_int16,
+)
 
 _BLOCK = 32  # documents per parallel work item
 _EXACT_BLOCK_TOKENS = 4096  # decompressed tokens per row_scores call in stage 4
@@ -118,34 +129,46 @@ def _interaction(remap, rows, step, codes, offsets, candidates):
 
 
 def refined_interaction(Q, centroid_scores, codes, packed, offsets, candidates, table):
-    """Stage 3 (``reference.refined_interaction`` with ``quantised=True``): each token's row of
-    ``centroid_scores`` plus its residual against every query token, summed in int16 from int8 lookup tables
-    (:func:`byte_table_int8`, :func:`doc_max32`), so no row of ``centroids`` is read and no token
-    decompressed. ~18 ns per token at dim 64, 2 bits (1M index, AMD EPYC Zen 4), 3-4x PLAID's centroid-only
-    stage 3 per document, paid back by a 4x smaller exact rerank (bench/RESULTS.md)."""
-    return refined_interaction_from(
-        refined_interaction_tables(Q, table), centroid_scores, codes, packed, offsets, candidates
-    )
+    """Stage 3 (``reference.refined_interaction`` with ``quantised=True``): each token's centroid score plus its
+    residual against every query token, summed in int16 from int8 lookup tables (:func:`byte_table_int8`,
+    :func:`score_rows_int16`, :func:`doc_max16`), so no row of ``centroids`` is read and no token decompressed.
+    ~12 ns per token at dim 64, 2 bits (1M index, AMD EPYC Zen 4), 3-4x PLAID's centroid-only stage 3 per
+    document, paid back by a 4x smaller exact rerank (bench/RESULTS.md)."""
+    bound = np.abs(centroid_scores).max(axis=0) if centroid_scores.size else np.zeros(centroid_scores.shape[1])
+    tables = refined_interaction_tables(Q, table, bound.astype(np.float64))
+    rows = refined_interaction_scores(tables, centroid_scores)
+    return refined_interaction_from(tables, rows, codes, packed, offsets, candidates)
 
 
-@njit(cache=True, nogil=True)
-def refined_interaction_tables(Q, table):
-    """Stage 3's int8 tables for one query, ``(lut, scale)`` (:func:`byte_table_int8`, 32 columns at a time
-    for :func:`doc_max32`): built once per query, not once per segment."""
-    return byte_table_int8(Q, table, (Q.shape[0] + 31) // 32 * 32)
+def refined_interaction_tables(Q, table, score_bound):
+    """Stage 3's tables for one query, ``(lut, scale, room)`` (:func:`byte_table_int8`, 32 columns at a time for
+    :func:`doc_max16`; ``room``: :func:`int16_room`), built once per query, not once per segment.
+    ``score_bound[q]`` bounds ``|centroid score|`` for query token ``q`` (float64, ``len(Q)``)."""
+    q_pad = (Q.shape[0] + 31) // 32 * 32
+    bound = np.zeros(q_pad, dtype=np.float64)
+    bound[: Q.shape[0]] = score_bound
+    lut, scale = byte_table_int8(Q, table, q_pad, bound)
+    return lut, scale, int16_room(table.shape[0])[1]
 
 
-def refined_interaction_from(tables, centroid_scores, codes, packed, offsets, candidates):
-    """:func:`refined_interaction` from :func:`refined_interaction_tables`' result."""
-    return _refined(*tables, centroid_scores, codes, packed, offsets, candidates)
+def refined_interaction_scores(tables, centroid_scores):
+    """What stage 3 reads of the centroid scores: their int16 rows in the tables' units (:func:`score_rows_int16`;
+    ``numba_vnni.query_tables`` writes them in its pass)."""
+    return score_rows_int16(centroid_scores, tables[1], tables[2])
+
+
+def refined_interaction_from(tables, score_rows, codes, packed, offsets, candidates):
+    """:func:`refined_interaction` from :func:`refined_interaction_tables`' and :func:`refined_interaction_scores`'
+    results."""
+    return _refined(tables[0], tables[1], score_rows, codes, packed, offsets, candidates)
 
 
 @njit(cache=True, nogil=True, parallel=True, fastmath=True)
-def _refined(lut, scale, centroid_scores, codes, packed, offsets, candidates):
-    K, q_len = centroid_scores.shape
+def _refined(lut, scale, score_rows, codes, packed, offsets, candidates):
+    K, q_pad = score_rows.shape
     nbytes = packed.shape[1]
     flat_lut = lut.reshape(lut.size)
-    flat_scores = centroid_scores.reshape(K * q_len)  # 1-D views for the intrinsic and the prefetches
+    flat_scores = score_rows.reshape(K * q_pad)  # 1-D views for the intrinsic and the prefetches
     flat_packed = packed.reshape(packed.shape[0] * nbytes)
     n = candidates.shape[0]
     out = np.zeros(n, dtype=np.float32)
@@ -154,20 +177,18 @@ def _refined(lut, scale, centroid_scores, codes, packed, offsets, candidates):
         for i in range(blk * _BLOCK, min(n, (blk + 1) * _BLOCK)):
             prefetch_candidate(offsets, candidates, i, codes, 1)
             prefetch_candidate(offsets, candidates, i, flat_packed, nbytes)
-            if i + 1 < n:  # the score rows of the next candidate's first tokens (doc_max32 prefetches the rest)
+            if i + 1 < n:  # the score rows of the next candidate's first tokens (doc_max16 prefetches the rest)
                 nlo, nhi = offsets[candidates[i + 1]], offsets[candidates[i + 1] + 1]
                 for u in range(nlo, min(nhi, nlo + AHEAD_TOKENS)):
-                    row = codes[u] * q_len
-                    prefetch(flat_scores, row)
-                    prefetch(flat_scores, row + q_len - 1)
+                    prefetch(flat_scores, codes[u] * q_pad)
             d = candidates[i]
             lo, hi = offsets[d], offsets[d + 1]
             if hi == lo:
                 continue
             total = np.float32(0.0)
-            for j in range(0, q_len, 32):
-                doc_max32(best, flat_lut, scale, flat_scores, q_len, codes, flat_packed, lo, hi, j)
-                for q in range(min(32, q_len - j)):
+            for j in range(0, q_pad, 32):  # padding columns add 0: scale 1, table and score rows 0
+                doc_max16(best, flat_lut, scale, flat_scores, codes, flat_packed, lo, hi, j)
+                for q in range(32):
                     total += best[q]
             out[i] = total
     return out

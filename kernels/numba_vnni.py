@@ -67,18 +67,25 @@ def quantize_query(Q, dim_pad, q_pad):
 
 
 def _dot2_int8(width: int):
-    """An intrinsic ``dot2(out, o0, o1, a, a0, a1, qp, col, scale, sums, s0, s1, floor, thr, valid, kept)``: for
-    the two uint8 rows of ``a`` at byte offsets ``a0`` and ``a1`` (multiples of 4) and columns ``col:col+width``
-    of the packed query ``qp [groups, stride]`` (int32, 2-D), ``out[o0:o0+width] = (dot - sums) * scale * s0``
-    and likewise at ``o1`` with ``s1``, ``dot`` the int32 products summed by ``vpdpbusd`` over all groups.
-    Tested in registers over the first ``valid`` columns: returns the uint64 mask of the columns ``i`` where
-    ``out[o0 + i] > floor[col + i]`` (bits 0-31) and the same for the row at ``o1`` (bits 32-63), and ORs bit 0
-    (some ``out[o0 + i] >= thr``) and bit 1 (the same at ``o1``) into ``kept[0]``. Indices not checked."""
+    """An intrinsic ``dot2(out, a, a0, a1, qp, col, scale, sums, s0, s1, floor, thr, valid, kept, rows16, r0, r1,
+    div, room)``: for the two uint8 rows of ``a`` at byte offsets ``a0`` and ``a1`` (multiples of 4) and columns
+    ``col:col+width`` of the packed query ``qp [groups, stride]`` (int32, 2-D), ``out[col:col+width] = (dot -
+    sums) * scale * s0`` and ``out[stride + col:...]`` likewise with ``s1`` (``out``: a pair of float rows),
+    ``dot`` the int32 products summed by ``vpdpbusd`` over all groups; the same scores over ``div`` rounded and
+    clipped to ``+-room`` go to the int16 ``rows16[r0 + col:...]`` and ``rows16[r1 + col:...]`` (stage 3's
+    rows, :func:`numba_rows.score_rows_int16`). Tested in registers over the first ``valid`` columns: returns
+    the uint64 mask of the columns ``i`` where the first row's score exceeds ``floor[col + i]`` (bits 0-31) and
+    the same for the second (bits 32-63), and ORs bit 0 (some score of the first row ``>= thr``) and bit 1 (the
+    same for the second) into ``kept[0]``. Indices not checked."""
     nvec = width // 8
 
-    def dot2(typingctx, out, o0, o1, a, a0, a1, qp, col, scale, sums, s0, s1, floor, thr, valid, kept):
+    def dot2(
+        typingctx, out, a, a0, a1, qp, col, scale, sums, s0, s1, floor, thr, valid, kept, rows16, r0, r1, div, room
+    ):
         arrays = (
             (out, 1, types.float32),
+            (rows16, 1, types.int16),
+            (div, 1, types.float32),
             (a, 1, types.uint8),
             (qp, 2, types.int32),
             (scale, 1, types.float32),
@@ -88,19 +95,32 @@ def _dot2_int8(width: int):
         )
         if not all(isinstance(x, types.Array) and x.ndim == nd and x.dtype == dt for x, nd, dt in arrays):
             return None
-        if not (s0 == s1 == thr == types.float32 and isinstance(valid, types.Integer)):
+        if not (s0 == s1 == thr == room == types.float32):
+            return None
+        if not all(isinstance(x, types.Integer) for x in (a0, a1, col, valid, r0, r1)):
             return None
 
         def codegen(context, builder, sig, args):
             i32, i64, f32 = ir.IntType(32), ir.IntType(64), ir.FloatType()
             vi, vf = ir.VectorType(i32, 8), ir.VectorType(f32, 8)
             lane0 = ir.Constant(vi, [0] * 8)  # a shuffle mask: lane 0 everywhere
-            out_p, a_p, qp_p, scale_p, sums_p, floor_p, kept_p = (
-                context.make_array(sig.args[k])(context, builder, args[k]).data for k in (0, 3, 6, 8, 9, 12, 15)
+            names = ("out", "a", "a0", "a1", "qp", "col", "scale", "sums", "s0", "s1", "floor", "thr", "valid")
+            names += ("kept", "rows16", "r0", "r1", "div", "room")
+            arg = dict(zip(names, args))
+            ty = dict(zip(names, sig.args))
+
+            def data(name):
+                return context.make_array(ty[name])(context, builder, arg[name]).data
+
+            def index(name):
+                return context.cast(builder, arg[name], ty[name], types.int64)
+
+            out_p, a_p, qp_p, scale_p, sums_p, floor_p, kept_p, rows16_p, div_p = (
+                data(n) for n in ("out", "a", "qp", "scale", "sums", "floor", "kept", "rows16", "div")
             )
-            qp_a = context.make_array(sig.args[6])(context, builder, args[6])
+            qp_a = context.make_array(ty["qp"])(context, builder, arg["qp"])
             groups, stride = (builder.extract_value(qp_a.shape, k) for k in (0, 1))
-            o0, o1, a0, a1, col = (context.cast(builder, args[k], sig.args[k], types.int64) for k in (1, 2, 4, 5, 7))
+            a0, a1, col, r0, r1 = (index(n) for n in ("a0", "a1", "col", "r0", "r1"))
             dp = _llvm_function(builder, "llvm.x86.avx512.vpdpbusd.256", vi, vi, vi, vi)
             accs = [cgutils.alloca_once_value(builder, ir.Constant(vi, [0] * 8)) for _ in range(2 * nvec)]
             words = builder.bitcast(a_p, i32.as_pointer())
@@ -122,19 +142,25 @@ def _dot2_int8(width: int):
                     y = builder.load(at(qp_p, builder.add(row, i64(8 * k)), vi), align=4)
                     builder.store(builder.call(dp, [builder.load(accs[k]), x0, y]), accs[k])
                     builder.store(builder.call(dp, [builder.load(accs[nvec + k]), x1, y]), accs[nvec + k])
-            i1v = ir.VectorType(ir.IntType(1), 8)
+            i1v, i16v = ir.VectorType(ir.IntType(1), 8), ir.VectorType(ir.IntType(16), 8)
             any_of = _llvm_function(builder, "llvm.vector.reduce.or.v8i1", ir.IntType(1), i1v)
-            valid = splat(context.cast(builder, args[14], sig.args[14], types.int32), vi)
-            thr = splat(args[13], vf)
+            rint = _llvm_function(builder, "llvm.rint.v8f32", vf, vf)
+            valid = splat(context.cast(builder, arg["valid"], ty["valid"], types.int32), vi)
+            thr, room = splat(arg["thr"], vf), splat(arg["room"], vf)
+            neg_room = builder.fsub(ir.Constant(vf, [0.0] * 8), room)
             above, keep = i64(0), i64(0)
-            for first, o, s, row in ((0, o0, args[10], 0), (nvec, o1, args[11], 1)):
+            for first, s, r, row in ((0, arg["s0"], r0, 0), (nvec, arg["s1"], r1, 1)):
                 row_keep = ir.Constant(i1v, [0] * 8)
                 for k in range(nvec):
                     c = builder.add(col, i64(8 * k))
                     dot = builder.sub(builder.load(accs[first + k]), builder.load(at(sums_p, c, vi), align=4))
                     v = builder.fmul(builder.sitofp(dot, vf), builder.load(at(scale_p, c, vf), align=4))
                     v = builder.fmul(v, splat(s, vf))
-                    builder.store(v, at(out_p, builder.add(o, i64(8 * k)), vf), align=4)
+                    builder.store(v, at(out_p, builder.add(builder.mul(stride, i64(row)), c), vf), align=4)
+                    q16 = builder.call(rint, [builder.fdiv(v, builder.load(at(div_p, c, vf), align=4))])
+                    q16 = builder.select(builder.fcmp_ordered(">", q16, room), room, q16)
+                    q16 = builder.select(builder.fcmp_ordered("<", q16, neg_room), neg_room, q16)
+                    builder.store(builder.fptosi(q16, i16v), at(rows16_p, builder.add(r, c), i16v), align=2)
                     lanes = builder.icmp_signed("<", ir.Constant(vi, list(range(8 * k, 8 * k + 8))), valid)
                     gt = builder.fcmp_ordered(">", v, builder.load(at(floor_p, c, vf), align=4))
                     bits = builder.zext(builder.bitcast(builder.and_(gt, lanes), ir.IntType(8)), i64)
@@ -144,7 +170,8 @@ def _dot2_int8(width: int):
             builder.store(builder.or_(builder.load(kept_p), keep), kept_p)
             return above
 
-        return types.uint64(out, o0, o1, a, a0, a1, qp, col, scale, sums, s0, s1, floor, thr, valid, kept), codegen
+        sig = (out, a, a0, a1, qp, col, scale, sums, s0, s1, floor, thr, valid, kept, rows16, r0, r1, div, room)
+        return types.uint64(*sig), codegen
 
     dot2.__name__ = f"dot2_int8x{width}"
     return intrinsic(dot2)
@@ -153,33 +180,38 @@ def _dot2_int8(width: int):
 dot2_int8x8, dot2_int8x16, dot2_int8x24, dot2_int8x32 = (_dot2_int8(w) for w in (8, 16, 24, 32))
 
 
-def query_tables(centroids_u8, scales, Q, nprobe, threshold):
-    """Stage 0 and what stages 1 and 2 take from it, in one pass over the centroids: ``(S, cells, kept)``.
+def query_tables(centroids_u8, scales, Q, nprobe, threshold, stage3):
+    """Stage 0 and what stages 1, 2 and 3 take from it, in one pass over the centroids: ``(rows16, cells, kept)``.
 
-    ``S [K, q_len]`` float32: ``reference.centroid_scores_int8`` (the query tokens rounded to int8,
+    The scores are ``reference.centroid_scores_int8``'s (the query tokens rounded to int8,
     :func:`quantize_query`, against ``centroids_u8 [K, dim_pad]``, the stored int8 centroids plus 128 with rows
-    padded by 128 to a multiple of 4 bytes, times their ``scales [K]``). ``cells``: ``probe_cells(S, nprobe)``.
-    ``kept``: ``kept_rows_int8(S, threshold)`` (``numba_scoring``'s stage-2 table). Each pair of rows is offered
-    to the probe's top lists and the keep test while it is in L1: reading the 8 MiB of ``S`` again for each took
-    ~1.3 ms per query at K=65536 (1M-passage index). Needs :data:`HAS_VNNI`.
+    padded by 128 to a multiple of 4 bytes, times their ``scales [K]``); they are not kept as floats. ``rows16``:
+    ``numba_scoring.refined_interaction_scores(stage3, S)`` (stage 3's int16 rows; ``stage3``: its tables).
+    ``cells``: ``probe_cells(S, nprobe)``. ``kept``: ``kept_rows_int8(S, threshold)`` (stage 2's table). Each
+    pair of rows is offered to the probe's top lists and the keep test in registers: reading the 8 MiB of float
+    scores again for each took ~1.3 ms per query at K=65536 (1M-passage index). Needs :data:`HAS_VNNI`.
     """
     K = centroids_u8.shape[0]
     remap = np.empty(K, dtype=np.uint16 if K <= 65536 else np.uint32)
-    S, cells, rows, step = _query_tables(
-        centroids_u8, scales, Q, max(0, min(int(nprobe), K)), np.float32(threshold), remap
+    nprobe = max(0, min(int(nprobe), K))
+    _, div, room = stage3
+    rows16, cells, rows, step = _query_tables(
+        centroids_u8, scales, Q, nprobe, np.float32(threshold), remap, div, np.float32(room)
     )
-    return S, cells, (remap, rows, step)
+    return rows16, cells, (remap, rows, step)
 
 
 @njit(cache=True, nogil=True)
-def _query_tables(centroids_u8, scales, Q, nprobe, thr, remap):
+def _query_tables(centroids_u8, scales, Q, nprobe, thr, remap, div, room):
     K, dim_pad = centroids_u8.shape
-    q_len = Q.shape[0]
+    q_len, q_pad = Q.shape[0], div.shape[0]
     cols = (q_len + 7) // 8 * 8
     qp, scale, sums = quantize_query(Q, dim_pad, cols)
-    out = np.empty((K, q_len), dtype=np.float32)
-    flat_a, flat_out = centroids_u8.reshape(K * dim_pad), out.reshape(K * q_len)
-    pair = np.empty(2 * cols, dtype=np.float32)  # two rows, when out's rows are not whole vectors
+    rows16 = np.empty((K, q_pad), dtype=np.int16)
+    if cols < q_pad:  # stage 3 reads whole 32-column blocks: the padding is 0
+        rows16[:, cols:] = 0
+    flat_a, flat16 = centroids_u8.reshape(K * dim_pad), rows16.reshape(K * q_pad)
+    pair = np.empty(2 * cols, dtype=np.float32)  # the float scores of the two rows
     top_val = np.empty((q_len, nprobe), dtype=np.float32)  # stage 1: numba_ivf.probe_cells' top lists
     top_id = np.zeros((q_len, nprobe), dtype=np.int32)
     n_top = np.zeros(q_len, dtype=np.int64)
@@ -191,43 +223,38 @@ def _query_tables(centroids_u8, scales, Q, nprobe, thr, remap):
     keep = np.zeros(1, dtype=np.int64)
     for i in range(0, K, 2):
         i1 = min(i + 1, K - 1)  # an odd last row pairs with itself
-        direct = cols == q_len and i1 > i
-        dst = flat_out if direct else pair
-        o0, o1 = (i * q_len, i1 * q_len) if direct else (0, cols)
         keep[0] = 0
         for j in range(0, cols, 32):
             w = min(32, cols - j)
-            a0, a1, s0, s1, valid = i * dim_pad, i1 * dim_pad, scales[i], scales[i1], min(32, q_len - j)
-            args = (qp, j, scale, sums, s0, s1, floor, thr, valid, keep)
+            args = (qp, j, scale, sums, scales[i], scales[i1], floor, thr, min(32, q_len - j), keep)
+            args2 = (flat16, i * q_pad, i1 * q_pad, div, room)
             if w == 32:
-                above = dot2_int8x32(dst, o0 + j, o1 + j, flat_a, a0, a1, *args)
+                above = dot2_int8x32(pair, flat_a, i * dim_pad, i1 * dim_pad, *args, *args2)
             elif w == 24:
-                above = dot2_int8x24(dst, o0 + j, o1 + j, flat_a, a0, a1, *args)
+                above = dot2_int8x24(pair, flat_a, i * dim_pad, i1 * dim_pad, *args, *args2)
             elif w == 16:
-                above = dot2_int8x16(dst, o0 + j, o1 + j, flat_a, a0, a1, *args)
+                above = dot2_int8x16(pair, flat_a, i * dim_pad, i1 * dim_pad, *args, *args2)
             else:
-                above = dot2_int8x8(dst, o0 + j, o1 + j, flat_a, a0, a1, *args)
+                above = dot2_int8x8(pair, flat_a, i * dim_pad, i1 * dim_pad, *args, *args2)
             if i1 == i:  # an odd last row: once
                 above &= np.uint64(0xFFFFFFFF)
             while above:  # the columns where a row enters the top list (rare once the lists fill)
                 b = _trailing_zeros(above)
                 above &= above - np.uint64(1)
-                c, o = (i, o0) if b < 32 else (i1, o1 - 32)
-                v, q = dst[o + j + b], j + b % 32
-                if v > floor[q]:  # again: row i may just have raised it for row i1
+                c, q = (i, j + b) if b < 32 else (i1, j + b - 32)
+                v = pair[q] if b < 32 else pair[cols + q]
+                if v > floor[q]:  # again: the first row may just have raised it for the second
                     probe_insert(top_val, top_id, n_top, floor, q, v, c)
-        if not direct:
-            for q in range(q_len):
-                out[i, q] = pair[q]
-                out[i1, q] = pair[cols + q]
         for c, bit in ((i, 1), (i1, 2)):
             if keep[0] & bit and (bit == 1 or i1 > i):
                 kept[n_kept] = c
-                kept_rows[n_kept, :] = out[c, :]
+                base = 0 if bit == 1 else cols
+                for q in range(q_len):
+                    kept_rows[n_kept, q] = pair[base + q]
                 n_kept += 1
     peak = _abs_max(kept_rows[:n_kept])
     rows, step = int8_rows(kept_rows, np.arange(n_kept), kept[:n_kept], peak, remap)
-    return out, top_id, rows, step
+    return rows16, top_id, rows, step
 
 
 @njit(cache=True, nogil=True, fastmath=True)

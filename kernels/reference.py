@@ -182,16 +182,27 @@ def kept_rows_int8(centroid_scores: np.ndarray, threshold: float) -> tuple[np.nd
     return remap, rows, np.float32(step)
 
 
-def byte_table_int8(Q: np.ndarray, table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def int16_room(nbytes: int) -> tuple[int, int]:
+    """``(limit, room)``: the largest table entry for ``nbytes`` residual bytes, ``min(127, 32767 // nbytes)``,
+    and what their sum leaves of int16 for a centroid score, ``32767 - nbytes * limit``."""
+    limit = min(127, max(1, 32767 // max(1, nbytes)))
+    return limit, max(1, 32767 - nbytes * limit)
+
+
+def byte_table_int8(
+    Q: np.ndarray, table: np.ndarray, score_bound: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """What each byte of a packed residual adds to each query token, rounded to int8 per query token.
 
     Returns ``(lut [nbytes * 256, q_len] int8, scale [q_len] float32)``. Row ``256 b + v`` is for value ``v`` of
     byte ``b``: the dot products of the dimensions its high half encodes with their bucket weights, plus the
     same for its low half (each half summed first); ``lut * scale`` approximates it, the largest of a column
-    mapping to ``limit = min(127, 32767 // nbytes)`` so that a token's ``nbytes`` rows sum exactly in int16.
-    Computed in float64, where products of float32 values are exact and each half's one or two products (4 or
-    2 bits) and the halves' sum are rounded in a fixed order, so the CPU kernel's table is this one to the bit
-    however its compiler fuses the operations.
+    mapping to at most ``limit`` (:func:`int16_room`) so that a token's ``nbytes`` rows sum exactly in int16.
+    ``score_bound [q_len]`` (float64, optional) bounds the centroid scores of query token ``q``; the step is
+    then at least ``score_bound[q] / room``, so that a score in the same units fits beside the rows' sum
+    (:func:`score_rows_int16`). Computed in float64, where products of float32 values are exact and each half's
+    one or two products (4 or 2 bits) and the halves' sum are rounded in a fixed order, so the CPU kernel's
+    table is this one to the bit however its compiler fuses the operations.
     """
     nbytes, _, per_byte = table.shape
     half = per_byte // 2
@@ -204,13 +215,21 @@ def byte_table_int8(Q: np.ndarray, table: np.ndarray) -> tuple[np.ndarray, np.nd
             halves[b, 1] += weights[b, np.arange(16), half + k][:, None] * Q[:, b * per_byte + half + k][None, :]
     v = np.arange(256)
     lut = (halves[:, 0, v >> 4] + halves[:, 1, v & 15]).reshape(nbytes * 256, len(Q))
-    limit = min(127, max(1, 32767 // max(1, nbytes)))
+    limit, room = int16_room(nbytes)
     peak = np.abs(lut).max(axis=0) if len(lut) else np.zeros(len(Q))
-    step = (peak / limit).astype(np.float32)
+    bound = np.zeros(len(Q)) if score_bound is None else np.asarray(score_bound, np.float64)[: len(Q)] / room
+    step = np.maximum(peak / limit, bound).astype(np.float32)
     used = step >= np.finfo(np.float32).tiny  # a column whose step underflows float32 is all zeros, scale 1
     scale = np.where(used, step, np.float32(1.0)).astype(np.float32)
     ints = np.clip(np.rint(lut / scale.astype(np.float64)), -limit, limit) * used
     return ints.astype(np.int8), scale
+
+
+def score_rows_int16(centroid_scores: np.ndarray, scale: np.ndarray, room: int) -> np.ndarray:
+    """Stage 3's centroid scores in the lookup tables' units: ``rint(S / scale)`` (float32 division) clipped to
+    ``+-room``, int16 ``[K, q_len]``."""
+    S = np.asarray(centroid_scores, dtype=np.float32)
+    return np.clip(np.rint(S / scale[None, : S.shape[1]]), -room, room).astype(np.int16)
 
 
 def refined_interaction(
@@ -228,33 +247,42 @@ def refined_interaction(
     A doc token with centroid ``c`` and residual ``r`` scores ``centroid_scores[c, q] + Q[q] . r``, that is
     ``Q[q] . (centroid + residual)``: :func:`exact_maxsim` with ``normalize=False`` (how the device path
     computes it). For unit vectors the norms it skips are within a few percent of 1, so it ranks nearly as
-    :func:`exact_maxsim` does. ``quantised``: ``Q[q] . r`` from :func:`byte_table_int8`'s rows, summed
-    exactly and times ``scale[q]``: what the CPU kernel computes without reading a centroid row (within
-    ~0.02 of the float score per document at dim 64, 2 bits; the exact rerank that follows is unaffected).
+    :func:`exact_maxsim` does. ``quantised``: ``Q[q] . r`` from :func:`byte_table_int8`'s rows and the
+    centroid score from :func:`score_rows_int16`, summed exactly in int16, the maximum times ``scale[q]``: what
+    the CPU kernel computes without reading a centroid row (within ~0.02 of the float score per document at dim
+    64, 2 bits; the exact rerank that follows is unaffected).
     """
     if quantised:
-        lut, scale = byte_table_int8(Q, table)
+        bound = np.abs(centroid_scores).max(axis=0) if centroid_scores.size else np.zeros(len(Q))
+        lut, scale = byte_table_int8(Q, table, bound.astype(np.float64))
+        rows16 = score_rows_int16(centroid_scores, scale, int16_room(packed.shape[1])[1]).astype(np.int32)
         lut = lut.astype(np.int32)
     out = np.zeros(len(candidates), dtype=np.float32)
     for i, d in enumerate(candidates):
         lo, hi = offsets[d], offsets[d + 1]
         if hi == lo:
             continue
+        c = codes[lo:hi].astype(np.int64)
         if quantised:
             rows = np.arange(packed.shape[1]) * 256 + packed[lo:hi].astype(np.int64)
-            sums = lut[rows].sum(axis=1)  # [n_tokens, q_len]
-            residual = sums.astype(np.float32) * scale
+            sums = rows16[c] + lut[rows].sum(axis=1)  # [n_tokens, q_len], within int16
+            out[i] = (sums.max(axis=0).astype(np.float32) * scale).sum()
         else:
-            residual = residuals_of(packed[lo:hi], table) @ Q.T
-        scores = centroid_scores[codes[lo:hi].astype(np.int64)] + residual
-        out[i] = scores.max(axis=0).sum()
+            scores = centroid_scores[c] + residuals_of(packed[lo:hi], table) @ Q.T
+            out[i] = scores.max(axis=0).sum()
     return out
 
 
-def refined_interaction_tables(Q: np.ndarray, table: np.ndarray) -> tuple:
+def refined_interaction_tables(Q: np.ndarray, table: np.ndarray, score_bound: np.ndarray) -> tuple:
     """What stage 3 needs of one query, computed once however many segments it scores: here ``(Q, table)``
-    themselves (the Numba backend's are its int8 tables, :func:`byte_table_int8`)."""
+    themselves (the Numba backend's are its int8 tables, :func:`byte_table_int8`, scaled for ``score_bound``)."""
     return Q, table
+
+
+def refined_interaction_scores(tables: tuple, centroid_scores: np.ndarray) -> np.ndarray:
+    """What stage 3 reads of the centroid scores: here the float scores (the Numba backend's: their int16 rows,
+    :func:`score_rows_int16`)."""
+    return centroid_scores
 
 
 def refined_interaction_from(
@@ -265,7 +293,8 @@ def refined_interaction_from(
     offsets: np.ndarray,
     candidates: np.ndarray,
 ) -> np.ndarray:
-    """:func:`refined_interaction` from :func:`refined_interaction_tables`' result."""
+    """:func:`refined_interaction` from :func:`refined_interaction_tables`' and :func:`refined_interaction_scores`'
+    results."""
     Q, table = tables
     return refined_interaction(Q, centroid_scores, codes, packed, offsets, candidates, table)
 

@@ -14,7 +14,7 @@ from colbert_index.kernels import numba_codec, numba_ivf, numba_rows, numba_scor
 
 from colbert_index.backend import get_backend
 from colbert_index.codec import ResidualCodec, dequantize_centroids, quantize_centroids
-from colbert_index.search import SearchParams, query_tables, top_k
+from colbert_index.search import SearchParams, query_tables, score_bound, top_k
 
 DIMS = (48, 64, 96, 128)
 NBITS = (2, 4)
@@ -237,10 +237,10 @@ def _plain_codec(centroids: np.ndarray) -> ResidualCodec:
 @pytest.mark.parametrize("q_len", (1, 5, 8, 16, 24, 32, 40, 64))  # every column block width, and two blocks
 @pytest.mark.parametrize("dim", (6, 8, *DIMS))  # 6: rows padded to whole 4-byte groups
 def test_query_tables_int8(dim, q_len, K):
-    """Stage 0 in int8: the VNNI kernel's scores are the reference's to the bit, and the reference within the
-    query's rounding of the float scores of the stored centroids (an all-zero query token scores 0); the cells
-    and the stage-2 table it gives from the same pass are ``probe_cells``' and ``kept_rows_int8``' of those
-    scores, ties (duplicate centroids) included."""
+    """Stage 0 in int8: the reference's scores are within the query's rounding of the float scores of the
+    stored centroids (an all-zero query token scores 0); the VNNI kernel's stage-3 rows, cells and stage-2
+    table, all from one pass, are ``score_rows_int16``', ``probe_cells``' and ``kept_rows_int8``' of those
+    scores to the bit, ties (duplicate centroids) included."""
     rng = np.random.default_rng(520 + dim + q_len + K)
     centroids = _unit(rng.standard_normal((K, dim)))
     if K > 10:
@@ -261,10 +261,17 @@ def test_query_tables_int8(dim, q_len, K):
     if not numba_vnni.HAS_VNNI:
         pytest.skip("this CPU has no VNNI: the int8 kernel is not used (the reference above is still checked)")
     threshold = float(np.median(want.max(axis=1))) if K and q_len else 0.0  # about half the centroids kept
+    table = _codec(rng, 1, dim, 2 if dim % 4 == 0 else 4)[2]
+    bound = np.abs(want).max(axis=0).astype(np.float64) if K else np.zeros(q_len)
+    stage3 = numba_scoring.refined_interaction_tables(Q, table, bound)
+    _, scale, room = stage3
+    rows16 = np.zeros((K, len(scale)), np.int16)
+    rows16[:, :q_len] = reference.score_rows_int16(want, scale, room)
+    assert np.all(np.abs(rows16[:, :q_len] * scale[:q_len] - want) <= scale[:q_len] / 2 + 1e-6)  # unclipped
     for nprobe in (1, 2, 5):
-        got, cells, kept = numba_vnni.query_tables(u8, scales, Q, nprobe, threshold)
-        assert got.dtype == np.float32 and got.shape == (K, q_len) and got.flags.c_contiguous
-        np.testing.assert_array_equal(got, want)
+        got, cells, kept = numba_vnni.query_tables(u8, scales, Q, nprobe, threshold, stage3)
+        assert got.dtype == np.int16 and got.shape == (K, len(scale)) and got.flags.c_contiguous
+        np.testing.assert_array_equal(got, rows16)
         np.testing.assert_array_equal(cells, reference.probe_cells(want, nprobe))
         for x, y in zip(kept, reference.kept_rows_int8(want, threshold)):
             np.testing.assert_array_equal(x, y)
@@ -285,26 +292,29 @@ def test_quantize_query_matches_reference():
 
 
 def test_query_tables_picks_the_int8_kernel_where_the_backend_has_it():
-    """``search.query_tables``: the fused int8 pass with Numba on a VNNI CPU, the float scores, their cells and no
-    stage-2 table (built when stage 2 runs) otherwise."""
+    """``search.query_tables``: the fused int8 pass with Numba on a VNNI CPU (no float scores kept); the float
+    scores, their cells and no stage-2/3 tables (built when those stages run) otherwise."""
     rng = np.random.default_rng(531)
     codec = _plain_codec(dequantize_centroids(*quantize_centroids(_unit(rng.standard_normal((50, 64))))))
     Q = _queries(rng, 7, 64)
     params = SearchParams(nprobe=2, centroid_score_threshold=0.1)
     float_scores = reference.centroid_scores(codec.centroids, Q)
-    S, cells, stage2 = query_tables(codec, Q, get_backend("numpy"), params)
-    np.testing.assert_array_equal(S, float_scores)
-    np.testing.assert_array_equal(cells, reference.probe_cells(float_scores, 2))
-    assert stage2 is None
-    S, cells, stage2 = query_tables(codec, Q, get_backend("numba"), params)
-    if numba_vnni.HAS_VNNI:
-        np.testing.assert_array_equal(S, reference.centroid_scores_int8(*codec.centroids_u8, Q))
-        for x, y in zip(stage2, reference.kept_rows_int8(S, 0.1)):
-            np.testing.assert_array_equal(x, y)
-    else:
-        np.testing.assert_allclose(S, float_scores, rtol=RTOL, atol=1e-5)
-        assert stage2 is None
-    np.testing.assert_array_equal(cells, reference.probe_cells(S, 2))
+    for name in ("numpy", "numba"):
+        be = get_backend(name)
+        tables3 = be.refined_interaction_tables(Q, codec.table, score_bound(codec, Q))
+        S, rows3, cells, stage2 = query_tables(codec, Q, be, params, tables3)
+        if name == "numba" and numba_vnni.HAS_VNNI:
+            want = reference.centroid_scores_int8(*codec.centroids_u8, Q)
+            assert S is None
+            np.testing.assert_array_equal(rows3[:, :7], reference.score_rows_int16(want, tables3[1], tables3[2]))
+            for x, y in zip(stage2, reference.kept_rows_int8(want, 0.1)):
+                np.testing.assert_array_equal(x, y)
+        else:
+            np.testing.assert_allclose(S, float_scores, rtol=RTOL, atol=1e-5)
+            want = S
+            assert rows3 is None and stage2 is None
+        np.testing.assert_array_equal(cells, reference.probe_cells(want, 2))
+    assert np.all(score_bound(codec, Q) >= np.abs(float_scores).max(axis=0))
 
 
 def _interaction_inputs(seed: int, q_len: int, K: int):
@@ -489,18 +499,43 @@ def test_byte_table_int8(dim, nbits, q_len):
     _, _, table = _codec(rng, 5, dim, nbits)
     Q = _queries(rng, q_len, dim)
     q_pad = (q_len + 31) // 32 * 32
-    got, got_scale = numba_rows.byte_table_int8(Q, table, q_pad)
-    want, scale = reference.byte_table_int8(Q, table)
     nbytes = table.shape[0]
-    assert got.dtype == want.dtype == np.int8 and got.shape == (nbytes * 256, q_pad)
-    np.testing.assert_array_equal(got[:, :q_len], want)
-    np.testing.assert_array_equal(got_scale[:q_len], scale)
-    np.testing.assert_array_equal(got[:, q_len:], 0)
-    assert np.abs(want).max() == min(127, 32767 // nbytes)  # each column's peak takes the limit
+    limit, room = reference.int16_room(nbytes)
     half = numba_rows.nibble_table(Q, table, q_pad)[:, :q_len]
     v = np.arange(256)
     lut = np.concatenate([half[32 * b + (v >> 4)] + half[32 * b + 16 + (v & 15)] for b in range(nbytes)])
-    assert np.all(np.abs(want * scale - lut) <= scale / 2 * (1 + 1e-5))
+    big = np.abs(lut).max(axis=0) / limit * room * 3  # centroid scores 3x past what the table's step leaves room for
+    for bound in (np.zeros(q_len), big):
+        padded = np.zeros(q_pad)
+        padded[:q_len] = bound
+        got, got_scale = numba_rows.byte_table_int8(Q, table, q_pad, padded)
+        want, scale = reference.byte_table_int8(Q, table, bound)
+        assert got.dtype == want.dtype == np.int8 and got.shape == (nbytes * 256, q_pad)
+        np.testing.assert_array_equal(got[:, :q_len], want)
+        np.testing.assert_array_equal(got_scale[:q_len], scale)
+        np.testing.assert_array_equal(got[:, q_len:], 0)
+        assert np.all(np.abs(want * scale - lut) <= scale / 2 * (1 + 1e-5))
+        assert np.all(bound / scale <= room * (1 + 1e-6))  # a score within the bound fits beside the rows
+        peak = np.abs(want.astype(np.int64)).max(axis=0)
+        if bound is big:  # the bound decides the step: a third of the limit
+            assert np.all(peak <= limit // 3 + 1) and np.all(peak >= limit // 3 - 1)
+        else:  # each column's peak takes the limit
+            assert np.all(peak == limit)
+
+
+def test_score_rows_int16_clips_to_the_room():
+    """Stage 3's centroid scores in table units: the kernel is the reference to the bit, past ``q_len`` is 0, and
+    scores beyond the room the rows' sums leave are clipped to it (an int16 sum never wraps)."""
+    rng = np.random.default_rng(740)
+    S = (rng.standard_normal((9, 5)) * 3).astype(np.float32)
+    scale = np.ones(32, np.float32)
+    scale[:5] = np.float32(1e-4)
+    room = reference.int16_room(16)[1]  # dim 64, 2 bits: 32767 - 16 * 127
+    got = numba_rows.score_rows_int16(S, scale, room)
+    want = reference.score_rows_int16(S, scale, room)
+    np.testing.assert_array_equal(got[:, :5], want)
+    np.testing.assert_array_equal(got[:, 5:], 0)
+    assert room == 30735 and np.abs(want).max() == room and 0 < np.abs(want).min() < room
 
 
 def test_byte_table_int8_tiny_query_tokens():
@@ -510,7 +545,7 @@ def test_byte_table_int8_tiny_query_tokens():
     table = reference.decode_table(np.tile(np.float32([-0.05, -0.01, 0.01, 0.05]), (8, 1)), 2)
     Q = np.zeros((3, 8), dtype=np.float32)
     Q[0], Q[1], Q[2] = 0.35, 1e-44, 1.79e-42
-    got, got_scale = numba_rows.byte_table_int8(Q, table, 32)
+    got, got_scale = numba_rows.byte_table_int8(Q, table, 32, np.zeros(32))
     want, scale = reference.byte_table_int8(Q, table)
     np.testing.assert_array_equal(got[:, :3], want)
     np.testing.assert_array_equal(got_scale[:3], scale)
@@ -575,8 +610,10 @@ def test_refined_interaction_tables_once(backend):
     Q = _queries(rng, q_len, dim)
     S = reference.centroid_scores(centroids, Q)
     whole = be.refined_interaction(Q, S, codes, packed, offsets, candidates, table)
-    tables = be.refined_interaction_tables(Q, table)
-    parts = [be.refined_interaction_from(tables, S, codes, packed, offsets, c) for c in np.array_split(candidates, 3)]
+    tables = be.refined_interaction_tables(Q, table, np.abs(S).max(axis=0).astype(np.float64))
+    rows = be.refined_interaction_scores(tables, S)
+    split = np.array_split(candidates, 3)
+    parts = [be.refined_interaction_from(tables, rows, codes, packed, offsets, c) for c in split]
     np.testing.assert_array_equal(np.concatenate(parts), whole)
     want = reference.refined_interaction(Q, S, codes, packed, offsets, candidates, table, quantised=backend == "numba")
     np.testing.assert_allclose(whole, want, rtol=1e-5, atol=1e-5 * q_len)

@@ -23,7 +23,7 @@ from threadpoolctl import threadpool_limits
 import colbert_index
 from colbert_index import Index, SearchParams
 from colbert_index.backend import one_blas_thread
-from colbert_index.search import query_tables, top_k
+from colbert_index.search import query_tables, score_bound, top_k
 
 
 def build(corpus: Corpus, index_dir: Path, nbits: int) -> dict:
@@ -87,11 +87,16 @@ def profile(corpus: Corpus, index_dir: Path, k: int, threads: int, params: dict 
 
     def stages(Q: np.ndarray) -> tuple[dict, list]:
         t0 = time.process_time()
-        S, first_cells, stage2 = query_tables(codec, Q, be, p)  # with VNNI: stage 1's cells too
+        tables3 = be.refined_interaction_tables(Q, codec.table, score_bound(codec, Q))
+        S, rows3, first_cells, stage2 = query_tables(codec, Q, be, p, tables3)  # with VNNI: one pass for 0-3
         t1 = time.process_time()
         nprobe = p.nprobe
         while True:
-            cells = first_cells if nprobe == p.nprobe else be.probe_cells(S, nprobe)
+            if first_cells is not None and nprobe == p.nprobe:
+                cells = first_cells
+            else:
+                S = be.centroid_scores(codec.centroids, Q) if S is None else S
+                cells = be.probe_cells(S, nprobe)
             cands = be.probe(cells, data.ivf_offsets, data.ivf_docs, data.n_docs)
             if len(cands) >= k or nprobe >= codec.n_centroids:
                 break
@@ -105,7 +110,8 @@ def profile(corpus: Corpus, index_dir: Path, k: int, threads: int, params: dict 
         t3 = time.process_time()
         n_exact = SearchParams.n_exact(k, p.ndocs)
         if len(cands) > n_exact:
-            approx = be.refined_interaction(Q, S, data.codes, data.residuals, data.offsets, cands, codec.table)
+            rows3 = be.refined_interaction_scores(tables3, S) if rows3 is None else rows3
+            approx = be.refined_interaction_from(tables3, rows3, data.codes, data.residuals, data.offsets, cands)
             cands = top_k(approx, cands, n_exact)[1]
         t4 = time.process_time()
         scores = be.exact_maxsim(

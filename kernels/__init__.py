@@ -11,3 +11,20 @@ Shared conventions
 * A token decompresses to ``centroids[code] + bucket_weights[j, bucket_j]`` for each dimension ``j``.
 * Candidate lists are int32/int64 arrays of document slots; scores come back float32 in the same order.
 """
+
+if __name__ == "kernels":
+    # Installed, this folder is `colbert_index.kernels`; it is imported as `kernels` only when the repository root
+    # is on sys.path (`python -m ...` run there), where it would shadow the PyPI package `kernels` that recent
+    # transformers import. Hand that import the installed package instead.
+    import importlib.machinery
+    import importlib.util
+    import os
+    import sys
+
+    _root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    _path = [p for p in sys.path if os.path.abspath(p or os.curdir) != _root]
+    _spec = importlib.machinery.PathFinder.find_spec("kernels", _path)
+    if _spec is not None and _spec.loader is not None:
+        _module = importlib.util.module_from_spec(_spec)
+        sys.modules["kernels"] = _module
+        _spec.loader.exec_module(_module)

@@ -708,3 +708,22 @@ def test_cli_demo_with_model(ckpt_dir, capsys):
     assert main(["demo", "--model", str(ckpt_dir["bert"])]) == 0
     out = capsys.readouterr().out
     assert "encoded 40 passages" in out and "ranks first for" in out
+
+
+def test_repository_root_on_sys_path_does_not_shadow_pypi_kernels():
+    """Recent transformers import the PyPI package ``kernels``; run from the repository root (``python -m ...``,
+    which puts it on sys.path) our ``kernels/`` folder must hand that import the installed package."""
+    import importlib.metadata
+    import subprocess
+    import sys
+
+    try:
+        importlib.metadata.distribution("kernels")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("the PyPI package `kernels` is not installed")
+    root = Path(__file__).resolve().parent.parent
+    code = "import kernels, colbert_index.kernels.reference as r; print(kernels.__file__); print(r.__name__)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
+    kernels_file, reference_name = out.stdout.split()
+    assert not Path(kernels_file).resolve().is_relative_to(root / "kernels"), kernels_file
+    assert reference_name == "colbert_index.kernels.reference"

@@ -192,10 +192,17 @@ def main(argv: list[str] | None = None) -> dict:
                 raise SystemExit(f"{path} holds {index.n_docs} docs of dim {index.dim}, not this corpus")
             previous = json.loads(out_json.read_text()) if out_json.exists() else {"row": {}, "env": {}}
             old = previous["row"]
-            row = {k: v for k, v in old.items() if k.startswith(("build", "peak_rss")) or k == "bytes_per_token"}
+            if old.get("index_uuid") == index.manifest["uuid"]:  # the build these figures were measured on
+                row = {k: v for k, v in old.items() if k.startswith(("build", "peak_rss"))}
+                row["build_commit"] = old.get("build_commit") or previous["env"].get("git_commit", "unknown")
+            else:  # built elsewhere: only what the index itself records (no peak RSS)
+                log(f"no build figures of this index in {out_json}: taking them from its manifest (no peak RSS)")
+                build = index.manifest["build"]
+                row = {"build_s": round(build["seconds"], 1), "build_train_s": build["train_seconds"]}
+                row["build_commit"] = "unknown"
             row.update(n_docs=index.n_docs, n_tokens=index.n_tokens, dim=index.dim, nbits=index.nbits)
-            row.update(K=index.n_centroids)
-            row["build_commit"] = old.get("build_commit") or previous["env"].get("git_commit", "unknown")
+            row.update(K=index.n_centroids, index_uuid=index.manifest["uuid"])
+            row["bytes_per_token"] = round(index.disk_bytes() / index.n_tokens, 2)
             log(f"reusing the index at {path}")
         else:
             rss_before = peak_rss_gib()
@@ -212,6 +219,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "peak_rss_gib_before_build": round(rss_before, 2),
                 "peak_rss_gib_after_build": round(peak_rss_gib(), 2),
                 "bytes_per_token": round(index.disk_bytes() / index.n_tokens, 2),
+                "index_uuid": index.manifest["uuid"],
             }
             log(f"built in {row['build_s']} s, {row['bytes_per_token']} B/token")
             if args.index:  # the build figures survive an interrupted measurement: a rerun with --index reuses them

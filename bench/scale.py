@@ -109,6 +109,19 @@ def assignment_check(index: Index, stream: SyntheticStream, n_docs: int = 3000) 
             "assignment_residual_sq_norm_excess": round(excess, 5)}  # fmt: skip
 
 
+def index_facts(index: Index) -> dict:
+    """What the index itself says about its size and identity (the uuid ties build figures to this build)."""
+    return {
+        "n_docs": index.n_docs,
+        "n_tokens": index.n_tokens,
+        "dim": index.dim,
+        "nbits": index.nbits,
+        "K": index.n_centroids,
+        "bytes_per_token": round(index.disk_bytes() / index.n_tokens, 2),
+        "index_uuid": index.manifest["uuid"],
+    }
+
+
 def cold_open(path: Path, query: np.ndarray) -> dict:
     """Open time and first-query latency with the page cache dropped (needs root; else not measured)."""
     os.sync()
@@ -200,26 +213,18 @@ def main(argv: list[str] | None = None) -> dict:
                 build = index.manifest["build"]
                 row = {"build_s": round(build["seconds"], 1), "build_train_s": build["train_seconds"]}
                 row["build_commit"] = "unknown"
-            row.update(n_docs=index.n_docs, n_tokens=index.n_tokens, dim=index.dim, nbits=index.nbits)
-            row.update(K=index.n_centroids, index_uuid=index.manifest["uuid"])
-            row["bytes_per_token"] = round(index.disk_bytes() / index.n_tokens, 2)
+            row.update(index_facts(index))
             log(f"reusing the index at {path}")
         else:
             rss_before = peak_rss_gib()
             build_ms, index = timed(lambda: Index.build(path, iter(stream), nbits=args.nbits, progress=True))
             row = {
-                "n_docs": index.n_docs,
-                "n_tokens": index.n_tokens,
-                "dim": index.dim,
-                "nbits": args.nbits,
-                "K": index.n_centroids,
                 "build_s": round(build_ms / 1e3, 1),
                 "build_train_s": index.manifest["build"]["train_seconds"],
                 "build_commit": sources,
                 "peak_rss_gib_before_build": round(rss_before, 2),
                 "peak_rss_gib_after_build": round(peak_rss_gib(), 2),
-                "bytes_per_token": round(index.disk_bytes() / index.n_tokens, 2),
-                "index_uuid": index.manifest["uuid"],
+                **index_facts(index),
             }
             log(f"built in {row['build_s']} s, {row['bytes_per_token']} B/token")
             if args.index:  # the build figures survive an interrupted measurement: a rerun with --index reuses them

@@ -92,13 +92,20 @@ class ResidualCodec:
         kmeans_iters: int = 4,
         seed: int = 0,
         normalize: bool = False,
+        device=None,
     ) -> ResidualCodec:
         """Spherical k-means (faiss) on ``kmeans_sample``; bucket cutoffs at the quantiles and weights
-        at the bucket medians of the ``heldout`` tokens' residuals, for each dimension."""
+        at the bucket medians of the ``heldout`` tokens' residuals, for each dimension. With a torch
+        ``device``, k-means runs there instead, with exact assignment (:mod:`colbert_index.device_build`),
+        and the held-out tokens take their exact nearest centroid too."""
         dim = kmeans_sample.shape[1]
         check_nbits_dim(nbits, dim)
         sample = np.ascontiguousarray(kmeans_sample, dtype=np.float32)
-        if n_centroids > 1:
+        if n_centroids > 1 and device is not None:
+            from colbert_index import device_build
+
+            centroids = device_build.kmeans(sample, n_centroids, kmeans_iters, seed, device)
+        elif n_centroids > 1:
             km = faiss.Clustering(dim, n_centroids)
             km.niter, km.seed, km.spherical = kmeans_iters, seed, True
             km.max_points_per_centroid = max(1, len(sample) // n_centroids + 1)
@@ -116,7 +123,7 @@ class ResidualCodec:
         centroids = dequantize_centroids(*quantize_centroids(centroids))
         codec = cls(centroids, np.zeros((dim, 2**nbits - 1), np.float32), np.zeros((dim, 2**nbits), np.float32), nbits)
         held = np.ascontiguousarray(heldout, dtype=np.float32)
-        residuals = held - centroids[codec.assign(held)]
+        residuals = held - centroids[codec.assign(held, exact=True if device is not None else None)]
         levels = 2**nbits
         cutoffs = np.quantile(residuals, np.arange(1, levels) / levels, axis=0).T
         weights = np.quantile(residuals, (np.arange(levels) + 0.5) / levels, axis=0).T

@@ -6,7 +6,8 @@ runs there (:mod:`colbert_index.device_search`) with the Triton kernels, or, whe
 does not work on this GPU, with the torch kernels (a warning on the ``colbert_index.device`` logger says
 so). ``device="cpu"`` keeps the Numba path; ``backend="torch"`` (or ``"triton"`` under
 ``TRITON_INTERPRET=1``) runs the device pipeline on CPU tensors instead, which is how it is tested.
-Building, writes and :meth:`Index.search_exact` stay on the CPU.
+Writes and :meth:`Index.search_exact` stay on the CPU; ``Index.build(device="cuda")`` builds on the GPU
+(:mod:`colbert_index.device_build`).
 """
 
 from __future__ import annotations
@@ -45,33 +46,43 @@ def resolve(device: str, backend: str) -> tuple[str, DeviceSearcher | None]:
     The searcher is ``None`` for the Numba/numpy CPU path. Raises ``ValueError`` for an unknown device or
     a backend that cannot run on it, ``RuntimeError`` when CUDA is asked for and torch sees no GPU.
     """
-    if not isinstance(device, str):
-        raise TypeError(f"device must be a string such as 'cpu' or 'cuda', got {type(device).__name__}")
-    dev = device.strip().lower()
-    if dev == "cpu" and backend not in DEVICE_BACKENDS:
+    if _is_cpu(device) and backend not in DEVICE_BACKENDS:
         return backend, None
-    torch = _torch()
-    if dev == "cpu":
-        tdev = torch.device("cpu")
-    elif dev == "cuda" or dev.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            why = "a CPU-only build" if torch.version.cuda is None else "no GPU is visible"
-            raise RuntimeError(
-                f"device={device!r}, but CUDA is not available to torch {torch.__version__} ({why}). Install a "
-                "CUDA build of torch (https://pytorch.org/get-started/locally/), or open with device='cpu' (Numba)."
-            )
-        try:
-            tdev = torch.device(dev)
-        except RuntimeError as e:
-            raise ValueError(f"invalid device {device!r}: {e}") from None
-        if tdev.index is not None and tdev.index >= torch.cuda.device_count():
-            raise ValueError(f"device={device!r}: only {torch.cuda.device_count()} CUDA device(s) are visible")
-    else:
-        raise ValueError(f"unknown device {device!r}; use 'cpu' or 'cuda' (or 'cuda:N')")
+    tdev = torch_device(device)
     if backend not in ("auto", *DEVICE_BACKENDS):
         raise ValueError(f"backend {backend!r} runs on the CPU; with device={device!r} use 'auto', 'triton' or 'torch'")
     kernels, name = select_kernels(tdev, backend)
     return "auto", DeviceSearcher(tdev, kernels, name)
+
+
+def _is_cpu(device: str) -> bool:
+    if not isinstance(device, str):
+        raise TypeError(f"device must be a string such as 'cpu' or 'cuda', got {type(device).__name__}")
+    return device.strip().lower() == "cpu"
+
+
+def torch_device(device: str):
+    """``"cpu" | "cuda" | "cuda:N"`` as a ``torch.device``, checked: ``ValueError`` for an unknown or absent
+    device, ``RuntimeError`` when CUDA is asked for and torch sees no GPU."""
+    torch = _torch()
+    if _is_cpu(device):
+        return torch.device("cpu")
+    dev = device.strip().lower()
+    if not (dev == "cuda" or dev.startswith("cuda:")):
+        raise ValueError(f"unknown device {device!r}; use 'cpu' or 'cuda' (or 'cuda:N')")
+    if not torch.cuda.is_available():
+        why = "a CPU-only build" if torch.version.cuda is None else "no GPU is visible"
+        raise RuntimeError(
+            f"device={device!r}, but CUDA is not available to torch {torch.__version__} ({why}). Install a "
+            "CUDA build of torch (https://pytorch.org/get-started/locally/), or use device='cpu' (Numba)."
+        )
+    try:
+        tdev = torch.device(dev)
+    except RuntimeError as e:
+        raise ValueError(f"invalid device {device!r}: {e}") from None
+    if tdev.index is not None and tdev.index >= torch.cuda.device_count():
+        raise ValueError(f"device={device!r}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    return tdev
 
 
 def select_kernels(device, backend: str = "auto") -> tuple[ModuleType, str]:

@@ -26,6 +26,8 @@ from colbert_index import segments as seg_files
 from colbert_index.backend import get_backend, one_blas_thread
 from colbert_index.codec import ResidualCodec, check_nbits_dim, default_n_centroids
 from colbert_index.device import resolve as resolve_device
+from colbert_index.device_build import BLOCK_TOKENS as DEVICE_BLOCK_TOKENS
+from colbert_index.device_build import DeviceCompressor, build_device
 from colbert_index.inputs import normalize_doc_ids, normalize_queries, spill_documents
 from colbert_index.search import SearchParams, SearchResult, brute_force, check_k, staged_search, top_k
 from colbert_index.segments import Segment
@@ -41,8 +43,9 @@ def _progress(enabled: bool | None) -> bool:
     return sys.stderr.isatty() if enabled is None else bool(enabled)
 
 
-def _train_codec(spill, K: int, nbits: int, kmeans_iters: int, seed: int, normalize: bool | None = None):
-    """k-means + bucket tables on a sample of the spilled tokens. ``normalize=None`` detects unit vectors."""
+def _train_codec(spill, K: int, nbits: int, kmeans_iters: int, seed: int, normalize: bool | None = None, device=None):
+    """k-means + bucket tables on a sample of the spilled tokens. ``normalize=None`` detects unit vectors;
+    ``device``: a torch device to run k-means on (:mod:`colbert_index.device_build`), else faiss on the CPU."""
     n_tokens = spill.shape[0]
     rng = np.random.default_rng(seed)
     n_train = min(n_tokens, K * _KMEANS_POINTS_PER_CENTROID)
@@ -52,7 +55,9 @@ def _train_codec(spill, K: int, nbits: int, kmeans_iters: int, seed: int, normal
     )
     if normalize is None:  # ColBERT models emit unit vectors; then decompressed tokens are renormalised too.
         normalize = bool(np.allclose(np.linalg.norm(heldout, axis=1), 1.0, atol=2e-3))
-    codec = ResidualCodec.train(train, heldout, K, nbits, kmeans_iters=kmeans_iters, seed=seed, normalize=normalize)
+    codec = ResidualCodec.train(
+        train, heldout, K, nbits, kmeans_iters=kmeans_iters, seed=seed, normalize=normalize, device=device
+    )
     return codec, drift_stats.outlier_norm(codec, heldout)
 
 
@@ -240,8 +245,9 @@ class Index:
         backend: str = "auto",
         metadata: list[dict | None] | None = None,
         codec: ResidualCodec | None = None,
+        device: str = "cpu",
     ) -> Index:
-        """Build an index at ``path`` and return it opened.
+        """Build an index at ``path`` and return it opened (on the CPU).
 
         Args:
             doc_embeddings: a list of float ``[n_i, dim]`` arrays (float16/float32, one per document),
@@ -257,12 +263,19 @@ class Index:
                 (:mod:`colbert_index.metadata`) for ``search(..., filter=...)`` and :meth:`metadata`.
             codec: encode with this already trained :class:`ResidualCodec` instead of training one (its dim
                 and nbits must match; ``n_centroids`` must be None or its K). Sharded builds use it.
+            device: ``"cuda"`` (or ``"cuda:N"``) runs k-means and compression on that GPU with torch, exact at
+                any K (:mod:`colbert_index.device_build`); the files are the same kind. ``device="cpu"`` with
+                ``backend="torch"`` runs that path on CPU tensors. Search the result on a GPU with
+                ``Index.open(path, device="cuda")``.
 
         Nothing appears at ``path`` unless the whole build succeeds.
         """
         path = Path(path)
         if nbits not in (2, 4):
             raise ValueError(f"nbits must be 2 or 4, got {nbits!r}")
+        on_device = build_device(device, backend)
+        if on_device is not None:
+            backend = "auto"  # the CPU-side work left (IVF, checks) and the returned index: Numba
         kernels = get_backend(backend)
         t0 = time.perf_counter()
         replacing = overwrite and (path / storage.MANIFEST).is_file()
@@ -282,7 +295,7 @@ class Index:
                 K = _check_k_centroids(
                     default_n_centroids(n_tokens, dim, nbits) if n_centroids is None else int(n_centroids), n_tokens
                 )
-                codec, outlier_norm = _train_codec(spill, K, nbits, kmeans_iters, seed)
+                codec, outlier_norm = _train_codec(spill, K, nbits, kmeans_iters, seed, device=on_device)
             else:  # a codebook trained elsewhere (colbert_index.distributed: one codebook for all shards)
                 K, outlier_norm = _given_codec(codec, spill, nbits, n_centroids, seed)
             t_train = time.perf_counter() - t0
@@ -290,8 +303,11 @@ class Index:
             # Pass 2 compresses the spilled tokens chunk by chunk into the memory-mapped outputs.
             # read after the documents, so that both may be lists a generator of batches fills as it goes
             meta = None if metadata is None else meta_files.check_metadata(metadata, len(doclens))
+            compress = None
+            if on_device is not None:
+                compress, spill.block_tokens = DeviceCompressor(codec, on_device), DEVICE_BLOCK_TOKENS
             segment = seg_files.write_segment(
-                tmp, 0, spill, doclens, 0 if ids is None else ids, codec, kernels, _progress(progress), meta
+                tmp, 0, spill, doclens, 0 if ids is None else ids, codec, kernels, _progress(progress), meta, compress
             )
             if isinstance(ids, list):
                 id_type, next_id = "str", None
@@ -317,6 +333,7 @@ class Index:
                     "build": {
                         "seed": seed,
                         "kmeans_iters": kmeans_iters,
+                        "device": "cpu" if on_device is None else f"{on_device} (torch)",
                         "train_seconds": round(t_train, 3),
                         "seconds": round(time.perf_counter() - t0, 3),
                     },

@@ -84,18 +84,18 @@ class Spill:
     def __init__(self, path: Path, n_tokens: int, dim: int, block_tokens: int = 1 << 16) -> None:
         self.path, self.shape, self.block_tokens = path, (n_tokens, dim), block_tokens
 
-    def blocks(self) -> Iterator[tuple[int, np.ndarray]]:
-        """``(first row, float32 block)`` over the whole file, in order."""
+    def blocks(self, dtype=np.float32) -> Iterator[tuple[int, np.ndarray]]:
+        """``(first row, block)`` over the whole file, in order, as ``dtype`` (float16: as stored)."""
         n, dim = self.shape
         with open(self.path, "rb") as f:
             for lo in range(0, n, self.block_tokens):
                 count = min(self.block_tokens, n - lo) * dim
-                yield lo, np.fromfile(f, dtype=np.float16, count=count).reshape(-1, dim).astype(np.float32)
+                yield lo, np.fromfile(f, dtype=np.float16, count=count).reshape(-1, dim).astype(dtype, copy=False)
 
     def rows(self, *indices: np.ndarray) -> list[np.ndarray]:
         """The float32 rows at each sorted index array, gathered in one sequential pass."""
         out = [np.empty((len(idx), self.shape[1]), np.float32) for idx in indices]
-        for lo, block in self.blocks():
+        for lo, block in self.blocks(np.float16):  # only the gathered rows are converted
             for idx, dst in zip(indices, out):
                 a, b = np.searchsorted(idx, [lo, lo + len(block)])
                 dst[a:b] = block[idx[a:b] - lo]
@@ -115,9 +115,9 @@ def spill_documents(doc_embeddings, doc_lengths, spill_path: Path, progress: boo
         for i, doc in enumerate(tqdm(docs, desc="read", unit="doc", disable=not progress)):
             a = check_document(doc, i, dim)
             dim = a.shape[1]
-            if np.abs(a).max() > np.finfo(np.float16).max:
+            if a.dtype != np.float16 and np.abs(a).max() > np.finfo(np.float16).max:
                 raise ValueError(f"document {i}: values beyond the float16 range (|x| > 65504)")
-            f.write(a.astype(np.float16).tobytes())
+            f.write(np.ascontiguousarray(a, dtype=np.float16))
             lengths.append(len(a))
     if not lengths:
         raise ValueError("empty corpus: doc_embeddings holds no documents")

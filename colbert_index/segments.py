@@ -214,10 +214,13 @@ def write_segment(
     kernels,
     progress=False,
     metadata=None,
+    compress=None,
 ) -> dict:
     """Compress the spilled tokens with ``codec`` into ``root/seg-<id>/`` (created by :func:`fresh_dir`,
     where the spill lies; it is removed) and return the segment's manifest entry, with its drift.
-    ``metadata``: the documents' metadata JSON texts in order (:mod:`colbert_index.metadata`), or None."""
+    ``metadata``: the documents' metadata JSON texts in order (:mod:`colbert_index.metadata`), or None.
+    ``compress``: ``float16 block -> (codes, packed residuals, outside count)`` to use instead of ``codec``
+    with ``kernels`` (:class:`colbert_index.device_build.DeviceCompressor`)."""
     name = segment_name(seg_id)
     n_tokens, dim = spill.shape
     codes = open_memmap(root / name / "codes.npy", mode="w+", dtype=codec.code_dtype, shape=(n_tokens,))
@@ -226,10 +229,14 @@ def write_segment(
     )
     outside = 0
     bar = tqdm(total=n_tokens, desc="compress", unit="tok", disable=not progress)
-    for lo, block in spill.blocks():
+    for lo, block in spill.blocks(np.float32 if compress is None else np.float16):
         hi = lo + len(block)
-        codes[lo:hi], residuals[lo:hi] = codec.compress(block, kernels)
-        outside += outside_count(block, codes[lo:hi], codec)
+        if compress is None:
+            codes[lo:hi], residuals[lo:hi] = codec.compress(block, kernels)
+            outside += outside_count(block, codes[lo:hi], codec)
+        else:
+            codes[lo:hi], residuals[lo:hi], n_outside = compress(block)
+            outside += n_outside
         bar.update(hi - lo)
     bar.close()
     spill.path.unlink()

@@ -12,6 +12,9 @@ corpus of millions of documents one at a time (for streaming builds) and regener
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -142,6 +145,50 @@ class SyntheticStream:
     def __iter__(self) -> Iterator[np.ndarray]:
         """Every document in order, one at a time."""
         return (self.document(d) for d in range(self.n_docs))
+
+    def batches(self, batch_docs: int = 2048, workers: int | None = None) -> Iterator[list[np.ndarray]]:
+        """Every document in order, as lists of ``batch_docs`` float16 arrays (what a build spills), made by
+        ``workers`` forked processes (default: one per CPU; 1, or no ``fork`` on this platform: this one).
+
+        At most two batches per worker are in flight, so memory stays bounded when the consumer is slower.
+        """
+        ranges = [(lo, min(lo + batch_docs, self.n_docs)) for lo in range(0, self.n_docs, batch_docs)]
+        workers = min(workers or os.cpu_count() or 1, len(ranges))
+        if workers <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+            for lo, hi in ranges:
+                yield self._split(lo, hi, self._tokens(lo, hi))
+            return
+        global _FORKED_STREAM
+        _FORKED_STREAM = self  # the workers inherit it: nothing is pickled but the ranges and the tokens
+        try:
+            with multiprocessing.get_context("fork").Pool(workers) as pool:
+                pending: deque = deque()
+                todo = iter(ranges)
+                for r in todo:
+                    pending.append((r, pool.apply_async(_forked_tokens, r)))
+                    if len(pending) == 2 * workers:
+                        break
+                while pending:
+                    (lo, hi), result = pending.popleft()
+                    r = next(todo, None)
+                    if r is not None:
+                        pending.append((r, pool.apply_async(_forked_tokens, r)))
+                    yield self._split(lo, hi, result.get())
+        finally:
+            _FORKED_STREAM = None
+
+    def _tokens(self, lo: int, hi: int) -> np.ndarray:
+        return np.concatenate([self.document(d) for d in range(lo, hi)]).astype(np.float16)
+
+    def _split(self, lo: int, hi: int, tokens: np.ndarray) -> list[np.ndarray]:
+        return np.split(tokens, np.cumsum(self.doclens[lo : hi - 1]))
+
+
+_FORKED_STREAM: SyntheticStream | None = None
+
+
+def _forked_tokens(lo: int, hi: int) -> np.ndarray:
+    return _FORKED_STREAM._tokens(lo, hi)
 
 
 def make_corpus(

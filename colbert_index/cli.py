@@ -83,6 +83,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         seed=args.seed,
         metadata=metadata,
+        device=args.build_device,
     )
     print(f"built {idx} in {time.perf_counter() - t0:.1f}s, {idx.disk_bytes() / idx.n_tokens:.2f} bytes/token")
     return 0
@@ -193,6 +194,7 @@ def cmd_index_texts(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=False,
         metadata=metas,
+        device=args.build_device,
     )
     s = time.perf_counter() - t0
     print(f"indexed {idx.n_docs} passages ({idx.n_tokens} tokens) in {s:.1f}s ({idx.n_docs / s:.1f} passages/s): {idx}")
@@ -520,6 +522,9 @@ def _add_build_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-centroids", type=int)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument(
+        "--build-device", default="cpu", help="where k-means and compression run: cpu (faiss + Numba) or cuda (torch)"
+    )
 
 
 def _add_embedding_inputs(p: argparse.ArgumentParser) -> None:
@@ -773,9 +778,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"colbert-index: error: {e.args[0] if e.args else e}", file=sys.stderr)
         return 2
     except RuntimeError as e:
+        from colbert_index.device import DeviceUnavailableError
         from colbert_index.storage import IndexLockedError
 
-        if not isinstance(e, IndexLockedError):
+        if not isinstance(e, (IndexLockedError, DeviceUnavailableError)):
             raise
         print(f"colbert-index: error: {e}", file=sys.stderr)
         return 2

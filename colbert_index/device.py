@@ -27,6 +27,10 @@ _MAX_BATCH = 256
 _UPLOAD_ROWS = 1 << 22
 
 
+class DeviceUnavailableError(RuntimeError):
+    """CUDA was asked for and torch sees no GPU."""
+
+
 def _torch():
     try:
         import torch
@@ -63,7 +67,7 @@ def _is_cpu(device: str) -> bool:
 
 def torch_device(device: str):
     """``"cpu" | "cuda" | "cuda:N"`` as a ``torch.device``, checked: ``ValueError`` for an unknown or absent
-    device, ``RuntimeError`` when CUDA is asked for and torch sees no GPU."""
+    device, :class:`DeviceUnavailableError` (a ``RuntimeError``) when CUDA is asked for and torch sees no GPU."""
     torch = _torch()
     if _is_cpu(device):
         return torch.device("cpu")
@@ -72,7 +76,7 @@ def torch_device(device: str):
         raise ValueError(f"unknown device {device!r}; use 'cpu' or 'cuda' (or 'cuda:N')")
     if not torch.cuda.is_available():
         why = "a CPU-only build" if torch.version.cuda is None else "no GPU is visible"
-        raise RuntimeError(
+        raise DeviceUnavailableError(
             f"device={device!r}, but CUDA is not available to torch {torch.__version__} ({why}). Install a "
             "CUDA build of torch (https://pytorch.org/get-started/locally/), or use device='cpu' (Numba)."
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from colbert_index import Index, SearchParams
 from colbert_index.cli import main
@@ -33,6 +34,15 @@ def test_build_then_search(tmp_path, tiny_docs, capsys):
 
 
 def test_errors_exit_2(tmp_path, tiny_docs, capsys):
+    np.save(tmp_path / "emb.npy", np.concatenate(tiny_docs))
+    np.save(tmp_path / "lens.npy", np.array([len(d) for d in tiny_docs]))
+    build = ["build", str(tmp_path / "idx"), "--embeddings", str(tmp_path / "emb.npy"), "--doclens"]
+    assert main([*build, str(tmp_path / "lens.npy"), "--build-device", "tpu"]) == 2
+    assert "unknown device 'tpu'" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main([*build, str(tmp_path / "lens.npy"), "--build-device", "cuda"]) == 2
+        assert "CUDA is not available" in capsys.readouterr().err
+    assert not (tmp_path / "idx").exists()
     np.save(tmp_path / "q.npy", np.zeros((3, 5), np.float32))
     assert main(["search", str(tmp_path / "nope"), "--queries", str(tmp_path / "q.npy")]) == 2
     assert "no index directory" in capsys.readouterr().err

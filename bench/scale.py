@@ -149,7 +149,7 @@ def sweep(index: Index, queries: list[np.ndarray], raw: np.ndarray, exact: np.nd
                     "nprobe": nprobe,
                     "ndocs": ndocs,
                     "is_default": (nprobe, ndocs)
-                    == (SearchParams.defaults(10).nprobe, SearchParams.default_ndocs(10, index.n_docs)),
+                    == (SearchParams.default_nprobe(10, index.n_docs), SearchParams.default_ndocs(10, index.n_docs)),
                     "p50_ms": stats["p50_ms"],
                     "p95_ms": stats["p95_ms"],
                     "recall10_raw": recall(ids, raw, 10),

@@ -652,7 +652,7 @@ class Index:
         k = check_k(k)
         snap = self._s
         queries = normalize_queries(Q, snap.codec.dim, query_lengths)
-        p = (params or SearchParams()).resolved(k)
+        p = (params or SearchParams()).resolved(k, int(snap.bases[-1]))  # documents as default_ndocs counts them
         how = None
         if filter is not None:
             how = filters.plan(self._allowed(snap, filter), [s.doclens for s in snap.segments], snap.n_live, p)

@@ -13,13 +13,22 @@ from colbert_index.kernels.numba_select import top_k_from
 # PLAID's defaults by k: (max k, nprobe, centroid_score_threshold, ndocs)
 _DEFAULTS = ((10, 1, 0.5, 256), (100, 2, 0.45, 1024))
 _NDOCS_SCALE_FROM = 62_500  # documents up to which the default ndocs is PLAID's
+# Documents beyond which the default probe for k <= 10 is doubled and ndocs taken 1.5x. Measured with 100
+# exact queries (bench/RESULTS.md): PLAID's nprobe finds 0.962 of the exact top 10 at 500k passages, 0.935 at
+# 1M, where nprobe 2 with 1.5x ndocs finds 0.955. Larger k keep PLAID's table (not measured there).
+_WIDE_PROBE_FROM = 500_000
+
+
+def _wide_probe(k: int, n_docs: int) -> bool:
+    return k <= _DEFAULTS[0][0] and n_docs > _WIDE_PROBE_FROM
 
 
 @dataclass(frozen=True)
 class SearchParams:
     """Knobs of the staged search. ``None`` fields take the default for the requested ``k``.
 
-    nprobe: centroids probed per query token (stage 1).
+    nprobe: centroids probed per query token (stage 1). Unset, PLAID's value for ``k``, doubled for k <= 10
+        beyond 500,000 documents (:meth:`default_nprobe`).
     centroid_score_threshold: stage 2 ignores doc tokens whose centroid scores below this for every
         query token.
     ndocs: candidates kept after stage 2; stage 3 keeps :meth:`n_exact` of them for the exact rerank. Unset,
@@ -50,14 +59,26 @@ class SearchParams:
         return SearchParams(4, 0.4, max(4 * k, 4096))
 
     @staticmethod
+    def default_nprobe(k: int, n_docs: int) -> int:
+        """PLAID's ``nprobe`` for ``k``, doubled for ``k <= 10`` beyond 500,000 documents.
+
+        K stops growing at 65,536 from ~17M tokens, so beyond that every cell holds more tokens as the corpus
+        grows, and a probe of one cell per query token keeps less of the exact top 10: 0.962 at 500k passages,
+        0.935 at 1M, where two cells (with :meth:`default_ndocs` 1.5x) keep 0.955 (bench/RESULTS.md).
+        """
+        nprobe = SearchParams.defaults(k).nprobe
+        return 2 * nprobe if _wide_probe(k, n_docs) else nprobe
+
+    @staticmethod
     def default_ndocs(k: int, n_docs: int) -> int:
-        """PLAID's ``ndocs`` for ``k``, times ``sqrt(n_docs / 62,500)`` when that is above 1.
+        """PLAID's ``ndocs`` for ``k``, times ``sqrt(n_docs / 62,500)`` when that is above 1, and 1.5x more
+        where :meth:`default_nprobe` doubles the probe.
 
         The default K grows with the square root of the corpus, so one probed cell, and the candidate
         list, grows with it too: 1M passages reach ~28k candidates at nprobe=1 (10k: ~2.5k), and
         keeping 256 of them lost 5% of recall@10 vs exact (0.905 -> 0.95 with 1024; bench/RESULTS.md).
         """
-        scale = max(1.0, math.sqrt(n_docs / _NDOCS_SCALE_FROM))
+        scale = max(1.0, math.sqrt(n_docs / _NDOCS_SCALE_FROM)) * (1.5 if _wide_probe(k, n_docs) else 1.0)
         return int(round(SearchParams.defaults(k).ndocs * scale / 32)) * 32
 
     @staticmethod
@@ -71,15 +92,16 @@ class SearchParams:
         """
         return max(2 * k, ndocs // 16)
 
-    def resolved(self, k: int) -> SearchParams:
-        """A copy with ``nprobe`` and the threshold filled from :meth:`defaults` (never mutates ``self``).
+    def resolved(self, k: int, n_docs: int = 0) -> SearchParams:
+        """A copy with ``nprobe`` (:meth:`default_nprobe` for an index of ``n_docs`` documents) and the threshold
+        filled from :meth:`defaults` (never mutates ``self``).
 
         ``ndocs`` stays ``None`` when unset: the search sizes it for the index it searches. ``nbound`` stays
         ``None`` when unset: no bound.
         """
         d = SearchParams.defaults(k)
         p = SearchParams(
-            d.nprobe if self.nprobe is None else self.nprobe,
+            SearchParams.default_nprobe(k, n_docs) if self.nprobe is None else self.nprobe,
             d.centroid_score_threshold if self.centroid_score_threshold is None else self.centroid_score_threshold,
             self.ndocs,
             self.nbound,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from colbert_index import SearchParams, maxsim
+from colbert_index import Index, SearchParams, maxsim
 from colbert_index.backend import get_backend
 from colbert_index.metrics import found_at, recall_at
 from colbert_index.search import brute_force
@@ -153,9 +153,43 @@ def test_search_params_defaults_follow_plaid_table():
 
 def test_default_ndocs_grows_with_the_square_root_of_the_corpus():
     assert SearchParams.default_ndocs(10, 2_000) == SearchParams.default_ndocs(10, 62_500) == 256
-    assert SearchParams.default_ndocs(10, 1_000_000) == 1024
+    assert SearchParams.default_ndocs(10, 500_000) == 736
+    assert SearchParams.default_ndocs(10, 1_000_000) == 1536  # 1024, 1.5x with the doubled probe
     assert SearchParams.default_ndocs(100, 1_000_000) == 4096
     assert 256 < SearchParams.default_ndocs(10, 100_000) < 1024
+
+
+def test_default_probe_doubles_beyond_500k_documents_for_small_k():
+    assert SearchParams.default_nprobe(10, 500_000) == 1 and SearchParams.default_nprobe(10, 500_001) == 2
+    assert SearchParams.default_nprobe(100, 1_000_000) == 2  # larger k keep PLAID's table
+    assert SearchParams().resolved(10, 1_000_000) == SearchParams(2, 0.5, None)
+    assert SearchParams(nprobe=1).resolved(10, 1_000_000).nprobe == 1  # a set value is kept
+
+
+@pytest.mark.parametrize("open_kw", ({}, {"device": "cpu", "backend": "torch"}))
+def test_search_applies_the_size_dependent_defaults(index_2k_2bit, corpus_2k, monkeypatch, open_kw):
+    """Index.search resolves the defaults for the size of the index it searches, on the CPU and device paths."""
+    import colbert_index.index
+    import colbert_index.search
+
+    idx = Index.open(index_2k_2bit.path, **open_kw)
+    seen = []
+    if idx._device is None:
+        real = colbert_index.index.staged_search
+        monkeypatch.setattr(
+            colbert_index.index, "staged_search", lambda Q, k, p, *a, **kw: seen.append(p) or real(Q, k, p, *a, **kw)
+        )
+    else:
+        real = idx._device.search
+        monkeypatch.setattr(idx._device, "search", lambda snap, qs, k, p: seen.append(p) or real(snap, qs, k, p))
+    Q = corpus_2k.queries[:2]
+    idx.search(Q, k=10)
+    monkeypatch.setattr(colbert_index.search, "_WIDE_PROBE_FROM", 1_000)  # the 2k index now counts as large
+    wide = idx.search(Q, k=10)
+    assert [p.nprobe for p in seen] == [1] * (len(seen) // 2) + [2] * (len(seen) // 2) and seen
+    np.testing.assert_array_equal(wide.ids, idx.search(Q, k=10, params=SearchParams(nprobe=2, ndocs=384)).ids)
+    assert SearchParams.default_ndocs(10, idx.n_docs) == 384  # 256 x 1.5, what the search sized stage 2 with
+    idx.close()
 
 
 def test_metric_doctests():

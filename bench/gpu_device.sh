@@ -6,7 +6,8 @@
 #   echo /.whl/ >> .git/info/exclude
 #   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .whl faiss-cpu==1.15.1 bitarray==3.12.3
-# Then: run(command="bash bench/gpu_device.sh", carry=[".whl"], timeout_s=600)
+# Then: run(command="GIT_COMMIT=<git rev-parse --short HEAD here> bash bench/gpu_device.sh", carry=[".whl"],
+# timeout_s=600) (the tree travels without .git; the rows also carry a hash of the sources).
 #
 # Order: install, the GPU tests (CUDA search vs the CPU path, the Triton kernels and the GPU build on the card),
 # then bench/gpu.py: dims 64 and 128, 1M passages each, built on the GPU. Logs and results land in $OUT as they

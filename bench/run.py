@@ -122,7 +122,8 @@ def environment(sources: str) -> dict:
         "numpy": np.__version__,
         "numba": numba.__version__,
         "faiss": faiss.__version__,
-        "git_commit": _run(["git", "rev-parse", "--short", "HEAD"]) or "unknown",
+        # GIT_COMMIT: where the tree travelled without its .git (bench/gpu_device.sh)
+        "git_commit": _run(["git", "rev-parse", "--short", "HEAD"]) or os.environ.get("GIT_COMMIT", "unknown"),
         "git_dirty": bool(_run(["git", "status", "--porcelain", "--", "colbert_index", "kernels"])),
         "source_hash": sources,
         "loadavg_start": [round(x, 2) for x in os.getloadavg()],

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
-from numba.core import cgutils
 from numba.extending import intrinsic
 
+from .numba_llvm import llvm_function
 from .numba_rows import max_into
 
 
@@ -48,9 +48,7 @@ def _uint64_bits(op: str, doc: str, *flags: int):
 
         def codegen(context, builder, signature, args):
             i1, i64 = ir.IntType(1), ir.IntType(64)
-            fn = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(i64, [i64] + [i1] * len(flags)), f"llvm.{op}.i64"
-            )
+            fn = llvm_function(builder, f"llvm.{op}.i64", i64, i64, *[i1] * len(flags))
             return builder.call(fn, [args[0], *(i1(v) for v in flags)])
 
         return types.int64(types.uint64), codegen

@@ -13,6 +13,8 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from .numba_llvm import llvm_function
+
 # how far ahead (in documents) the offsets, and then the codes, of upcoming candidates are requested
 AHEAD_OFFSETS = 32
 AHEAD_CODES = 16
@@ -34,9 +36,7 @@ def prefetch(typingctx, arr, idx):
         ary = context.make_array(ary_t)(context, builder, args[0])
         ptr = cgutils.get_item_pointer(context, builder, ary_t, ary, [args[1]], wraparound=False)
         i32, i8p = ir.IntType(32), ir.IntType(8).as_pointer()
-        fn = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), "llvm.prefetch.p0"
-        )
+        fn = llvm_function(builder, "llvm.prefetch.p0", ir.VoidType(), i8p, i32, i32, i32)
         builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])
         return context.get_dummy_value()
 

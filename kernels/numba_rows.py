@@ -30,6 +30,8 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from .numba_llvm import llvm_function
+
 
 @njit(cache=True, nogil=True, fastmath=True, inline="always")
 def max_into(buf, dst, src, table, row):
@@ -103,11 +105,6 @@ _TINY = np.float32(np.finfo(np.float32).tiny)  # the smallest normal float32
 # prefetch distance, in doc tokens, for centroid-score rows in stage 3 (doc_max16 and the prefetch into the next
 # candidate in numba_scoring; 4 / 8 / 16 within 12% with the lookup-table stage 3, 8 never the slowest)
 AHEAD_TOKENS = 8
-
-
-def _llvm_function(builder, name: str, ret, *params):
-    """The declaration of LLVM intrinsic ``name`` in the module being built."""
-    return cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, list(params)), name)
 
 
 @njit(cache=True, nogil=True)
@@ -203,8 +200,8 @@ def doc_max16(typingctx, out, lut, scale, scores, codes, packed, lo, hi, col):
         q_pad = builder.extract_value(ary[2].shape, 0)
         nbytes = builder.udiv(builder.extract_value(ary[1].shape, 0), builder.mul(q_pad, i64(256)))
         lo, hi, col = (context.cast(builder, args[k], signature.args[k], types.int64) for k in (6, 7, 8))
-        smax = _llvm_function(builder, "llvm.smax.v32i16", sums_t, sums_t, sums_t)
-        prefetch = _llvm_function(builder, "llvm.prefetch.p0", ir.VoidType(), i8.as_pointer(), i32, i32, i32)
+        smax = llvm_function(builder, "llvm.smax.v32i16", sums_t, sums_t, sums_t)
+        prefetch = llvm_function(builder, "llvm.prefetch.p0", ir.VoidType(), i8.as_pointer(), i32, i32, i32)
 
         def row_of(t):  # the score row of token t, at column col
             code = builder.zext(builder.load(builder.gep(codes_p, [t])), i64)
@@ -282,16 +279,16 @@ def doc_max_int8(typingctx, rows, block, remap, codes, lo, hi):
             x = builder.load(builder.bitcast(row, bytes_t.as_pointer()), align=1)
             builder.store(
                 builder.call(
-                    _llvm_function(builder, "llvm.smax.v32i8", bytes_t, bytes_t, bytes_t), [builder.load(best), x]
+                    llvm_function(builder, "llvm.smax.v32i8", bytes_t, bytes_t, bytes_t), [builder.load(best), x]
                 ),
                 best,
             )
         b = builder.load(best)
         total = builder.call(
-            _llvm_function(builder, "llvm.vector.reduce.add.v32i32", i32, wide_t), [builder.sext(b, wide_t)]
+            llvm_function(builder, "llvm.vector.reduce.add.v32i32", i32, wide_t), [builder.sext(b, wide_t)]
         )
         none = builder.icmp_signed(
-            "==", builder.call(_llvm_function(builder, "llvm.vector.reduce.smax.v32i8", i8, bytes_t), [b]), i8(-128)
+            "==", builder.call(llvm_function(builder, "llvm.vector.reduce.smax.v32i8", i8, bytes_t), [b]), i8(-128)
         )
         return builder.select(none, i64(_NO_TOKEN), builder.sext(total, i64))
 
@@ -320,7 +317,7 @@ def _dot2(width: int):
             o0, o1, a0, a1, bi, n, stride = (
                 context.cast(builder, args[k], signature.args[k], types.int64) for k in (1, 2, 4, 5, 7, 8, 9)
             )
-            fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vt, vt, vt]), "llvm.fma.v8f32")
+            fma = llvm_function(builder, "llvm.fma.v8f32", vt, vt, vt, vt)
             accs = [cgutils.alloca_once_value(builder, ir.Constant(vt, [0.0] * 8)) for _ in range(2 * nvec)]
             undef = ir.Constant(vt, ir.Undefined)
 

@@ -22,7 +22,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .numba_ivf import _trailing_zeros, probe_insert
-from .numba_rows import _llvm_function
+from .numba_llvm import llvm_function
 from .numba_scoring import int8_rows
 
 
@@ -121,7 +121,7 @@ def _dot2_int8(width: int):
             qp_a = context.make_array(ty["qp"])(context, builder, arg["qp"])
             groups, stride = (builder.extract_value(qp_a.shape, k) for k in (0, 1))
             a0, a1, col, r0, r1 = (index(n) for n in ("a0", "a1", "col", "r0", "r1"))
-            dp = _llvm_function(builder, "llvm.x86.avx512.vpdpbusd.256", vi, vi, vi, vi)
+            dp = llvm_function(builder, "llvm.x86.avx512.vpdpbusd.256", vi, vi, vi, vi)
             accs = [cgutils.alloca_once_value(builder, ir.Constant(vi, [0] * 8)) for _ in range(2 * nvec)]
             words = builder.bitcast(a_p, i32.as_pointer())
 
@@ -143,8 +143,8 @@ def _dot2_int8(width: int):
                     builder.store(builder.call(dp, [builder.load(accs[k]), x0, y]), accs[k])
                     builder.store(builder.call(dp, [builder.load(accs[nvec + k]), x1, y]), accs[nvec + k])
             i1v, i16v = ir.VectorType(ir.IntType(1), 8), ir.VectorType(ir.IntType(16), 8)
-            any_of = _llvm_function(builder, "llvm.vector.reduce.or.v8i1", ir.IntType(1), i1v)
-            rint = _llvm_function(builder, "llvm.rint.v8f32", vf, vf)
+            any_of = llvm_function(builder, "llvm.vector.reduce.or.v8i1", ir.IntType(1), i1v)
+            rint = llvm_function(builder, "llvm.rint.v8f32", vf, vf)
             valid = splat(context.cast(builder, arg["valid"], ty["valid"], types.int32), vi)
             thr, room = splat(arg["thr"], vf), splat(arg["room"], vf)
             neg_room = builder.fsub(ir.Constant(vf, [0.0] * 8), room)

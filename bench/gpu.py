@@ -35,6 +35,7 @@ import argparse
 import json
 import sys
 import time
+import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -147,8 +148,15 @@ def open_index(args, dim: int) -> Index:
         where = "CPU (faiss + Numba)" if args.cpu_build else f"{args.device} (torch)"
         log(f"dim {dim}: building {path} on {where} ({stream.n_tokens:,} tokens; kept for later runs)")
         t0 = time.perf_counter()
-        on = {"device": "cpu", "backend": "auto"} if args.cpu_build else {"device": args.device, "backend": "torch"}
-        Index.build(path, stream.batches(), nbits=args.nbits, seed=args.seed, **on).close()
+        cpu = {"device": "cpu", "backend": "auto"}
+        on = cpu if args.cpu_build else {"device": args.device, "backend": "torch"}
+        try:
+            Index.build(path, stream.batches(), nbits=args.nbits, seed=args.seed, **on).close()
+        except Exception:  # noqa: BLE001 - a device build that fails still leaves the search to measure
+            if on is cpu:
+                raise
+            log(f"dim {dim}: the build on {args.device} failed, building on the CPU:\n{traceback.format_exc()}")
+            Index.build(path, stream.batches(), nbits=args.nbits, seed=args.seed, **cpu).close()
         log(f"dim {dim}: built in {time.perf_counter() - t0:.0f} s")
     return Index.open(path)
 

@@ -9,6 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
+from colbert_index import Index
+
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "gpu.py"
 
 
@@ -39,3 +43,19 @@ def test_quick_cpu_run(tmp_path):
     search = next(r for r in rows if r["kind"] == "search")
     assert search["recall10_vs_exact"] == 1.0 and search["env"]["device"] == "cpu"
     assert "| dim | search |" in out.stdout
+
+
+def test_exact_truth_in_several_launches_equals_one(index_2k_2bit, corpus_2k, monkeypatch):
+    """The ground truth split over launches (as at 1M passages) ranks as the one-launch run and search_exact."""
+    import torch
+
+    gpu = _module()
+    idx = Index.open(index_2k_2bit.path, device="cpu", backend="torch")
+    data = idx._device.prepare(idx._s)
+    Q = torch.from_numpy(corpus_2k.queries[:5])
+    q_lens = torch.full((5,), Q.shape[1], dtype=torch.int32)
+    whole = gpu.exact_truth(data, Q, q_lens, 10)
+    monkeypatch.setattr(gpu, "_TRUTH_PAIRS", 2 * data.n_docs)  # two queries per launch: launches of 2, 2, 1
+    np.testing.assert_array_equal(gpu.exact_truth(data, Q, q_lens, 10), whole)
+    np.testing.assert_array_equal(idx.ids_of(whole), idx.search_exact(corpus_2k.queries[:5], k=10).ids)
+    idx.close()

@@ -37,9 +37,16 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "").strip().lower() in ("1", "tru
 DOT_PRECISION = "tf32x3"
 
 
+# COLBERT_INDEX_TRITON_TUNE=0: one config per kernel, no autotuning (tests of many shapes, where compiling six
+# configs for every key would cost minutes and the results do not depend on the config)
+TUNE = os.environ.get("COLBERT_INDEX_TRITON_TUNE", "1").strip() != "0"
+
+
 def _configs() -> list[triton.Config]:
     if INTERPRET:  # one config: the interpreter cannot time anything
         return [triton.Config({"BLOCK_T": 16}, num_warps=1)]
+    if not TUNE:
+        return [triton.Config({"BLOCK_T": 32}, num_warps=4, num_stages=2)]
     # few configs: each is compiled and timed at the first launch of every key (dim, query block, codec)
     shapes = ((16, 2, 2), (32, 4, 2), (32, 4, 3), (64, 4, 2), (64, 4, 3), (64, 8, 3))
     return [triton.Config({"BLOCK_T": bt}, num_warps=w, num_stages=s) for bt, w, s in shapes]

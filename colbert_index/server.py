@@ -192,6 +192,7 @@ class _Service:
 
     def __init__(self, index_path, model, device: str, workers: int | None, refresh_s: float) -> None:
         self.index = Index.open(index_path)
+        self.warmup_s = self.index.warmup()  # compiles / loads the kernels now, not in the first request
         self.encoder = None
         if model is not None:
             from colbert_index.encoder import Encoder
@@ -366,6 +367,7 @@ def create_app(
                 "nbits": idx.nbits,
                 "n_centroids": idx.n_centroids,
                 "model": service.encoder is not None,
+                "warmup_s": round(service.warmup_s, 3),  # search kernels compiled/loaded at start
             }
 
         return await service.search(collect)

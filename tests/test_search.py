@@ -235,3 +235,17 @@ def test_deleted_slots_never_returned(index_2k_2bit, corpus_2k, fraction):
         live_exact = [d for d in ex_ids if not deleted[d]][:10]
         hits.append(len(set(slots.tolist()) & set(live_exact)) / max(len(live_exact), 1) if len(slots) else 1.0)
     assert np.mean(hits) >= 0.9  # measured 1.000 at 0% and 50% deleted (corpus_2k, 40 queries)
+
+
+def test_warmup_compiles_without_changing_anything(index_2k_2bit, corpus_2k, tiny_docs, tmp_path):
+    before = index_2k_2bit.search(corpus_2k.queries[:4], k=10)
+    generation = index_2k_2bit.generation
+    assert index_2k_2bit.warmup() > 0
+    after = index_2k_2bit.search(corpus_2k.queries[:4], k=10)
+    np.testing.assert_array_equal(before.ids, after.ids)
+    assert index_2k_2bit.generation == generation
+    idx = Index.build(tmp_path / "one", tiny_docs[:3], progress=False)  # fewer documents than k
+    assert idx.warmup() > 0
+    idx.delete(list(idx.doc_ids()))  # nothing live: nothing to search, no error
+    assert idx.warmup() >= 0
+    idx.close()

@@ -126,6 +126,7 @@ def test_stats(server):
     idx = Index.open(path)
     assert s["docs"] == idx.n_docs and s["tokens"] == idx.n_tokens and s["bytes"] == idx.disk_bytes()
     assert s["segments"] == len(idx.segment_info()) and s["dim"] == 32 and s["nbits"] == 2 and s["model"] is False
+    assert s["warmup_s"] > 0  # the server ran its warm-up search before serving
 
 
 def test_search_by_embeddings_with_filters_and_metadata(server, corpus):

@@ -153,7 +153,7 @@ def open_index(args, dim: int) -> Index:
         try:
             Index.build(path, stream.batches(), nbits=args.nbits, seed=args.seed, **on).close()
         except Exception:  # noqa: BLE001 - a device build that fails still leaves the search to measure
-            if on is cpu:
+            if args.cpu_build:
                 raise
             log(f"dim {dim}: the build on {args.device} failed, building on the CPU:\n{traceback.format_exc()}")
             Index.build(path, stream.batches(), nbits=args.nbits, seed=args.seed, **cpu).close()

@@ -20,7 +20,7 @@ from colbert_index.device import _is_cpu, _torch, torch_device
 # Rows of one assignment product, sized so that its float32 score matrix stays under this many bytes: on a GPU
 # the caching allocator reuses it; on the CPU each one is fresh pages (a 1 GiB one spent more time in the
 # kernel than in the product), so there it stays cache-sized.
-_SCORE_BYTES = {"cuda": 1 << 30, "cpu": 1 << 24}
+_SCORE_BYTES_GPU, _SCORE_BYTES_CPU = 1 << 30, 1 << 24
 # Spill tokens per compression step: large enough to keep a GPU busy, small enough for any card.
 BLOCK_TOKENS = 1 << 19
 
@@ -38,7 +38,8 @@ def nearest(x, centroids):
     """Index (int64) of the largest inner product with ``centroids [K, dim]`` for each row of ``x [n, dim]``."""
     torch = _torch()
     out = torch.empty(len(x), dtype=torch.int64, device=x.device)
-    rows = max(1, _SCORE_BYTES.get(x.device.type, 1 << 24) // (4 * len(centroids)))
+    budget = _SCORE_BYTES_GPU if x.device.type == "cuda" else _SCORE_BYTES_CPU
+    rows = max(1, budget // (4 * len(centroids)))
     for lo in range(0, len(x), rows):
         out[lo : lo + rows] = torch.argmax(x[lo : lo + rows] @ centroids.T, dim=1)
     return out

@@ -17,6 +17,7 @@ import os
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import islice
 
 import numpy as np
 
@@ -162,12 +163,8 @@ class SyntheticStream:
         _FORKED_STREAM = self  # the workers inherit it: nothing is pickled but the ranges and the tokens
         try:
             with multiprocessing.get_context("fork").Pool(workers) as pool:
-                pending: deque = deque()
                 todo = iter(ranges)
-                for r in todo:
-                    pending.append((r, pool.apply_async(_forked_tokens, r)))
-                    if len(pending) == 2 * workers:
-                        break
+                pending = deque((r, pool.apply_async(_forked_tokens, r)) for r in islice(todo, 2 * workers))
                 while pending:
                     (lo, hi), result = pending.popleft()
                     r = next(todo, None)

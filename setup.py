@@ -1,6 +1,6 @@
 """colbert_index: a compressed multi-vector (ColBERT/PLAID-style) index engine."""
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 setup(
     name="colbert_index",
@@ -9,7 +9,8 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["colbert_index", "colbert_index.distributed", "colbert_index.encoder", "colbert_index.kernels"],
+    # kernels/ installs as colbert_index.kernels (the name `kernels` belongs to a PyPI package)
+    packages=find_packages(include=["colbert_index", "colbert_index.*"]) + ["colbert_index.kernels"],
     package_dir={"colbert_index.kernels": "kernels"},
     install_requires=[
         "numpy>=1.24",

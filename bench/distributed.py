@@ -1,6 +1,6 @@
 """Sharded build and fan-out search on a local Ray instance, 1 worker vs 2; and the capacity planner.
 
-Scaling run (default): the synthetic corpus (:func:`colbert_index.synthetic.make_corpus`, seed 0), built
+Scaling run (default): the synthetic corpus (:func:`colbert_index.datasets.synthetic.make_corpus`, seed 0), built
 and searched twice on this machine:
 
 * **1 worker**: ``ray.init(num_cpus=1)``, ``build_sharded(n_shards=1)``, one shard actor;
@@ -40,14 +40,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import environment, log, others_load, source_hash, wait_for_quiet
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import environment, log, others_load, source_hash, wait_for_quiet  # noqa: E402  (bench/ is a folder of scripts)
-
-from colbert_index import Index, SearchParams  # noqa: E402
-from colbert_index.distributed import ShardedIndex, build_sharded  # noqa: E402
-from colbert_index.distributed.planner import add_plan_arguments, run_plan  # noqa: E402
-from colbert_index.synthetic import make_corpus  # noqa: E402
+from colbert_index import Index, SearchParams
+from colbert_index.datasets.synthetic import make_corpus
+from colbert_index.distributed import ShardedIndex, build_sharded
+from colbert_index.distributed.planner import add_plan_arguments, run_plan
 
 
 def sample_load() -> dict:

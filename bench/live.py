@@ -1,7 +1,7 @@
 """Benchmark of the live index: add throughput, delete latency, compaction time vs index size, and
 recall after adds (half a corpus built, the other half added) against a fresh build of the whole.
 
-Figures, each on the synthetic corpus (:func:`colbert_index.synthetic.make_corpus`, seed 0):
+Figures, each on the synthetic corpus (:func:`colbert_index.datasets.synthetic.make_corpus`, seed 0):
 
 * **fresh**: ``Index.build`` of all ``n_docs``; recall@10 of ``search`` (default params, k=10) against
   exact MaxSim on the raw embeddings and against the index's own ``search_exact``; p50 of one query.
@@ -33,16 +33,13 @@ import argparse
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import (  # noqa: E402  (bench/ is a folder of scripts, not a package)
+from common import (
     BENCH_DIR,
     environment,
     ground_truth,
@@ -56,8 +53,8 @@ from run import (  # noqa: E402  (bench/ is a folder of scripts, not a package)
     wait_for_quiet,
 )
 
-from colbert_index import Index  # noqa: E402
-from colbert_index.synthetic import make_corpus  # noqa: E402
+from colbert_index import Index
+from colbert_index.datasets.synthetic import make_corpus
 
 WAIT_QUIET_S = 20.0  # before each latency block, wait at most this long for other processes to calm down
 

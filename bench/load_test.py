@@ -36,12 +36,10 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from common import BENCH_DIR, environment, log, others_load, source_hash
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import BENCH_DIR, environment, log, others_load, source_hash  # noqa: E402
-
-from colbert_index import Index  # noqa: E402
-from colbert_index.synthetic import make_corpus  # noqa: E402
+from colbert_index import Index
+from colbert_index.datasets.synthetic import make_corpus
 
 API_KEY = "load-test-key"
 

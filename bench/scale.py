@@ -1,6 +1,6 @@
 """Scale benchmark: a streaming build of a large synthetic corpus fed from a generator, then search.
 
-The corpus (:class:`colbert_index.synthetic.SyntheticStream`) is never held in memory: the build reads
+The corpus (:class:`colbert_index.datasets.synthetic.SyntheticStream`) is never held in memory: the build reads
 it once from a generator, and the ground truth (exact MaxSim top-100 over the raw float embeddings)
 regenerates it chunk by chunk. Figures: build time and peak RSS of the build, bytes per token,
 open time, single-query p50/p95/p99 latency on 1 and 2 threads, batch QPS on 2 threads, recall@10 /
@@ -23,31 +23,29 @@ import json
 import os
 import resource
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import (  # noqa: E402  (bench/ is a folder of scripts, not a package)
+from common import (
     BENCH_DIR,
+    GT_K,
     environment,
-    latency_stats,
     log,
     mrr,
+    param_sweep,
+    parse_sweep,
+    raw_top_k,
     recall,
+    single_query_latency,
     source_hash,
     thread_count,
     timed,
 )
 
-from colbert_index import Index, SearchParams  # noqa: E402
-from colbert_index.backend import get_backend  # noqa: E402
-from colbert_index.search import brute_force, top_k  # noqa: E402
-from colbert_index.synthetic import SyntheticStream  # noqa: E402
-
-GT_K = 100
+from colbert_index import Index
+from colbert_index.backend import get_backend
+from colbert_index.datasets.synthetic import SyntheticStream
 
 
 def peak_rss_gib() -> float:
@@ -57,13 +55,13 @@ def peak_rss_gib() -> float:
 
 def raw_ground_truth(stream: SyntheticStream, queries: list[np.ndarray], docs_per_chunk: int = 20000) -> np.ndarray:
     """Exact MaxSim top-``GT_K`` slots over the raw embeddings, regenerating the corpus chunk by chunk."""
-    seg = get_backend("numba").segment_max_sums
+    top_k = get_backend("numba").top_k
     best = [(np.zeros(0, np.float32), np.zeros(0, np.int64)) for _ in queries]
     for d0 in range(0, stream.n_docs, docs_per_chunk):
         d1 = min(d0 + docs_per_chunk, stream.n_docs)
         emb = np.concatenate([stream.document(d) for d in range(d0, d1)])
         offsets = np.concatenate([[0], np.cumsum(stream.doclens[d0:d1])])
-        part = brute_force(queries, offsets, lambda lo, hi, e=emb: e[lo:hi], GT_K, seg)
+        part = raw_top_k(queries, offsets, lambda lo, hi, e=emb: e[lo:hi], GT_K)
         for i, (s, slots) in enumerate(part):
             best[i] = top_k(np.concatenate([best[i][0], s]), np.concatenate([best[i][1], slots + d0]), GT_K)
     return np.stack([slots for _, slots in best])
@@ -137,44 +135,6 @@ def cold_open(path: Path, query: np.ndarray) -> dict:
             "cold_second_query_ms": round(second_ms, 1)}  # fmt: skip
 
 
-def sweep(index: Index, queries: list[np.ndarray], raw: np.ndarray, exact: np.ndarray, grid: list[tuple]) -> list[dict]:
-    """k=10, one thread: p50 latency over every query, recall vs raw (all) and vs exact (its subset)."""
-    rows = []
-    with thread_count(1):
-        for nprobe, ndocs in grid:
-            params = SearchParams(nprobe=nprobe, ndocs=ndocs)
-            stats, ids = single_query_latency(index, queries, 10, params)
-            rows.append(
-                {
-                    "nprobe": nprobe,
-                    "ndocs": ndocs,
-                    "is_default": (nprobe, ndocs)
-                    == (SearchParams.default_nprobe(10, index.n_docs), SearchParams.default_ndocs(10, index.n_docs)),
-                    "p50_ms": stats["p50_ms"],
-                    "p95_ms": stats["p95_ms"],
-                    "recall10_raw": recall(ids, raw, 10),
-                    "recall10_vs_exact": recall(ids[: len(exact)], exact, 10),
-                }
-            )
-            log(f"sweep {rows[-1]}")
-    return rows
-
-
-def single_query_latency(
-    index: Index, queries: list[np.ndarray], k: int, params: SearchParams | None = None
-) -> tuple[dict, np.ndarray]:
-    for q in queries[:3]:
-        index.search(q, k=k, params=params)
-    times, ids = [], []
-    for q in queries:
-        ms, res = timed(lambda q=q: index.search(q, k=k, params=params))
-        times.append(ms)
-        ids.append(res.ids[0])
-    stats = latency_stats(times)
-    stats["p99_ms"] = round(float(np.percentile(times, 99)), 3)
-    return stats, np.stack(ids)
-
-
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n-docs", type=int, default=100_000)
@@ -195,6 +155,7 @@ def main(argv: list[str] | None = None) -> dict:
         args.n_docs, dim=args.dim, n_queries=args.n_queries, mean_doc_len=args.mean_doc_len, seed=args.seed
     )
     log(f"{name}: {stream.n_tokens} tokens; building from the generator")
+    (BENCH_DIR / "indexes").mkdir(parents=True, exist_ok=True)
     workdir = None if args.index else Path(tempfile.mkdtemp(prefix=name + "-", dir=BENCH_DIR / "indexes"))
     path = args.index or workdir / "index"
     out_json = args.out / f"{name}.json"
@@ -266,8 +227,7 @@ def main(argv: list[str] | None = None) -> dict:
         row["exact_recall10_raw"] = recall(exact, raw[:n_ex], 10)
         row["exact_queries"] = n_ex
         row.update(assignment_check(index, stream))
-        grid = [tuple(int(x) for x in pair.split(":")) for pair in args.sweep.split(",") if pair]
-        swept = sweep(index, queries, raw, exact[:, :10], grid)
+        swept = param_sweep(index, queries, raw, exact[:, :10], parse_sweep(args.sweep))
     finally:
         if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)

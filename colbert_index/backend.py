@@ -1,36 +1,21 @@
-"""Kernel backends: one namespace of functions per backend, chosen once when an index is opened."""
+"""CPU kernel backends: one namespace of functions per backend, chosen once when an index is opened.
+
+Each backend provides every kernel of :data:`colbert_index.kernels.contract.CPU_KERNELS` and is checked against
+it when it is assembled: a missing or misnamed kernel raises there, not halfway through a search."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import lru_cache
+from functools import cache, lru_cache
 from types import SimpleNamespace
 
 from threadpoolctl import ThreadpoolController
 
 from colbert_index.kernels import reference
+from colbert_index.kernels.contract import CPU_KERNELS, check, from_module
 
-KERNELS = (
-    "decode_table",
-    "compress_residuals",
-    "decompress",
-    "centroid_scores",
-    "centroid_interaction",
-    "centroid_interaction_tables",
-    "centroid_interaction_from",
-    "refined_interaction",
-    "refined_interaction_tables",
-    "refined_interaction_scores",
-    "refined_interaction_from",
-    "exact_maxsim",
-    "segment_max_sums",
-    "build_ivf",
-    "probe_cells",
-    "probe",
-    "probe_bound",
-)
 BACKENDS = ("auto", "numpy", "numba")
 
 
@@ -51,8 +36,8 @@ def one_blas_thread() -> Iterator[None]:
 
     The limit is process-wide, so concurrent searches share it: the first one in sets it, the last one out
     restores the original (a plain limit per call would let one thread restore two BLAS threads under another,
-    or leave the process at one when two calls interleave). Setting the libraries directly costs a few
-    microseconds; threadpoolctl's ``limit()`` re-inspects them and took ~45 us per entry here.
+    or leave the process at one when two calls interleave). The libraries are set directly: threadpoolctl's
+    ``limit()`` re-inspects them at every entry, which costs more than a small search.
     """
     global _blas_users, _blas_saved
     with _blas_lock:
@@ -72,29 +57,52 @@ def one_blas_thread() -> Iterator[None]:
                     lib.set_num_threads(n)
 
 
-def _numba_namespace() -> SimpleNamespace:
+@cache
+def _checked(name: str) -> dict:
+    """The kernels of backend ``name``, checked against the contract once per process."""
+    kernels = from_module(reference, CPU_KERNELS) if name == "numpy" else _numba_kernels()
+    check(kernels, CPU_KERNELS, name)
+    return kernels
+
+
+def _numba_kernels() -> dict:
     try:
-        from colbert_index.kernels import numba_codec, numba_ivf, numba_scoring, numba_vnni
+        from colbert_index.kernels import numba_codec, numba_ivf, numba_scoring, numba_select, numba_vnni
     except ImportError as e:  # pragma: no cover - numba is a hard dependency
         raise ImportError(f"backend 'numba' needs numba: pip install numba ({e})") from e
-    funcs = {}
-    for mod in (numba_codec, numba_scoring, numba_ivf):
-        funcs.update({name: getattr(mod, name) for name in KERNELS if hasattr(mod, name)})
-    funcs["decode_table"] = reference.decode_table  # built once per index: no kernel needed
-    # stages 0-1 and stage 2's table in one int8 pass where the CPU has VNNI (search.query_tables)
-    funcs["query_tables_int8"] = numba_vnni.query_tables if numba_vnni.HAS_VNNI else None
-    return SimpleNamespace(name="numba", **funcs)
+    return {
+        "decode_table": reference.decode_table,  # built once per index: no kernel needed
+        "compress_residuals": numba_codec.compress_residuals,
+        "decompress": numba_codec.decompress,
+        "centroid_scores": numba_scoring.centroid_scores,
+        "probe_cells": numba_ivf.probe_cells,
+        "probe": numba_ivf.probe,
+        "probe_bound": numba_ivf.probe_bound,
+        "centroid_interaction": numba_scoring.centroid_interaction,
+        "centroid_interaction_tables": numba_scoring.centroid_interaction_tables,
+        "centroid_interaction_from": numba_scoring.centroid_interaction_from,
+        "refined_interaction": numba_scoring.refined_interaction,
+        "refined_interaction_tables": numba_scoring.refined_interaction_tables,
+        "refined_interaction_scores": numba_scoring.refined_interaction_scores,
+        "refined_interaction_from": numba_scoring.refined_interaction_from,
+        "exact_maxsim": numba_scoring.exact_maxsim,
+        "segment_max_sums": numba_scoring.segment_max_sums,
+        "build_ivf": numba_ivf.build_ivf,
+        "top_k": numba_select.top_k,
+        # stages 0-1 and stage 2's table in one int8 pass where the CPU has VNNI (search.query_tables)
+        "query_tables_int8": numba_vnni.query_tables if numba_vnni.HAS_VNNI else None,
+    }
 
 
 def get_backend(name: str = "auto") -> SimpleNamespace:
-    """Resolve ``"auto" | "numpy" | "numba"`` to a namespace holding every kernel of :data:`KERNELS`."""
+    """Resolve ``"auto" | "numpy" | "numba"`` to a namespace holding every kernel of the CPU contract
+    (``"auto"``: Numba, or the numpy references where Numba cannot be imported)."""
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; choose one of {BACKENDS}")
-    if name == "numpy":
-        return SimpleNamespace(name="numpy", **{k: getattr(reference, k) for k in KERNELS})
     if name == "auto":
         try:
-            return _numba_namespace()
+            _checked("numba")
+            name = "numba"
         except ImportError:
-            return get_backend("numpy")
-    return _numba_namespace()
+            name = "numpy"
+    return SimpleNamespace(name=name, **_checked(name))  # a namespace of its own: tests may patch it

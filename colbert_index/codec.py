@@ -96,15 +96,15 @@ class ResidualCodec:
     ) -> ResidualCodec:
         """Spherical k-means (faiss) on ``kmeans_sample``; bucket cutoffs at the quantiles and weights
         at the bucket medians of the ``heldout`` tokens' residuals, for each dimension. With a torch
-        ``device``, k-means runs there instead, with exact assignment (:mod:`colbert_index.device_build`),
+        ``device``, k-means runs there instead, with exact assignment (:mod:`colbert_index.gpu.build`),
         and the held-out tokens take their exact nearest centroid too."""
         dim = kmeans_sample.shape[1]
         check_nbits_dim(nbits, dim)
         sample = np.ascontiguousarray(kmeans_sample, dtype=np.float32)
         if n_centroids > 1 and device is not None:
-            from colbert_index import device_build
+            from colbert_index.gpu import build as gpu_build
 
-            centroids = device_build.kmeans(sample, n_centroids, kmeans_iters, seed, device)
+            centroids = gpu_build.kmeans(sample, n_centroids, kmeans_iters, seed, device)
         elif n_centroids > 1:
             km = faiss.Clustering(dim, n_centroids)
             km.niter, km.seed, km.spherical = kmeans_iters, seed, True
@@ -160,15 +160,15 @@ class ResidualCodec:
 
         ``exact`` defaults to ``K <= FLAT_ASSIGN_MAX_K``; otherwise each row is scored against the
         centroids of its ``ASSIGN_NPROBE`` nearest coarse cells (:attr:`_coarse_cells`), as an inverted
-        file would probe them, but cell by cell: the rows probing a cell in one BLAS product (faiss's
-        IndexIVFFlat, row by row, was 2x slower at K=65536 for the same choices).
+        file would probe them, but cell by cell: the rows probing a cell in one BLAS product, which beats faiss's
+        row-by-row IndexIVFFlat for the same choices (docs/design-notes.md).
         """
         x = np.ascontiguousarray(embeddings, dtype=np.float32)
         if exact if exact is not None else self.n_centroids <= FLAT_ASSIGN_MAX_K:
             return self._flat_index.search(x, 1)[1][:, 0]
         coarse, members, member_rows = self._coarse_cells
         nprobe = min(ASSIGN_NPROBE, len(members))
-        cells = coarse.search(x, nprobe)[1].ravel()  # BLAS and a heap: 5x faster than argpartition
+        cells = coarse.search(x, nprobe)[1].ravel()  # BLAS and a heap: faster than argpartition
         row_of = np.repeat(np.arange(len(x)), nprobe)
         order = np.argsort(cells, kind="stable")
         bounds = np.searchsorted(cells[order], np.arange(len(members) + 1))

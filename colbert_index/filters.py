@@ -24,7 +24,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from colbert_index.search import SearchParams, staged_search, top_k
+from colbert_index.search import SearchParams, staged_search
+from colbert_index.snapshot import Snapshot, as_id_list
+from colbert_index.storage import metadata as meta_files
 
 FIELD_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}(\.[A-Za-z_][A-Za-z0-9_]{0,63}){0,7}")
 OPERATORS = ("$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in")
@@ -34,10 +36,9 @@ MAX_STRING = 1024  # characters of one string value
 _SQL_CMP = {"$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
 _INT64 = 1 << 63
 
-# How a filtered search runs (measured by bench/filters.py on the 10k synthetic corpus, bench/RESULTS.md):
-# up to this many tokens in the allowed documents (~300 documents of 100 tokens), they are all scored
-# exactly, which is then as fast as the staged search (~0.13-0.2 us per allowed token for a 32-token query,
-# one thread, dim 64) and exact; beyond, the staged search runs on them with the probe widened by 1 / selectivity.
+# How a filtered search runs (docs/filters.md; bench/filters.py measures both ways): up to this many tokens in
+# the allowed documents (~300 documents of 100 tokens) scoring them all exactly is as fast as the staged search,
+# and exact; beyond, the staged search runs on them with the probe widened by 1 / selectivity.
 EXACT_MAX_TOKENS = 30_000
 MAX_NPROBE_WIDENING = 32
 
@@ -172,6 +173,31 @@ def is_structured(filter) -> bool:
     return isinstance(filter, dict)
 
 
+def allowed(snap: Snapshot, filter: dict | list) -> list[np.ndarray]:
+    """bool ``[n_docs]`` per segment: the live documents ``filter`` allows (see :meth:`colbert_index.Index.search`)."""
+    segs = snap.segments
+    if is_structured(filter):
+        sql, params = compile_filter(filter)
+        out, without = [], None
+        for s in segs:
+            if s.meta is None:
+                if without is None:
+                    without = meta_files.holds_without_metadata(sql, params)
+                out.append(np.full(s.n_docs, without) & s.live())
+            else:
+                out.append(s.meta.matching(sql, params) & s.live())
+        return out
+    if isinstance(filter, (str, bytes)) or not isinstance(filter, (list, tuple, set, frozenset, np.ndarray)):
+        raise TypeError(
+            f"filter: a list of allowed ids or a dict of metadata conditions, got {type(filter).__name__}"
+        )
+    pos = snap.lookup(as_id_list(list(filter), snap.id_type))
+    out = [np.zeros(s.n_docs, bool) for s in segs]
+    for i, slots in snap.locate(pos[pos >= 0]):
+        out[i][slots] = True
+    return out
+
+
 @dataclass(frozen=True)
 class FilterPlan:
     """How one filtered search call runs: either ``slots``, the allowed live documents' slots (int32) per
@@ -218,7 +244,7 @@ def exact_subset(Q: np.ndarray, k: int, datas: list, slots: list[np.ndarray], ba
         base += d.n_docs
     if not scores:
         return np.zeros(0, np.float32), np.zeros(0, np.int64)
-    return top_k(np.concatenate(scores), np.concatenate(positions), k)
+    return backend.top_k(np.concatenate(scores), np.concatenate(positions), k)
 
 
 def search_filtered(Q: np.ndarray, k: int, how: FilterPlan, datas: list, backend) -> tuple[np.ndarray, np.ndarray]:

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import sys
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
+
+
+def show_progress(enabled: bool | None) -> bool:
+    """Whether to draw progress bars: as asked, or (``None``) when stderr is a terminal."""
+    return sys.stderr.isatty() if enabled is None else bool(enabled)
 
 
 def _as_float_matrix(x, what: str) -> np.ndarray:

@@ -8,14 +8,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from colbert_index.kernels.numba_select import top_k_from
-
 # PLAID's defaults by k: (max k, nprobe, centroid_score_threshold, ndocs)
 _DEFAULTS = ((10, 1, 0.5, 256), (100, 2, 0.45, 1024))
 _NDOCS_SCALE_FROM = 62_500  # documents up to which the default ndocs is PLAID's
-# Documents beyond which the default probe for k <= 10 is doubled and ndocs taken 1.5x. Measured with 100
-# exact queries (bench/RESULTS.md): PLAID's nprobe finds 0.962 of the exact top 10 at 500k passages, 0.935 at
-# 1M, where nprobe 2 with 1.5x ndocs finds 0.955. Larger k keep PLAID's table (not measured there).
+# Documents beyond which the default probe for k <= 10 is doubled and ndocs taken 1.5x: there PLAID's one cell per
+# query token keeps too little of the exact top 10 (docs/search.md; bench/RESULTS.md, Scale). Larger k keep PLAID's
+# table.
 _WIDE_PROBE_FROM = 500_000
 
 
@@ -36,9 +34,8 @@ class SearchParams:
         of documents beyond (:meth:`default_ndocs`): the probe reaches that many more candidates.
     nbound: unset, stage 1 is PLAID's probe. Set, stage 1 also bounds each candidate's centroid interaction
         from above, from the IVF lists alone (``reference.probe_bound``), and keeps the best ``nbound``; stage
-        2 then runs only if more than ``ndocs`` remain. Measured: as good as stage 2 at 100k passages and
-        far more robust to documents unlike the training data, but slower and less accurate than stage 2 at
-        1M (bench/RESULTS.md), hence opt-in.
+        2 then runs only if more than ``ndocs`` remain. More robust to documents unlike the training data,
+        but slower and less accurate than stage 2 on large indexes (docs/design-notes.md), hence opt-in.
     bound_cells: with ``nbound``, centroids per query token whose lists the bound reads (at least
         ``nprobe``): exact where a document's best centroid for a token is among them, the next
         centroid's score otherwise.
@@ -63,8 +60,7 @@ class SearchParams:
         """PLAID's ``nprobe`` for ``k``, doubled for ``k <= 10`` beyond 500,000 documents.
 
         K stops growing at 65,536 from ~17M tokens, so beyond that every cell holds more tokens as the corpus
-        grows, and a probe of one cell per query token keeps less of the exact top 10: 0.962 at 500k passages,
-        0.935 at 1M, where two cells (with :meth:`default_ndocs` 1.5x) keep 0.955 (bench/RESULTS.md).
+        grows, and a probe of one cell per query token keeps less of the exact top 10 (docs/search.md).
         """
         nprobe = SearchParams.defaults(k).nprobe
         return 2 * nprobe if _wide_probe(k, n_docs) else nprobe
@@ -75,8 +71,8 @@ class SearchParams:
         where :meth:`default_nprobe` doubles the probe.
 
         The default K grows with the square root of the corpus, so one probed cell, and the candidate
-        list, grows with it too: 1M passages reach ~28k candidates at nprobe=1 (10k: ~2.5k), and
-        keeping 256 of them lost 5% of recall@10 vs exact (0.905 -> 0.95 with 1024; bench/RESULTS.md).
+        list, grows with it too: keeping PLAID's fixed ``ndocs`` of them loses recall on large indexes
+        (docs/search.md).
         """
         scale = max(1.0, math.sqrt(n_docs / _NDOCS_SCALE_FROM)) * (1.5 if _wide_probe(k, n_docs) else 1.0)
         return int(round(SearchParams.defaults(k).ndocs * scale / 32)) * 32
@@ -85,10 +81,9 @@ class SearchParams:
     def n_exact(k: int, ndocs: int) -> int:
         """Candidates stage 3 passes to the exact rerank: ``max(2 k, ndocs // 16)``.
 
-        Stage 3 scores every token with its residual (un-normalised), so its order is nearly the exact one:
-        on the 1M-passage index its best 64 of 1024 hold as many of the exact top-10 as all 1024 (0.929), where
-        PLAID's centroid-only stage 3 needed 256 for 0.917 (bench/RESULTS.md). When ``ndocs`` is at most this,
-        stage 3 does not run: stage 2's survivors all go to the exact rerank.
+        Stage 3 scores every token with its residual (un-normalised), so its order is nearly the exact one and a
+        sixteenth of the candidates suffice where PLAID's centroid-only stage 3 needs a quarter (docs/search.md).
+        When ``ndocs`` is at most this, stage 3 does not run: stage 2's survivors all go to the exact rerank.
         """
         return max(2 * k, ndocs // 16)
 
@@ -137,19 +132,6 @@ def check_k(k: int) -> int:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
         raise ValueError(f"k must be a positive integer, got {k!r}")
     return int(k)
-
-
-def top_k(scores: np.ndarray, slots: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` best (score desc, slot asc) of parallel arrays, sorted (``reference.top_k``'s contract).
-
-    Ties at the cut go to the lower slots, so every backend and device keeps the same candidates when stage
-    scores tie exactly (documents of the same centroids). Slots must lie in ``[0, 2**32)``."""
-    if k < 1:
-        raise ValueError(f"top_k: k must be >= 1, got {k}")
-    scores = np.asarray(scores, dtype=np.float32)
-    n = len(scores)
-    kth = np.partition(scores, n - k)[n - k] if n > k else np.float32(-np.inf)
-    return top_k_from(scores, np.asarray(slots), k, kth)
 
 
 def staged_search(
@@ -202,12 +184,12 @@ def staged_search(
     ndocs = max(ndocs, k)
     nbound = None if bounds is None else max(params.nbound, ndocs)
     if nbound is not None and sum(map(len, cands)) > nbound:  # the best by the bound (sorted: memory order)
-        cands = [np.sort(c) for c in _best_across(bounds, cands, bases, nbound)]
+        cands = [np.sort(c) for c in _best_across(backend, bounds, cands, bases, nbound)]
     if sum(map(len, cands)) > ndocs:  # stage 2: centroid interaction with pruning
         if stage2 is None:  # once for every segment
             stage2 = backend.centroid_interaction_tables(S, params.centroid_score_threshold)
         approx = [backend.centroid_interaction_from(stage2, d.codes, d.offsets, c) for d, c in zip(segs, cands)]
-        cands = _best_across(approx, cands, bases, ndocs)
+        cands = _best_across(backend, approx, cands, bases, ndocs)
     if sum(map(len, cands)) > n_exact:  # stage 3: every token with its residual, not normalised
         if rows3 is None:  # once for every segment
             rows3 = backend.refined_interaction_scores(tables3, S)
@@ -215,10 +197,10 @@ def staged_search(
             backend.refined_interaction_from(tables3, rows3, d.codes, d.residuals, d.offsets, c)
             for d, c in zip(segs, cands)
         ]
-        cands = _best_across(approx, cands, bases, n_exact)
+        cands = _best_across(backend, approx, cands, bases, n_exact)
     tables = (codec.centroids, codec.table, codec.normalize)
     scores = [backend.exact_maxsim(Q, d.codes, d.residuals, d.offsets, c, *tables) for d, c in zip(segs, cands)]
-    return top_k(np.concatenate(scores), np.concatenate([c + b for c, b in zip(cands, bases)]), k)  # stage 4
+    return backend.top_k(np.concatenate(scores), np.concatenate([c + b for c, b in zip(cands, bases)]), k)  # stage 4
 
 
 def score_bound(codec, Q: np.ndarray) -> np.ndarray:
@@ -257,11 +239,11 @@ def _cells_and_floor(backend, S: np.ndarray, nprobe: int) -> tuple[np.ndarray, n
     return np.ascontiguousarray(ext[:, :nprobe]), np.ascontiguousarray(S[ext[:, nprobe], np.arange(S.shape[1])])
 
 
-def _best_across(scores: list, cands: list, bases: np.ndarray, n: int) -> list:
+def _best_across(backend, scores: list, cands: list, bases: np.ndarray, n: int) -> list:
     """The ``n`` best candidates over all segments (``scores[i]`` of ``cands[i]``), split back by segment."""
     if len(cands) == 1:
-        return [top_k(scores[0], cands[0], n)[1]]
-    best = top_k(np.concatenate(scores), np.concatenate([c + b for c, b in zip(cands, bases)]), n)[1]
+        return [backend.top_k(scores[0], cands[0], n)[1]]
+    best = backend.top_k(np.concatenate(scores), np.concatenate([c + b for c, b in zip(cands, bases)]), n)[1]
     which = np.searchsorted(bases, best, side="right") - 1
     return [(best[which == i] - bases[i]).astype(c.dtype) for i, c in enumerate(cands)]
 
@@ -271,15 +253,15 @@ def brute_force(
     offsets: np.ndarray,
     token_chunk: Callable[[int, int], np.ndarray],
     k: int,
-    segment_max_sums: Callable,
+    backend,
     max_scores: int = 1 << 25,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Exact MaxSim top-k of every query over all documents.
 
     ``token_chunk(lo, hi)`` returns float32 embeddings of tokens ``lo:hi`` (raw or decompressed); the
     corpus is walked once in chunks of whole documents, each chunk scored against all queries in one
-    product (``max_scores`` floats at most: 128 MiB) and reduced by ``segment_max_sums``: 1.8x faster than
-    a product per query for 20 queries on a 100k-passage index (the same top-100; bench/RESULTS.md).
+    product (``max_scores`` floats at most: 128 MiB) and reduced by ``backend.segment_max_sums``: faster than a
+    product per query (docs/design-notes.md).
     """
     n_docs = len(offsets) - 1
     k = min(k, n_docs)
@@ -296,12 +278,12 @@ def brute_force(
         d1 = min(max(d1, d0 + 1), n_docs)
         lo, hi = int(offsets[d0]), int(offsets[d1])
         local = np.ascontiguousarray(offsets[d0 : d1 + 1] - lo)
-        pending.append(segment_max_sums(token_chunk(lo, hi) @ QT, local, bounds))
+        pending.append(backend.segment_max_sums(token_chunk(lo, hi) @ QT, local, bounds))
         d0 = d1
         if (d0 - d_from) * len(queries) >= max_scores // 4 or d0 == n_docs:
             scores = np.concatenate(pending, axis=1)
             slots = np.arange(d_from, d0, dtype=np.int64)
             for i, (s, b) in enumerate(best):
-                best[i] = top_k(np.concatenate([s, scores[i]]), np.concatenate([b, slots]), k)
+                best[i] = backend.top_k(np.concatenate([s, scores[i]]), np.concatenate([b, slots]), k)
             pending, d_from = [], d0
     return best

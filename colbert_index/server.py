@@ -16,8 +16,8 @@
 Searches take ``k``, ``filter`` (a list of ids or a metadata filter, see :mod:`colbert_index.filters`),
 ``params`` (``nprobe``, ``ndocs``, ``centroid_score_threshold``, ``nbound``, ``bound_cells``) and
 ``include_metadata``. They run in a pool of one thread per core (each query's kernels on one thread), so the event
-loop never blocks and concurrent queries use every core; they are not micro-batched (on 2 cores that measured no
-faster, bench/RESULTS.md). Writes run one at a time in their own thread, holding the index's writer lock. Before
+loop never blocks and concurrent queries use every core; they are not micro-batched (no faster:
+docs/design-notes.md). Writes run one at a time in their own thread, holding the index's writer lock. Before
 a search the server picks up versions other processes committed (``Index.refresh``, at most every ``refresh_s``
 seconds).
 
@@ -49,9 +49,9 @@ try:
 except ImportError as e:  # pragma: no cover - the extra is missing
     raise ImportError(f'the server needs the "server" extra: pip install -e ".[server]" ({e})') from e
 
+from colbert_index.errors import IndexFormatError, IndexLockedError
 from colbert_index.index import Index
 from colbert_index.search import SearchParams
-from colbert_index.storage import IndexFormatError, IndexLockedError
 
 MAX_K = 1000
 MAX_QUERY_TOKENS = 512

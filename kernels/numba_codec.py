@@ -44,11 +44,9 @@ def decompress_range(codes, packed, lo, hi, centroids, table, normalize, out, ro
 
     Two passes: centroid + residual for every token first, norms after. The centroid rows are
     random reads (out of cache at large K); with no norm to finish between tokens their cache
-    misses overlap. One token at a time took ~1.8x longer (25.6k tokens, K=32768, side by side).
-    The rows are also prefetched a few tokens ahead: 1.7x for 256 random docs at K=65536. Each byte's
-    dimensions are one vector add (:func:`add4` / :func:`add2`; written out per element they compiled to
-    scalar adds): 1.37-1.56x on 64 random docs of the 10k index, 1.16-1.25x on 256 of the 1M index
-    (alternating in one process, identical output).
+    misses overlap; the rows are also prefetched a few tokens ahead. Each byte's dimensions are one vector
+    add (:func:`add4` / :func:`add2`; written out per element they compile to scalar adds). The gains of each
+    are in docs/design-notes.md.
     """
     nbytes, _, per_byte = table.shape
     dim = centroids.shape[1]

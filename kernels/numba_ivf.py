@@ -95,7 +95,7 @@ def probe_cells(centroid_scores, nprobe):
     # A sorted top-nprobe buffer per query token. Rows are read in memory order, a block at a time: the
     # block's maximum per query token (a vectorised loop) is compared with each token's current
     # nprobe-th best, and only blocks that beat one are looked at row by row. Strict > keeps the lower
-    # centroid id on ties. (One branch per score took 3.4 ms at K=65536, q_len=32.)
+    # centroid id on ties. (One branch per score is much slower.)
     top_val = np.empty((q_len, nprobe), dtype=np.float32)
     n_top = np.zeros(q_len, dtype=np.int64)
     floor = np.full(q_len, -np.inf, dtype=np.float32)  # nprobe-th best so far; -inf until full
@@ -153,8 +153,7 @@ def _read_off(words, total):
 @njit(cache=True, nogil=True)
 def probe(cells, ivf_offsets, ivf_docs, n_docs):
     # Candidates are marked in a bitmap of 64-bit words and read off it word by word, in slot order (a
-    # bool per document read one by one, or a sort of the candidates: 8x slower at 1M passages, 50k
-    # candidates).
+    # bool per document read one by one, or a sort of the candidates, is much slower on large indexes).
     return _read_off(*_mark(cells, ivf_offsets, ivf_docs, n_docs))
 
 

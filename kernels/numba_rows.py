@@ -3,8 +3,8 @@
 Running maxima over rows (a document's best score per query token) are the inner loop of stages 2-4 and of
 the probe. Written in place, ``best[q] = max(best[q], row[q])`` compiles to scalar code (LLVM does not
 vectorise that store of a select of its own load); written to another buffer it becomes AVX ``vmaxps``.
-So callers keep two rows of a buffer and alternate them after each row: 3-5x faster per row (32 query
-tokens, rows in L1/L2, side by side).
+So callers keep two rows of a buffer and alternate them after each row (several times faster per row;
+docs/design-notes.md).
 
 Decompression adds each byte's 4 (2-bit) or 2 (4-bit) residual values to as many centroid values; written
 out per element those adds compiled to scalar ``vaddss`` too, so :data:`add4` / :data:`add2` emit the one
@@ -12,8 +12,8 @@ vector add.
 
 Stage 0 (query x centroid scores) and stage 4 (decompressed tokens x query) are products of a tall matrix with
 the few query tokens: :func:`row_scores` computes two rows at a time, 32 query tokens each, in eight AVX
-accumulators (:data:`dot2x32` and its narrower siblings): faster than OpenBLAS on one thread at dim 64, 1.1-1.4x
-at 4k rows and 2.1-2.5x at 32k-65k (and no BLAS thread pool to hold to one thread).
+accumulators (:data:`dot2x32` and its narrower siblings): faster than OpenBLAS on one thread for these shapes,
+and no BLAS thread pool to hold to one thread (docs/design-notes.md).
 
 Stage 3 scores a token's residual against every query token through lookup tables rounded to int8
 (:func:`byte_table_int8`) and its centroid score in the same units (:func:`score_rows_int16`): :func:`doc_max16`
@@ -38,7 +38,7 @@ def max_into(buf, dst, src, table, row):
     """``buf[dst, i] = max(buf[src, i], table[row, i])`` over ``buf``'s columns (``dst != src``).
 
     Rows are passed by index, not as array views: swapping views in a loop costs reference counting
-    (stage 2 ran 2x slower that way); callers alternate ``dst`` and ``src`` between two rows of ``buf``.
+    (docs/design-notes.md); callers alternate ``dst`` and ``src`` between two rows of ``buf``.
     """
     for i in range(buf.shape[1]):
         buf[dst, i] = max(buf[src, i], table[row, i])
@@ -138,11 +138,10 @@ def byte_table_int8(Q, table, q_pad, score_bound):
     ``limit = min(127, 32767 // nbytes)``, so that a token's ``nbytes`` rows sum exactly in int16
     (:func:`doc_max16`). The centroid scores share the column's scale (:func:`score_rows_int16`): the step is
     also at least ``score_bound[q] / room`` (``score_bound [q_pad]`` float64 bounds query token ``q``'s centroid
-    scores; ``room``: :func:`int16_room`), so that a score fits beside the rows' sum (at dim 64, 2 bits the
-    table's own step is ~10x finer than that, and decides).
-    A byte per row rather than a half byte: half the row adds per token, for a table of 128 KiB at dim 64,
-    2 bits (L2, where the half-byte one fit L1): stage 3 1.2x faster (1M index, side by side). The arithmetic is
-    ``reference.byte_table_int8``'s step for step.
+    scores; ``room``: :func:`int16_room`), so that a score fits beside the rows' sum (usually the table's own,
+    finer step decides).
+    A byte per row rather than a half byte: half the row adds per token, for a table that fits L2 instead of L1,
+    a net gain (docs/design-notes.md). The arithmetic is ``reference.byte_table_int8``'s step for step.
     """
     half = nibble_table(Q, table, q_pad)
     nbytes = half.shape[0] // 32
@@ -182,8 +181,8 @@ def doc_max16(typingctx, out, lut, scale, scores, codes, packed, lo, hi, col):
     (:func:`score_rows_int16`), ``packed`` uint8 ``[n_tokens * nbytes]`` with ``nbytes = len(lut) // (256
     q_pad)``); nothing is bounds-checked. The running maximum and the sums (two, alternating bytes) stay in
     registers over the whole document, the centroid score is one 64-byte row added to them, and the scale
-    multiplies the maximum once: 1.5x faster than float score rows added to each token's scaled sum (1M index,
-    cold caches, alternating). The score row of the token :data:`AHEAD_TOKENS` on is prefetched.
+    multiplies the maximum once, instead of float score rows added to each token's scaled sum
+    (docs/design-notes.md). The score row of the token :data:`AHEAD_TOKENS` on is prefetched.
     """
     arrays = (out, lut, scale, scores, codes, packed)
     dtypes = (types.float32, types.int8, types.float32, types.int16, types.uint16, types.uint8)

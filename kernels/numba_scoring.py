@@ -44,8 +44,8 @@ def centroid_scores(centroids, Q):
 def centroid_interaction(centroid_scores, codes, offsets, candidates, threshold):
     """Stage 2 (``reference.centroid_interaction`` with ``quantised=True``): the kept centroids' score rows
     rounded to int8 (:func:`kept_rows_int8`), maxima over a document's tokens in int8 (:func:`doc_max_int8`),
-    summed exactly and times the step: within ``q_len`` half steps (~0.07 at 32 query tokens) of the float
-    score, the same best 1536 of 55k candidates but 0.5% (1M index)."""
+    summed exactly and times the step: within ``q_len`` half steps of the float score, close enough that
+    stage 2 keeps nearly the same candidates (docs/design-notes.md)."""
     return _interaction(*kept_rows_int8(centroid_scores, threshold), codes, offsets, candidates)
 
 
@@ -64,10 +64,9 @@ def kept_rows_int8(centroid_scores, threshold):
     """``(remap [K] uint16, rows [q_pad // 32, kept + 1, 32] int8, step float32)``: ``rows[j, remap[c]]`` is
     centroid ``c``'s scores for query tokens ``32 j ..`` over ``step`` rounded (``reference.kept_rows_int8``'s
     arithmetic: no fastmath here) when some query token scores it ``>= threshold``, the last row (all -128)
-    when it is pruned; padding 0. ``step`` is the largest kept score's magnitude over 127. At threshold 0.5 ~4%
-    of the centroids are kept (1M index): a table of ~80 KiB instead of 8 MiB of float rows, reached through a
-    remap of 128 KiB (uint16: 1.1x faster stage 2 than int32, and 32-byte rows another 1.1x; uint32 past 65536
-    centroids)."""
+    when it is pruned; padding 0. ``step`` is the largest kept score's magnitude over 127. Few centroids pass
+    the threshold, so the table stays in cache where the float rows would not; the remap is uint16 (uint32 past
+    65536 centroids) and the rows 32 bytes wide for the same reason (docs/design-notes.md)."""
     K = centroid_scores.shape[0]
     remap = np.empty(K, dtype=np.uint16 if K <= 65536 else np.uint32)
     return (remap, *_fill_kept_rows(centroid_scores, np.float32(threshold), remap))
@@ -82,7 +81,7 @@ def _fill_kept_rows(centroid_scores, thr, remap):
     peak = np.float32(0.0)
     for c in range(K):
         k = False
-        for q in range(q_len):  # an OR of comparisons vectorises; a running max did not (2.8x slower)
+        for q in range(q_len):  # an OR of comparisons vectorises; a running max does not
             k |= centroid_scores[c, q] >= thr
         if k:
             kept[n] = c
@@ -132,8 +131,7 @@ def refined_interaction(Q, centroid_scores, codes, packed, offsets, candidates, 
     """Stage 3 (``reference.refined_interaction`` with ``quantised=True``): each token's centroid score plus its
     residual against every query token, summed in int16 from int8 lookup tables (:func:`byte_table_int8`,
     :func:`score_rows_int16`, :func:`doc_max16`), so no row of ``centroids`` is read and no token decompressed.
-    ~12 ns per token at dim 64, 2 bits (1M index, AMD EPYC Zen 4), 3-4x PLAID's centroid-only stage 3 per
-    document, paid back by a 4x smaller exact rerank (bench/RESULTS.md)."""
+    Dearer per document than PLAID's centroid-only stage 3, paid back by a smaller exact rerank (docs/search.md)."""
     bound = np.abs(centroid_scores).max(axis=0) if centroid_scores.size else np.zeros(centroid_scores.shape[1])
     tables = refined_interaction_tables(Q, table, bound.astype(np.float64))
     rows = refined_interaction_scores(tables, centroid_scores)
@@ -259,7 +257,7 @@ def segment_max_sums(token_scores, offsets, col_bounds):
             for j in range(n_cols):
                 best[0, j] = token_scores[lo, j]
             cur = 0
-            for t in range(lo + 1, hi):  # whole rows: contiguous (a column at a time was 2.6x slower)
+            for t in range(lo + 1, hi):  # whole rows: contiguous (a column at a time is much slower)
                 max_into(best, 1 - cur, cur, token_scores, t)
                 cur = 1 - cur
             for i in range(n_q):

@@ -2,8 +2,8 @@
 
 Each pair becomes one uint64 key whose ascending order is that order (the score's float32 bits mapped to
 an order-preserving integer, flipped, in the high half; the slot in the low half), so a partition and a
-sort of plain integers replace numpy's argpartition + flatnonzero + lexsort: 2.2-4.6x faster than the
-reference for the sizes a search selects from (64 to 30,000 candidates, measured side by side).
+sort of plain integers replace numpy's argpartition + flatnonzero + lexsort (the reference's way; faster for the
+sizes a search selects from: docs/design-notes.md).
 """
 
 from __future__ import annotations
@@ -12,6 +12,19 @@ import numpy as np
 from numba import njit
 
 _SIGN = np.uint32(0x80000000)
+
+
+def top_k(scores: np.ndarray, slots: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best (score desc, slot asc) of parallel arrays, sorted (``reference.top_k``'s contract).
+
+    Ties at the cut go to the lower slots, so every backend and device keeps the same candidates when stage
+    scores tie exactly (documents of the same centroids). Slots must lie in ``[0, 2**32)``."""
+    if k < 1:
+        raise ValueError(f"top_k: k must be >= 1, got {k}")
+    scores = np.asarray(scores, dtype=np.float32)
+    n = len(scores)
+    kth = np.partition(scores, n - k)[n - k] if n > k else np.float32(-np.inf)
+    return top_k_from(scores, np.asarray(slots), k, kth)
 
 
 @njit(cache=True, nogil=True)

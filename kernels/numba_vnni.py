@@ -5,11 +5,10 @@
 (:func:`colbert_index.codec.quantize_centroids`); offset by 128 they are the unsigned operand, and the query
 tokens, rounded to int8 with one scale each (:func:`quantize_query`), the signed one. The integer products are
 exact, so the scores are ``reference.centroid_scores_int8``'s to the bit; they differ from the float scores by
-the query's rounding only (at most 0.005 on the 1M-passage index, same recall; bench/RESULTS.md). 3.4x faster
-than the float kernel at K=65536, dim 64, 32 query tokens (AMD EPYC Zen 4, one thread, alternating).
+the query's rounding only. Several times faster than the float kernel on large codebooks (docs/design-notes.md).
 
-CPUs without VNNI (:data:`HAS_VNNI` false) keep the float kernel: the backend then has no
-``centroid_scores_int8``.
+CPUs without VNNI (:data:`HAS_VNNI` false) keep the float kernels: the backend's optional ``query_tables_int8``
+is then ``None`` (kernels/contract.py).
 """
 
 from __future__ import annotations
@@ -188,8 +187,8 @@ def query_tables(centroids_u8, scales, Q, nprobe, threshold, stage3):
     padded by 128 to a multiple of 4 bytes, times their ``scales [K]``); they are not kept as floats. ``rows16``:
     ``numba_scoring.refined_interaction_scores(stage3, S)`` (stage 3's int16 rows; ``stage3``: its tables).
     ``cells``: ``probe_cells(S, nprobe)``. ``kept``: ``kept_rows_int8(S, threshold)`` (stage 2's table). Each
-    pair of rows is offered to the probe's top lists and the keep test in registers: reading the 8 MiB of float
-    scores again for each took ~1.3 ms per query at K=65536 (1M-passage index). Needs :data:`HAS_VNNI`.
+    pair of rows is offered to the probe's top lists and the keep test in registers, instead of reading the float
+    scores of every centroid again for each (docs/design-notes.md). Needs :data:`HAS_VNNI`.
     """
     K = centroids_u8.shape[0]
     remap = np.empty(K, dtype=np.uint16 if K <= 65536 else np.uint32)

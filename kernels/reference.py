@@ -287,16 +287,16 @@ def refined_interaction_scores(tables: tuple, centroid_scores: np.ndarray) -> np
 
 def refined_interaction_from(
     tables: tuple,
-    centroid_scores: np.ndarray,
+    score_rows: np.ndarray,
     codes: np.ndarray,
     packed: np.ndarray,
     offsets: np.ndarray,
     candidates: np.ndarray,
 ) -> np.ndarray:
     """:func:`refined_interaction` from :func:`refined_interaction_tables`' and :func:`refined_interaction_scores`'
-    results."""
+    results (here the float centroid scores)."""
     Q, table = tables
-    return refined_interaction(Q, centroid_scores, codes, packed, offsets, candidates, table)
+    return refined_interaction(Q, score_rows, codes, packed, offsets, candidates, table)
 
 
 def exact_maxsim(
@@ -321,6 +321,9 @@ def exact_maxsim(
 
 def top_k(scores: np.ndarray, slots: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` best (score desc, slot asc) of parallel arrays, sorted; ties at the cut go to the lower slots."""
+    if k < 1:
+        raise ValueError(f"top_k: k must be >= 1, got {k}")
+    scores, slots = np.asarray(scores, dtype=np.float32), np.asarray(slots)
     if len(scores) > k:
         kth = scores[np.argpartition(-scores, k - 1)[k - 1]]
         above = np.flatnonzero(scores > kth)

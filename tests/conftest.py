@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from colbert_index import Index
-from colbert_index.synthetic import make_corpus
+from colbert_index.datasets.synthetic import make_corpus
 
 
 def _drop_stale_kernel_cache() -> None:

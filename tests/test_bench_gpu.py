@@ -17,9 +17,15 @@ BENCH = Path(__file__).resolve().parents[1] / "bench" / "gpu.py"
 
 
 def _module():
+    """bench/gpu.py as a module, loaded with bench/ first on ``sys.path`` (as when the script runs) for its
+    ``from common import ...``."""
     spec = importlib.util.spec_from_file_location("bench_gpu", BENCH)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.path.insert(0, str(BENCH.parent))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCH.parent))
     return module
 
 

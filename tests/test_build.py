@@ -140,12 +140,12 @@ def test_existing_path_needs_overwrite(tmp_path, tiny_docs):
 
 def test_failed_rebuild_keeps_the_old_index(tmp_path, tiny_docs, monkeypatch):
     Index.build(tmp_path / "a", tiny_docs[:5], progress=False)
-    from colbert_index import storage
+    from colbert_index import build
 
     def boom(*a, **k):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(storage, "write_manifest", boom)
+    monkeypatch.setattr(build, "write_manifest", boom)
     with pytest.raises(RuntimeError, match="disk full"):
         Index.build(tmp_path / "a", tiny_docs, overwrite=True, progress=False)
     assert Index.open(tmp_path / "a").n_docs == 5

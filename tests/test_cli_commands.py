@@ -118,7 +118,7 @@ def test_bench_on_an_index_and_on_a_synthetic_corpus(files, tiny_docs, capsys):
 def test_build_and_add_from_jsonl_with_metadata_keys(tmp_path, capsys):
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    from test_encoder import topic_texts, write_pylate_checkpoint
+    from colbert_index.encoder.fixtures import topic_texts, write_pylate_checkpoint
 
     model = str(write_pylate_checkpoint(tmp_path / "ckpt"))
     docs, _ = topic_texts()

@@ -133,22 +133,22 @@ Index.build(sys.argv[1], docs(), progress=False)
 
 
 def test_a_build_killed_midway_leaves_staging_that_the_next_build_removes(tmp_path):
-    from colbert_index import storage
+    from colbert_index.storage.files import STAGING_LOCK, remove_abandoned_staging
 
     path = tmp_path / "idx"
     proc = subprocess.Popen([sys.executable, "-c", _HANGING_BUILD, str(path)], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "staged"
         live = list(tmp_path.glob(".idx.tmp-*"))
-        assert len(live) == 1 and (live[0] / storage.STAGING_LOCK).exists()
-        assert storage.remove_abandoned_staging(path) == [] and live[0].exists()  # its builder is alive
+        assert len(live) == 1 and (live[0] / STAGING_LOCK).exists()
+        assert remove_abandoned_staging(path) == [] and live[0].exists()  # its builder is alive
     finally:
         proc.kill()
         proc.wait(timeout=60)
     assert live[0].exists() and not path.exists()  # SIGKILL: nothing cleaned up, nothing committed
     held = tmp_path / ".idx.tmp-held"  # a staging directory whose lock this process holds: a live build
     held.mkdir()
-    fd = os.open(held / storage.STAGING_LOCK, os.O_RDWR | os.O_CREAT)
+    fd = os.open(held / STAGING_LOCK, os.O_RDWR | os.O_CREAT)
     fcntl.flock(fd, fcntl.LOCK_EX)
     try:
         unlocked = tmp_path / ".idx.tmp-nolock"  # no lock file: unknown owner (an older version), kept

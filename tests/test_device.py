@@ -1,4 +1,4 @@
-"""The device pipeline (colbert_index.device / device_search) and its torch kernels, on CPU tensors; the
+"""The device pipeline (colbert_index.gpu.device / gpu.search) and its torch kernels, on CPU tensors; the
 same on a GPU where there is one (``@pytest.mark.gpu``, skipped without CUDA). The Triton kernels are
 tested under the interpreter by ``test_triton_interpret.py``."""
 
@@ -15,7 +15,7 @@ from colbert_index.kernels import torch_scoring as tk
 from kernel_data import problem, tolerance
 
 from colbert_index import Index, SearchParams
-from colbert_index.device import resolve, select_kernels
+from colbert_index.gpu.device import resolve, select_kernels
 
 DIMS = (48, 64, 96, 128)
 HAS_CUDA = torch.cuda.is_available()
@@ -170,7 +170,7 @@ def test_triton_on_cpu_needs_the_interpreter(monkeypatch):
 def test_missing_triton_falls_back_to_torch_with_a_log_line(monkeypatch, caplog):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     monkeypatch.setitem(sys.modules, "colbert_index.kernels.triton_scoring", None)  # import fails
-    with caplog.at_level(logging.WARNING, logger="colbert_index.device"):
+    with caplog.at_level(logging.WARNING, logger="colbert_index.gpu.device"):
         module, name = select_kernels(torch.device("cpu"), "auto")
     assert name == "torch" and module is tk
     assert "torch fallback" in caplog.text

@@ -1,4 +1,4 @@
-"""Building on a torch device (colbert_index.device_build) against the CPU build: the compressor against the
+"""Building on a torch device (colbert_index.gpu.build) against the CPU build: the compressor against the
 codec's reference compression, k-means against faiss's, a whole torch build against exact search. On CPU
 tensors here; the same on a GPU where there is one (``@pytest.mark.gpu``). Also the synthetic stream's
 parallel generator, which feeds the GPU benchmark's builds."""
@@ -12,9 +12,9 @@ from colbert_index.kernels import reference
 
 from colbert_index import Index
 from colbert_index.codec import ResidualCodec
-from colbert_index.device_build import DeviceCompressor, build_device, kmeans
+from colbert_index.datasets.synthetic import SyntheticStream, make_corpus
 from colbert_index.drift import outside_count
-from colbert_index.synthetic import SyntheticStream, make_corpus
+from colbert_index.gpu.build import DeviceCompressor, build_device, kmeans
 
 HAS_CUDA = torch.cuda.is_available()
 DEVICES = ("cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not HAS_CUDA, reason="no GPU")]))

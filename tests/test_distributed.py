@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from colbert_index import Index, SearchParams
+from colbert_index.datasets.synthetic import make_corpus
 from colbert_index.distributed import merge_topk, plan, shard_of
 from colbert_index.distributed.manifest import CLUSTER_MANIFEST, shard_path
 from colbert_index.distributed.planner import layout_bytes
-from colbert_index.synthetic import make_corpus
 
 N_SHARDS = 4
 TOL = 1e-4  # scores: sums of float32 dot products, summed in different block orders on the two sides

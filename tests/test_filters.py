@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from colbert_index import Index, filters
-from colbert_index.synthetic import make_corpus
+from colbert_index.datasets.synthetic import make_corpus
 
 N_DOCS = 2000
 SELECTIVITIES = {0.5: 500, 0.1: 100, 0.01: 10, 0.001: 1}  # fraction -> buckets of 1000 allowed

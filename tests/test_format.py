@@ -13,7 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from colbert_index import Index, IndexFormatError, storage
+from colbert_index import Index, IndexFormatError
+from colbert_index.storage import manifest
+from colbert_index.storage.manifest import save_array
 
 DATA = Path(__file__).parent / "data"
 CODEBOOK = ["centroids", "centroid_scales", "bucket_cutoffs", "bucket_weights"]
@@ -104,7 +106,7 @@ def _rewrite(path, name, array):
     m = _manifest(path)
     entries = m["segments"][0]["deleted"] if name == "tombstones" else {**m["codebook"], **m["segments"][0]["files"]}
     entry = entries if name == "tombstones" else entries[name]
-    entry.update(storage.save_array(path, entry["path"], array))
+    entry.update(save_array(path, entry["path"], array))
     (path / "manifest.json").write_text(json.dumps(m))
 
 
@@ -225,7 +227,7 @@ def test_manifest_not_json(copy):
 
 
 def test_verify_checks_large_files_too(copy, monkeypatch):
-    monkeypatch.setattr(storage, "CHECKSUM_MAX_BYTES", 0)  # as if every file were large
+    monkeypatch.setattr(manifest, "CHECKSUM_MAX_BYTES", 0)  # as if every file were large
     f = _file(copy, "residuals")
     data = bytearray(f.read_bytes())
     data[-5] ^= 0x01

@@ -11,10 +11,11 @@ import doctest
 import numpy as np
 import pytest
 from colbert_index.kernels import numba_codec, numba_ivf, numba_rows, numba_scoring, numba_vnni, reference
+from colbert_index.kernels.numba_select import top_k
 
 from colbert_index.backend import get_backend
 from colbert_index.codec import ResidualCodec, dequantize_centroids, quantize_centroids
-from colbert_index.search import SearchParams, query_tables, score_bound, top_k
+from colbert_index.search import SearchParams, query_tables, score_bound
 
 DIMS = (48, 64, 96, 128)
 NBITS = (2, 4)
@@ -747,7 +748,7 @@ def test_segment_max_sums_matches_one_query_at_a_time():
 @pytest.mark.parametrize("slot_dtype", (np.int32, np.int64))
 @pytest.mark.parametrize("n,k", ((0, 5), (1, 1), (7, 10), (64, 10), (300, 1), (3000, 256)))
 def test_top_k(n, k, slot_dtype):
-    """search.top_k (Numba keys) equals reference.top_k: order, ties at the cut to the lower slots, dtypes."""
+    """numba_select.top_k (Numba keys) equals reference.top_k: order, ties at the cut to the lower slots, dtypes."""
     rng = np.random.default_rng(930 + n + k)
     for decimals in (0, 1, 6):  # few distinct scores (many ties) to nearly none
         scores = np.round(rng.standard_normal(n), decimals).astype(np.float32)

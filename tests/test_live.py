@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from colbert_index import Index, IndexFormatError, IndexLockedError, SearchParams, maxsim
-from colbert_index.storage import WriterLock
+from colbert_index.storage.files import WriterLock
 
 DATA = Path(__file__).parent / "data"
 # probe every centroid and rerank every candidate: the staged search is then exact on small indexes
@@ -149,8 +149,8 @@ def test_compact_retrain_reencodes_with_a_new_codebook(live):
 
 
 def test_drift_is_reported_and_new_topics_extend_the_codebook(tmp_path):
+    from colbert_index.datasets.synthetic import make_corpus
     from colbert_index.metrics import recall_at
-    from colbert_index.synthetic import make_corpus
 
     docs = make_corpus(800, dim=64, n_queries=0, seed=1).documents()
     other = make_corpus(200, dim=64, n_queries=20, seed=99)  # other topics: what drift looks like
@@ -237,7 +237,7 @@ def idx_pid():
 _HOLD_LOCK = """
 import sys
 from pathlib import Path
-from colbert_index.storage import WriterLock
+from colbert_index.storage.files import WriterLock
 with WriterLock(Path(sys.argv[1])):
     print("locked", flush=True)
     sys.stdin.readline()

@@ -103,9 +103,9 @@ def test_damaged_metadata_is_caught_at_open(indexed, tmp_path):
     with sqlite3.connect(db) as con:
         con.execute("CREATE TABLE docs (slot INTEGER PRIMARY KEY, meta TEXT)")
         con.executemany("INSERT INTO docs VALUES (?, NULL)", [(i,) for i in range(5)])
-    from colbert_index import storage
+    from colbert_index.storage.files import sha256
 
-    m["segments"][0]["files"]["metadata"].update(bytes=db.stat().st_size, sha256=storage.sha256(db))
+    m["segments"][0]["files"]["metadata"].update(bytes=db.stat().st_size, sha256=sha256(db))
     (idx.path / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(IndexFormatError, match="5 rows"):
         Index.open(idx.path)

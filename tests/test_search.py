@@ -13,9 +13,12 @@ from colbert_index.search import brute_force
 
 @pytest.fixture(scope="module")
 def raw_top100(corpus_2k):
-    segment_max_sums = get_backend("numba").segment_max_sums
     best = brute_force(
-        list(corpus_2k.queries), corpus_2k.offsets, lambda lo, hi: corpus_2k.embeddings[lo:hi], 100, segment_max_sums
+        list(corpus_2k.queries),
+        corpus_2k.offsets,
+        lambda lo, hi: corpus_2k.embeddings[lo:hi],
+        100,
+        get_backend("numba"),
     )
     return np.stack([slots for _, slots in best])
 
@@ -31,10 +34,10 @@ def test_brute_force_matches_plain_maxsim(corpus_2k, raw_top100):
 def test_brute_force_small_chunks_agree(corpus_2k, raw_top100):
     """Chunks of ~1k tokens (many chunks, each merged) find the same top-100 as the default chunking."""
     queries = list(corpus_2k.queries)
-    seg = get_backend("numba").segment_max_sums
-    best = brute_force(queries, corpus_2k.offsets, lambda lo, hi: corpus_2k.embeddings[lo:hi], 100, seg, 1)
+    be = get_backend("numba")
+    best = brute_force(queries, corpus_2k.offsets, lambda lo, hi: corpus_2k.embeddings[lo:hi], 100, be, 1)
     np.testing.assert_array_equal(np.stack([slots for _, slots in best]), raw_top100)
-    assert brute_force([], corpus_2k.offsets, lambda lo, hi: corpus_2k.embeddings[lo:hi], 100, seg) == []
+    assert brute_force([], corpus_2k.offsets, lambda lo, hi: corpus_2k.embeddings[lo:hi], 100, be) == []
 
 
 def test_search_exact_matches_reference_maxsim_on_decompressed(index_2k_2bit, corpus_2k):

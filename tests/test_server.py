@@ -19,7 +19,7 @@ pytest.importorskip("uvicorn")
 
 from colbert_index import Index, SearchParams  # noqa: E402
 from colbert_index import server as server_module  # noqa: E402
-from colbert_index.synthetic import make_corpus  # noqa: E402
+from colbert_index.datasets.synthetic import make_corpus  # noqa: E402
 
 KEY = "s3cret-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -258,7 +258,7 @@ def test_writes(server, corpus):
 
 
 def test_a_write_while_another_process_holds_the_lock_gets_409(server, corpus):
-    from colbert_index.storage import WriterLock
+    from colbert_index.storage.files import WriterLock
 
     client, path = server
     with WriterLock(path):
@@ -300,13 +300,12 @@ def test_concurrent_searches_during_writes(server, corpus):
 # ---------------------------------------------------------------------------------------------- with a model
 @pytest.fixture(scope="module")
 def text_server(tmp_path_factory):
-    """A tiny random PyLate checkpoint (tests/test_encoder.py), an index of 40 of its passages, served without
+    """A tiny random PyLate checkpoint (colbert_index.encoder.fixtures), an index of 40 of its passages, served without
     an API key."""
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    from test_encoder import topic_texts, variant, write_pylate_checkpoint
-
     from colbert_index import Encoder
+    from colbert_index.encoder.fixtures import topic_texts, variant, write_pylate_checkpoint
 
     tmp = tmp_path_factory.mktemp("text")
     model = variant(write_pylate_checkpoint(tmp / "ckpt"), tmp / "model", {"do_query_expansion": False})

@@ -1,13 +1,13 @@
 """Write the synthetic corpus of ``bench/run.py`` to flat files that every engine of bench/peers reads.
 
-Same generator and defaults as ``bench/run.py`` (``colbert_index.synthetic.make_corpus``, 100 queries of 32
+Same generator and defaults as ``bench/run.py`` (``colbert_index.datasets.synthetic.make_corpus``, 100 queries of 32
 tokens, seed 0), so the 10k corpus here is the one of the ``n10000_d64`` results. Writes to
 ``bench/data/peers_n{N}_d{D}/`` (gitignored):
 
 * ``embeddings.npy`` float32 ``[n_tokens, dim]`` (L2-normalised rows), ``doclens.npy`` int64 ``[n_docs]``
   (a document's id is its position), ``queries.npy`` float32 ``[n_q, q_len, dim]``, ``targets.npy``;
 * ``gt_ids.npy`` / ``gt_scores.npy`` ``[n_q, 100]``: exact MaxSim top-100 over the raw float32 embeddings,
-  computed like ``bench/run.py``'s ground truth (``brute_force`` with the Numba ``segment_max_sums``);
+  computed like ``bench/run.py``'s ground truth (``brute_force`` with the Numba kernels);
 * ``meta.json``: the generator's parameters, sizes, timings.
 
 An existing directory with the same parameters is kept as it is (pass ``--force`` to rewrite it).
@@ -42,8 +42,8 @@ def export(n_docs: int, dim: int, n_queries: int = 100, q_len: int = 32, seed: i
         print(f"{out}: exists, reused")
         return out
     from colbert_index.backend import get_backend  # only when generating: compare.py imports this module
+    from colbert_index.datasets.synthetic import make_corpus
     from colbert_index.search import brute_force
-    from colbert_index.synthetic import make_corpus
 
     out.mkdir(parents=True, exist_ok=True)
     meta_path.unlink(missing_ok=True)  # written last: its presence means the directory is complete
@@ -61,14 +61,14 @@ def export(n_docs: int, dim: int, n_queries: int = 100, q_len: int = 32, seed: i
         corpus.offsets,
         lambda lo, hi: corpus.embeddings[lo:hi],
         GT_K,
-        get_backend("numba").segment_max_sums,
+        get_backend("numba"),
     )
     gt_s = time.perf_counter() - t0
     np.save(out / "gt_ids.npy", np.stack([slots for _, slots in best]).astype(np.int64))
     np.save(out / "gt_scores.npy", np.stack([scores for scores, _ in best]).astype(np.float32))
     meta = {
         "params": params,
-        "generator": "colbert_index.synthetic.make_corpus (defaults of bench/run.py)",
+        "generator": "colbert_index.datasets.synthetic.make_corpus (defaults of bench/run.py)",
         "n_tokens": len(corpus.embeddings),
         "generate_s": round(gen_s, 2),
         "ground_truth": f"exact MaxSim top-{GT_K} over the raw float32 embeddings",

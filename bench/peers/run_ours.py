@@ -23,7 +23,7 @@ from threadpoolctl import threadpool_limits
 import colbert_index
 from colbert_index import Index, SearchParams
 from colbert_index.backend import one_blas_thread
-from colbert_index.search import query_tables, score_bound, top_k
+from colbert_index.search import query_tables, score_bound
 
 
 def build(corpus: Corpus, index_dir: Path, nbits: int) -> dict:
@@ -80,6 +80,7 @@ def profile(corpus: Corpus, index_dir: Path, k: int, threads: int, params: dict 
     if p.nbound is not None:
         raise SystemExit("ours: the per-stage profile mirrors the plain probe; it has no nbound path")
     codec = data.codec
+    top_k = _top_k(be)
 
     def one(q: np.ndarray) -> tuple[dict, list]:
         with one_blas_thread():  # as Index.search holds it: once per call, not per BLAS kernel
@@ -125,6 +126,16 @@ def profile(corpus: Corpus, index_dir: Path, k: int, threads: int, params: dict 
         return dict(zip(names, ms)), list(ids)
 
     return one
+
+
+def _top_k(backend):
+    """The backend's top-k kernel; ``colbert_index.search.top_k`` at the commits (``--ours-ref``) from before
+    top-k selection became a backend kernel."""
+    if hasattr(backend, "top_k"):
+        return backend.top_k
+    from colbert_index.search import top_k
+
+    return top_k
 
 
 def versions() -> dict:

@@ -229,8 +229,8 @@ def build_sharded(
     ``shard_paths``: where each shard goes (default ``path/<build id>-shard-NNNN``); ``nodes``: the IP of
     the node that must build (and later serve) each shard, for per-node disks. ``cpus_per_task``: the CPUs
     Ray reserves for each task and the thread cap inside it; ``train_cpus`` the same for the k-means task,
-    which runs alone (default ``cpus_per_task``; more helps on an idle node, but on the shared 2-vCPU VM two
-    threads took 60.7 s against 33-36 s for one: bench/RESULTS.md). ``overwrite``: replace an existing sharded
+    which runs alone (default ``cpus_per_task``; more helps only on an idle node: docs/distributed.md).
+    ``overwrite``: replace an existing sharded
     index at ``path`` (its shard directories inside ``path`` are removed after the new manifest commits).
     """
     ray = _ray.require_ray()

@@ -14,10 +14,10 @@ import numpy as np
 from colbert_index.distributed import _ray
 from colbert_index.distributed.manifest import load_cluster_manifest, shard_path
 from colbert_index.distributed.routing import group_by_shard, shard_of
+from colbert_index.errors import IndexFormatError
 from colbert_index.index import CommitInfo
 from colbert_index.inputs import iter_documents, normalize_queries
 from colbert_index.search import SearchParams, SearchResult, check_k
-from colbert_index.storage import IndexFormatError
 
 
 class ShardServer:

@@ -22,8 +22,9 @@ import json
 import os
 from pathlib import Path
 
-from colbert_index import storage
-from colbert_index.storage import IndexFormatError
+from colbert_index.errors import IndexFormatError
+from colbert_index.storage.files import replace_json
+from colbert_index.storage.manifest import MANIFEST
 
 CLUSTER_MANIFEST = "cluster.json"
 FORMAT_NAME = "colbert_index.cluster"
@@ -33,12 +34,7 @@ FORMAT_VERSION = 1
 def write_cluster_manifest(root: Path, manifest: dict) -> None:
     """Commit ``manifest`` as ``root/cluster.json`` atomically (temp file, fsync, rename, fsync dir)."""
     root.mkdir(parents=True, exist_ok=True)
-    manifest = {**manifest, "format": FORMAT_NAME, "version": FORMAT_VERSION}
-    tmp = root / (CLUSTER_MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
-    storage.fsync_path(tmp)
-    os.replace(tmp, root / CLUSTER_MANIFEST)
-    storage.fsync_path(root)
+    replace_json(root, CLUSTER_MANIFEST, {**manifest, "format": FORMAT_NAME, "version": FORMAT_VERSION})
 
 
 def load_cluster_manifest(root: str | os.PathLike) -> dict:
@@ -46,7 +42,7 @@ def load_cluster_manifest(root: str | os.PathLike) -> dict:
     path = Path(root) / CLUSTER_MANIFEST
     if not path.is_file():
         hint = (
-            " (it is a single index: use colbert_index.Index.open)" if (Path(root) / storage.MANIFEST).is_file() else ""
+            " (it is a single index: use colbert_index.Index.open)" if (Path(root) / MANIFEST).is_file() else ""
         )
         raise FileNotFoundError(f"{path}: no cluster manifest; build a sharded index with build_sharded(){hint}")
     try:

@@ -1,6 +1,6 @@
 """Capacity planner: index size, shard count and memory per node for a corpus, from the on-disk layout.
 
-Every term comes from the files :meth:`Index.build` writes (README, "On-disk format"), one shard being one
+Every term comes from the files :meth:`Index.build` writes (docs/format.md), one shard being one
 index with a copy of the shared codebook:
 
 * codes: ``uint16`` per token while K <= 65536, else ``uint32`` (``ResidualCodec.code_dtype``);

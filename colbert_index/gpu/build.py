@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from colbert_index.codec import ResidualCodec
-from colbert_index.device import _is_cpu, _torch, torch_device
+from colbert_index.gpu.device import _is_cpu, _torch, torch_device
 
 # Rows of one assignment product, sized so that its float32 score matrix stays under this many bytes: on a GPU
 # the caching allocator reuses it; on the CPU each one is fresh pages (a 1 GiB one spent more time in the

@@ -19,12 +19,13 @@ import numpy as np
 from numpy.lib.format import open_memmap
 from tqdm.auto import tqdm
 
-from colbert_index import metadata as meta_files
-from colbert_index import storage
 from colbert_index.codec import ResidualCodec, dequantize_centroids, quantize_centroids
 from colbert_index.drift import outside_count
+from colbert_index.errors import IndexFormatError
 from colbert_index.inputs import Spill
-from colbert_index.storage import IndexFormatError
+from colbert_index.storage import metadata as meta_files
+from colbert_index.storage.files import fsync_path, sync_tree
+from colbert_index.storage.manifest import MANIFEST, file_entry, load_entry, save_array
 
 CODEBOOK_FILES = ("centroids", "centroid_scales", "bucket_cutoffs", "bucket_weights")
 _MERGE_CHUNK_DOCS = 4096
@@ -133,13 +134,13 @@ def save_codebook(root: Path, name: str, codec: ResidualCodec, stored: tuple | N
     fresh_dir(root, name)
     q, scales = stored if stored is not None else quantize_centroids(codec.centroids)
     arrays = dict(zip(CODEBOOK_FILES, (q, scales, codec.cutoffs, codec.weights)))
-    entries = {k: storage.save_array(root, f"{name}/{k}.npy", a) for k, a in arrays.items()}
-    storage.sync_tree(root / name)
+    entries = {k: save_array(root, f"{name}/{k}.npy", a) for k, a in arrays.items()}
+    sync_tree(root / name)
     return entries
 
 
 def _load(root: Path, files: dict, name: str, shape: tuple, dtypes: tuple, mmap: bool, verify: bool) -> np.ndarray:
-    arr = storage.load_entry(root, files.get(name), mmap=mmap, verify=verify, name=name)
+    arr = load_entry(root, files.get(name), mmap=mmap, verify=verify, name=name)
     if tuple(arr.shape) != shape or arr.dtype not in dtypes:
         raise IndexFormatError(
             f"{root / files[name]['path']}: expected shape {shape} {dtypes}, got {arr.shape} {arr.dtype}"
@@ -152,7 +153,7 @@ def load_codebook(
 ) -> ResidualCodec:
     f32 = (np.dtype(np.float32),)
     if not isinstance(files, dict):
-        raise IndexFormatError(f"{root / storage.MANIFEST}: invalid field ('codebook')")
+        raise IndexFormatError(f"{root / MANIFEST}: invalid field ('codebook')")
     centroids = dequantize_centroids(
         np.asarray(_load(root, files, "centroids", (K, dim), (np.dtype(np.int8),), mmap, verify)),
         np.asarray(_load(root, files, "centroid_scales", (K,), f32, mmap, verify)),
@@ -171,26 +172,26 @@ def _save_ids(root: Path, name: str, ids, files: dict) -> tuple[str, int]:
     if isinstance(ids, (int, np.integer)):
         return "range", int(ids)
     if isinstance(ids, np.ndarray) and ids.dtype.kind in "iu":
-        files["doc_ids"] = storage.save_array(root, f"{name}/doc_ids.npy", ids.astype(np.int64))
+        files["doc_ids"] = save_array(root, f"{name}/doc_ids.npy", ids.astype(np.int64))
         return "int", 0
     encoded = [s.encode("utf-8") for s in ids]
     offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
     np.cumsum([len(b) for b in encoded], out=offsets[1:])
     blob = np.frombuffer(b"".join(encoded), np.uint8)
-    files["doc_id_bytes"] = storage.save_array(root, f"{name}/doc_id_bytes.npy", blob)
-    files["doc_id_offsets"] = storage.save_array(root, f"{name}/doc_id_offsets.npy", offsets)
+    files["doc_id_bytes"] = save_array(root, f"{name}/doc_id_bytes.npy", blob)
+    files["doc_id_offsets"] = save_array(root, f"{name}/doc_id_offsets.npy", offsets)
     return "str", 0
 
 
 def _finish_segment(root, seg_id, doclens, ids, files, outside, codec, metadata=None) -> dict:
     name = segment_name(seg_id)
-    files["doclens"] = storage.save_array(root, f"{name}/doclens.npy", np.asarray(doclens, dtype=np.int32))
+    files["doclens"] = save_array(root, f"{name}/doclens.npy", np.asarray(doclens, dtype=np.int32))
     id_type, id_start = _save_ids(root, name, ids, files)
     if metadata is not None:
         files["metadata"] = meta_files.write_store(root, name, metadata)
         if files["metadata"]["rows"] != len(doclens):
             raise ValueError(f"metadata has {files['metadata']['rows']} entries for {len(doclens)} documents")
-    storage.sync_tree(root / name)
+    sync_tree(root / name)
     n_tokens = int(np.sum(doclens, dtype=np.int64))
     return {
         "id": seg_id,
@@ -218,9 +219,9 @@ def write_segment(
 ) -> dict:
     """Compress the spilled tokens with ``codec`` into ``root/seg-<id>/`` (created by :func:`fresh_dir`,
     where the spill lies; it is removed) and return the segment's manifest entry, with its drift.
-    ``metadata``: the documents' metadata JSON texts in order (:mod:`colbert_index.metadata`), or None.
+    ``metadata``: the documents' metadata JSON texts in order (:mod:`colbert_index.storage.metadata`), or None.
     ``compress``: ``float16 block -> (codes, packed residuals, outside count)`` to use instead of ``codec``
-    with ``kernels`` (:class:`colbert_index.device_build.DeviceCompressor`)."""
+    with ``kernels`` (:class:`colbert_index.gpu.build.DeviceCompressor`)."""
     name = segment_name(seg_id)
     n_tokens, dim = spill.shape
     codes = open_memmap(root / name / "codes.npy", mode="w+", dtype=codec.code_dtype, shape=(n_tokens,))
@@ -243,7 +244,7 @@ def write_segment(
     codes.flush()
     residuals.flush()
     del codes, residuals
-    files = {k: storage.file_entry(root, f"{name}/{k}.npy") for k in ("codes", "residuals")}
+    files = {k: file_entry(root, f"{name}/{k}.npy") for k in ("codes", "residuals")}
     return _finish_segment(root, seg_id, doclens, ids, files, outside, codec, metadata)
 
 
@@ -282,7 +283,7 @@ def write_merged(root: Path, seg_id: int, segments: list[Segment], codec: Residu
     codes.flush()
     residuals.flush()
     del codes, residuals
-    files = {k: storage.file_entry(root, f"{name}/{k}.npy") for k in ("codes", "residuals")}
+    files = {k: file_entry(root, f"{name}/{k}.npy") for k in ("codes", "residuals")}
     # drift of the merged segment: the token-weighted mean of its parts' (deleted tokens included)
     parts = [s.entry.get("drift") for s in segments]
     measured = [(p["outside"], p["tokens"]) for p in parts if isinstance(p, dict)]
@@ -315,8 +316,8 @@ def save_tombstones(root: Path, seg_id: int, generation: int, deleted: np.ndarra
     """Bit ``i`` set = slot ``i`` deleted, packed most significant bit first (``numpy.packbits``; the same
     bytes as a big-endian ``bitarray``); the entry carries the number of deleted documents."""
     relpath = tombstone_name(seg_id, generation)
-    entry = storage.save_array(root, relpath, np.packbits(deleted))
-    storage.fsync_path(root / relpath)
+    entry = save_array(root, relpath, np.packbits(deleted))
+    fsync_path(root / relpath)
     entry["count"] = int(np.count_nonzero(deleted))
     return entry
 
@@ -324,7 +325,7 @@ def save_tombstones(root: Path, seg_id: int, generation: int, deleted: np.ndarra
 def load_tombstones(root: Path, entry, n_docs: int, verify: bool) -> tuple[np.ndarray | None, int]:
     if entry is None:
         return None, 0
-    packed = np.asarray(storage.load_entry(root, entry, mmap=False, verify=verify, name="tombstones"))
+    packed = np.asarray(load_entry(root, entry, mmap=False, verify=verify, name="tombstones"))
     fpath = root / entry["path"]
     if packed.shape != ((n_docs + 7) // 8,) or packed.dtype != np.uint8:
         raise IndexFormatError(f"{fpath}: expected uint8 [{(n_docs + 7) // 8}] bits, got {packed.dtype} {packed.shape}")
@@ -349,7 +350,7 @@ def load_segment(
         if not isinstance(files, dict) or id_type not in ("range", "int", "str"):
             raise ValueError(f"id_type {id_type!r}" if isinstance(files, dict) else "files")
     except (KeyError, TypeError, ValueError) as e:
-        raise IndexFormatError(f"{root / storage.MANIFEST}: invalid segment entry ({e})") from None
+        raise IndexFormatError(f"{root / MANIFEST}: invalid segment entry ({e})") from None
     deleted, n_deleted = load_tombstones(root, entry.get("deleted"), n_docs, verify)
     key = segment_key(entry)
     if key in cache:
@@ -376,7 +377,7 @@ def load_segment(
         ids = DocIds("int", n_docs, values=np.asarray(load("doc_ids", (n_docs,), np.int64)))
     else:
         id_offsets = np.asarray(load("doc_id_offsets", (n_docs + 1,), np.int64))
-        blob = np.asarray(storage.load_entry(root, files.get("doc_id_bytes"), False, verify, "doc_id_bytes"))
+        blob = np.asarray(load_entry(root, files.get("doc_id_bytes"), False, verify, "doc_id_bytes"))
         if id_offsets[0] != 0 or (np.diff(id_offsets) < 0).any() or id_offsets[-1] != len(blob):
             raise IndexFormatError(
                 f"{root / files['doc_id_offsets']['path']}: offsets not monotone within doc_id_bytes"

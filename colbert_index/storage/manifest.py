@@ -1,38 +1,29 @@
-"""On-disk format: ``manifest.json`` listing plain ``.npy`` arrays, and the writer's lock.
+"""On-disk format: ``manifest.json`` listing plain ``.npy`` arrays (docs/format.md).
 
-Format version 2 (see the README): one shared codebook plus immutable segments, each file named in
-the manifest by a path relative to the index directory. Version 1 (one set of arrays at the top level)
-is still read, as an index of one segment. A change writes new files, fsyncs them, then commits by
-atomically replacing the manifest; :func:`load_manifest` and :func:`load_entry` validate everything
-they hand on and raise :class:`IndexFormatError`.
+Format version 2: one shared codebook plus immutable segments, each file named in the manifest by a path
+relative to the index directory, with its shape, dtype, size and sha256. Version 1 (one set of arrays at the
+top level) is still read, as an index of one segment. A change writes new files, fsyncs them, then commits by
+atomically replacing the manifest; :func:`load_manifest` and :func:`load_entry` validate everything they hand
+on and raise :class:`~colbert_index.errors.IndexFormatError`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import fcntl
-import glob
-import hashlib
 import json
-import logging
 import os
 import shutil
-import socket
-import time
-import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-logger = logging.getLogger(__name__)
+from colbert_index.errors import IndexFormatError
+from colbert_index.storage.files import replace_json, sha256
 
 FORMAT_NAME = "colbert_index"
 FORMAT_VERSION = 2
 READ_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
-LOCK = "write.lock"
 # Every file's sha256 is in the manifest; files up to this size are checked at every open,
 # larger ones (codes, residuals of big indexes) only with ``verify=True``.
 CHECKSUM_MAX_BYTES = 64 << 20
@@ -53,39 +44,6 @@ V1_FILES = (
 )
 
 
-class IndexFormatError(ValueError):
-    """The index directory is missing, truncated, corrupted or of an unknown format version."""
-
-
-class IndexLockedError(RuntimeError):
-    """Another writer holds the index's lock; only one writer at a time may change an index."""
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def fsync_path(path: Path) -> None:
-    """fsync a file or a directory (its entries) by path."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def sync_tree(directory: Path) -> None:
-    """fsync every file directly in ``directory``, then the directory itself (its entries)."""
-    for f in directory.iterdir():
-        if f.is_file():
-            fsync_path(f)
-    fsync_path(directory)
-
-
 def save_array(root: Path, relpath: str, array: np.ndarray) -> dict:
     """Write ``root / relpath`` (an ``.npy``) and return its manifest entry (path, shape, dtype, size, sha256)."""
     np.save(root / relpath, np.ascontiguousarray(array))
@@ -103,84 +61,8 @@ def file_entry(root: Path, relpath: str) -> dict:
 
 
 def write_manifest(directory: Path, manifest: dict) -> None:
-    """Commit point: write the manifest to a temporary name, fsync it, rename it over ``manifest.json``
-    (atomic) and fsync the directory, so the rename itself survives a power cut."""
-    manifest = {**manifest, "format": FORMAT_NAME, "version": FORMAT_VERSION}
-    tmp = directory / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
-    fsync_path(tmp)
-    os.replace(tmp, directory / MANIFEST)
-    fsync_path(directory)
-
-
-STAGING_LOCK = ".staging.lock"  # held (flock) by the process building a staging directory
-
-
-@contextlib.contextmanager
-def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary directory that replaces ``path`` when the block succeeds.
-
-    On an exception the temporary directory is removed and ``path`` is left untouched. A process killed
-    mid-build (SIGKILL, power cut) cannot clean up: its staging directory (gigabytes at scale) is removed by
-    the next build of the same ``path`` (:func:`remove_abandoned_staging`).
-    """
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_abandoned_staging(path)
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    lock = os.open(tmp / STAGING_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    try:
-        yield tmp
-        (tmp / STAGING_LOCK).unlink()  # from here on nobody judges tmp abandoned: no lock file
-        os.close(lock)
-        lock = None
-        for sub in tmp.iterdir():
-            if sub.is_dir():
-                sync_tree(sub)
-        sync_tree(tmp)
-        if path.exists():
-            trash = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(path, trash)
-            os.replace(tmp, path)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-        fsync_path(path.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    finally:
-        if lock is not None:
-            os.close(lock)
-
-
-def remove_abandoned_staging(path: Path) -> list[Path]:
-    """Remove the staging directories of earlier builds of ``path`` whose process has died, and return them.
-
-    A build holds an ``flock`` on its staging directory's lock file until it renames the directory into place;
-    the kernel drops the lock when the process dies, so a lock that can be taken marks an abandoned directory.
-    Directories without a lock file (a build about to rename, or written by an older version) are left alone.
-    """
-    removed = []
-    for staging in sorted(path.parent.glob(f".{glob.escape(path.name)}.tmp-*")):
-        try:
-            fd = os.open(staging / STAGING_LOCK, os.O_RDWR)
-        except OSError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)  # a live build holds it
-            continue
-        shutil.rmtree(staging, ignore_errors=True)
-        os.close(fd)
-        logger.warning("removed %s, left by a build of %s that did not finish", staging, path)
-        removed.append(staging)
-    return removed
+    """Commit point: ``manifest.json`` replaced atomically (:func:`~colbert_index.storage.files.replace_json`)."""
+    replace_json(directory, MANIFEST, {**manifest, "format": FORMAT_NAME, "version": FORMAT_VERSION})
 
 
 def load_manifest(path: str | os.PathLike) -> dict:
@@ -317,45 +199,3 @@ def remove_unreferenced(root: Path, keep: Iterable[str]) -> list[str]:
             removed.append(name)
     return removed
 
-
-class WriterLock:
-    """An exclusive, non-blocking ``flock`` on ``<index>/write.lock`` for the duration of one write.
-
-    The kernel releases it when the holder exits or dies, so a crash never leaves a stale lock. The
-    holder writes its pid, host and start time into the file for the error a second writer gets.
-    """
-
-    def __init__(self, directory: Path) -> None:
-        self.path = Path(directory) / LOCK
-        self._fd: int | None = None
-
-    def __enter__(self) -> WriterLock:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
-            os.close(fd)
-            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise
-            try:
-                info = json.loads(holder)
-                who = f"pid {info['pid']} on {info['host']}, since {info['since']}"
-            except (ValueError, KeyError, TypeError):
-                who = "holder unknown"
-            raise IndexLockedError(
-                f"{self.path.parent}: another writer holds {self.path.name} ({who}); an index takes one "
-                "writer at a time: retry when it has finished (readers are never blocked)"
-            ) from None
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(info).encode(), 0)
-        self._fd = fd
-        return self
-
-    def __exit__(self, *exc) -> None:
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            os.ftruncate(fd, 0)
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)

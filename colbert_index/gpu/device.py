@@ -2,16 +2,17 @@
 
 ``Index.open(path, device="cuda")`` resolves here (:func:`resolve`): the index's codes, residuals,
 offsets, IVF and codec tables are copied to the GPU when it opens, and every stage of :meth:`Index.search`
-runs there (:mod:`colbert_index.device_search`) with the Triton kernels, or, when triton is missing or
-does not work on this GPU, with the torch kernels (a warning on the ``colbert_index.device`` logger says
+runs there (:mod:`colbert_index.gpu.search`) with the Triton kernels, or, when triton is missing or
+does not work on this GPU, with the torch kernels (a warning on the ``colbert_index.gpu.device`` logger says
 so). ``device="cpu"`` keeps the Numba path; ``backend="torch"`` (or ``"triton"`` under
 ``TRITON_INTERPRET=1``) runs the device pipeline on CPU tensors instead, which is how it is tested.
 Writes and :meth:`Index.search_exact` stay on the CPU; ``Index.build(device="cuda")`` builds on the GPU
-(:mod:`colbert_index.device_build`).
+(:mod:`colbert_index.gpu.build`).
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import threading
@@ -19,16 +20,14 @@ from types import ModuleType
 
 import numpy as np
 
+from colbert_index.errors import DeviceUnavailableError
+
 logger = logging.getLogger(__name__)
 
 DEVICE_BACKENDS = ("triton", "torch")
 _QUERY_BATCH_BYTES = 1 << 30  # device memory for one batch's centroid scores, probe cells and candidates
 _MAX_BATCH = 256
 _UPLOAD_ROWS = 1 << 22
-
-
-class DeviceUnavailableError(RuntimeError):
-    """CUDA was asked for and torch sees no GPU."""
 
 
 def _torch():
@@ -90,7 +89,16 @@ def torch_device(device: str):
 
 
 def select_kernels(device, backend: str = "auto") -> tuple[ModuleType, str]:
-    """The kernel module for ``device``: Triton when asked for or when ``auto`` finds it working, else torch."""
+    """The kernel module for ``device``: Triton when asked for or when ``auto`` finds it working, else torch;
+    checked against :data:`colbert_index.kernels.contract.DEVICE_KERNELS`."""
+    from colbert_index.kernels.contract import DEVICE_KERNELS, check, from_module
+
+    module, name = _pick_kernels(device, backend)
+    check(from_module(module, DEVICE_KERNELS), DEVICE_KERNELS, name)
+    return module, name
+
+
+def _pick_kernels(device, backend: str) -> tuple[ModuleType, str]:
     from colbert_index.kernels import torch_scoring
 
     if backend == "torch":
@@ -102,8 +110,8 @@ def select_kernels(device, backend: str = "auto") -> tuple[ModuleType, str]:
                 "imports triton, or use device='cuda', or backend='torch'"
             )
         return torch_scoring, "torch"
-    try:
-        from colbert_index.kernels import triton_scoring
+    try:  # through sys.modules, where a failed or blocked import of triton is recorded
+        triton_scoring = importlib.import_module("colbert_index.kernels.triton_scoring")
 
         if backend == "auto":
             _smoke_test(triton_scoring, device)
@@ -165,8 +173,8 @@ def _merged_ivf(segments, bases: np.ndarray, K: int) -> tuple[np.ndarray, np.nda
 
 
 def upload(snap, device):
-    """:class:`colbert_index.device_search.DeviceData` of an index snapshot (all segments, one codebook)."""
-    from colbert_index.device_search import DeviceData
+    """:class:`colbert_index.gpu.search.DeviceData` of an index snapshot (all segments, one codebook)."""
+    from colbert_index.gpu.search import DeviceData
 
     torch = _torch()
     codec, segments = snap.codec, snap.segments
@@ -220,7 +228,7 @@ class DeviceSearcher:
 
     def search(self, snap, queries: list[np.ndarray], k: int, params) -> list[tuple[np.ndarray, np.ndarray]]:
         """``(scores, global positions)`` of each query, as :func:`colbert_index.search.staged_search` gives."""
-        from colbert_index.device_search import staged_search_batched
+        from colbert_index.gpu.search import staged_search_batched
 
         torch = _torch()
         data = self.prepare(snap)

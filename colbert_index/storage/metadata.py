@@ -25,8 +25,9 @@ from urllib.parse import quote
 
 import numpy as np
 
-from colbert_index import storage
-from colbert_index.storage import IndexFormatError
+from colbert_index.errors import IndexFormatError
+from colbert_index.storage.files import fsync_path, sha256
+from colbert_index.storage.manifest import MANIFEST, check_file
 
 FILENAME = "metadata.sqlite"
 MAX_JSON_BYTES = 1 << 20  # one document's metadata, serialised
@@ -86,9 +87,9 @@ def write_store(root: Path, seg_name: str, rows: Iterable[str | None]) -> dict:
         con.execute("COMMIT")
     finally:
         con.close()
-    storage.fsync_path(path)
-    storage.fsync_path(path.parent)
-    return {"path": relpath, "bytes": path.stat().st_size, "sha256": storage.sha256(path), "rows": n}
+    fsync_path(path)
+    fsync_path(path.parent)
+    return {"path": relpath, "bytes": path.stat().st_size, "sha256": sha256(path), "rows": n}
 
 
 class MetadataStore:
@@ -179,8 +180,8 @@ def open_store(root: Path, entry, n_docs: int, verify: bool) -> MetadataStore | 
     if entry is None:
         return None
     if not isinstance(entry, dict):
-        raise IndexFormatError(f"{root / storage.MANIFEST}: invalid metadata entry")
-    path = storage.check_file(root, entry, verify)
+        raise IndexFormatError(f"{root / MANIFEST}: invalid metadata entry")
+    path = check_file(root, entry, verify)
     store = MetadataStore(path, n_docs)
     store.validate(verify)
     return store

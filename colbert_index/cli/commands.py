@@ -1,0 +1,212 @@
+"""The index commands: build, add, delete, compact, search, info, serve."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+from colbert_index.cli.inputs import load_shards, parse_filter, read_ids, read_metadata, search_params, typed_ids
+from colbert_index.cli.texts import cmd_index_texts, encoded_batches, load_encoder
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from colbert_index import Index
+
+    if args.input is not None:
+        if args.model is None or args.embeddings:
+            raise ValueError("build --input PASSAGES.jsonl needs --model DIR (and no --embeddings)")
+        return cmd_index_texts(args)
+    emb, lengths = load_shards(args)
+    ids = read_ids(args.ids) if args.ids else None
+    metadata = read_metadata(args.metadata) if args.metadata else None
+    t0 = time.perf_counter()
+    idx = Index.build(
+        args.index,
+        emb,
+        doc_ids=ids,
+        nbits=args.nbits,
+        n_centroids=args.n_centroids,
+        doc_lengths=lengths,
+        overwrite=args.overwrite,
+        seed=args.seed,
+        metadata=metadata,
+        device=args.build_device,
+    )
+    print(f"built {idx} in {time.perf_counter() - t0:.1f}s, {idx.disk_bytes() / idx.n_tokens:.2f} bytes/token")
+    return 0
+
+
+def cmd_add(args: argparse.Namespace) -> int:
+    from colbert_index import Index
+
+    idx = Index.open(args.index)
+    op = idx.upsert if args.upsert else idx.add
+    id_type = idx.manifest["id_type"]
+    if args.input is not None:
+        if args.model is None or args.embeddings:
+            raise ValueError("add --input PASSAGES.jsonl needs --model DIR (and no --embeddings)")
+        ids: list = []
+        metas: list | None = [] if args.metadata_keys else None
+        batches = encoded_batches(args, load_encoder(args, idx.dim), ids, metas, id_type)
+        info = op(batches, ids, metadata=metas, progress=False)  # ids / metas are read after the documents
+    else:
+        emb, lengths = load_shards(args)
+        ids = read_ids(args.ids, id_type) if args.ids else None
+        if args.upsert and ids is None:
+            raise ValueError("add --upsert needs --ids (the documents to replace)")
+        metadata = read_metadata(args.metadata) if args.metadata else None
+        info = op(emb, ids, doc_lengths=lengths, metadata=metadata, progress=False)
+    print(
+        f"{info.op}: {info.docs_added} documents ({info.tokens_added} tokens) added, {info.docs_deleted} replaced; "
+        f"generation {info.generation} in {info.seconds:.2f}s; drift {info.drift:.3f} "
+        f"(expected {info.drift_expected:.3f}), {info.centroids_added} centroids added"
+    )
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    from colbert_index import Index
+
+    idx = Index.open(args.index)
+    id_type = idx.manifest["id_type"]
+    ids = typed_ids(list(args.ids), id_type) + (read_ids(args.ids_file, id_type) if args.ids_file else [])
+    if not ids:
+        raise ValueError("delete needs ids: colbert-index delete INDEX ID [ID ...] or --ids-file FILE")
+    info = idx.delete(ids, missing_ok=args.missing_ok)
+    print(f"deleted {info.docs_deleted} documents; generation {info.generation}; {len(idx)} live")
+    return 0
+
+
+def cmd_compact(args: argparse.Namespace) -> int:
+    from colbert_index import Index
+
+    idx = Index.open(args.index)
+    before = (len(idx.segment_info()), idx.disk_bytes())
+    info = idx.compact(retrain=args.retrain, n_centroids=args.n_centroids, seed=args.seed)
+    print(
+        f"compact: {before[0]} -> {len(idx.segment_info())} segments, {info.docs_deleted} deleted documents removed, "
+        f"{before[1] / 2**20:.1f} -> {idx.disk_bytes() / 2**20:.1f} MiB; generation {info.generation} "
+        f"in {info.seconds:.2f}s"
+    )
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from colbert_index import Index
+
+    positional = list(args.args)
+    index = args.index or (positional.pop(0) if positional else None)
+    if index is None:
+        raise ValueError("search needs an index: colbert-index search --index PATH ... (or the path first)")
+    if args.model is None and (args.queries is None or positional):
+        raise ValueError("search takes --queries Q.npy (embeddings), or --model DIR and query texts")
+    if args.model is not None and (args.queries is not None or not positional):
+        raise ValueError('text search takes query texts after the options: --model DIR --index PATH "query"')
+    idx = Index.open(index)
+    lengths = None
+    flt = parse_filter(args.filter)
+    if args.model is None:
+        Q = np.load(args.queries)
+    else:
+        Q, lengths = load_encoder(args, idx.dim).encode_queries(positional, progress=False)
+    if args.exact:
+        res = idx.search_exact(Q, k=args.k, query_lengths=lengths, filter=flt)
+    else:
+        res = idx.search(Q, k=args.k, params=search_params(args), query_lengths=lengths, filter=flt)
+    for qi in range(len(res)):
+        if args.model is None:
+            print("\t".join(f"{i}:{s:.4f}" for i, s in zip(res.ids[qi], res.scores[qi])))
+            continue
+        print(f"# {positional[qi]}")
+        for rank, (i, s) in enumerate(zip(res.ids[qi], res.scores[qi]), start=1):
+            print(f"{rank}\t{i}\t{s:.4f}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from colbert_index import Index, IndexFormatError
+
+    try:
+        idx = Index.open(args.index, verify=args.verify)
+        problem = None
+    except IndexFormatError as e:
+        idx, problem = None, str(e)
+    if idx is None:
+        print(json.dumps({"valid": False, "error": problem}) if args.json else f"INVALID: {problem}")
+        return 1
+    m = idx.manifest
+    segments = []
+    for entry, seg in zip(m["segments"], idx.segment_info()):
+        files = list(entry["files"].values()) + ([entry["deleted"]] if entry.get("deleted") else [])
+        meta = entry["files"].get("metadata")
+        segments.append({**seg, "bytes": sum(int(f["bytes"]) for f in files), "metadata_rows": meta and meta["rows"]})
+    info = {
+        "path": str(idx.path),
+        "valid": True,
+        "verified": args.verify,
+        "format_version": m["version"],
+        "generation": idx.generation,
+        "uuid": m.get("uuid"),
+        "dim": idx.dim,
+        "nbits": idx.nbits,
+        "n_centroids": idx.n_centroids,
+        "normalize": idx.codec.normalize,
+        "id_type": m["id_type"],
+        "docs": idx.n_docs,
+        "deleted": idx.n_deleted,
+        "tokens": idx.n_tokens,
+        "bytes": idx.disk_bytes(),
+        "bytes_per_token": round(idx.disk_bytes() / max(1, idx.n_tokens), 2),
+        "drift": idx.drift(),
+        "last_op": m.get("last_op"),
+        "build": m.get("build"),
+        "segments": segments,
+    }
+    if args.json:
+        print(json.dumps(info, indent=1))
+        return 0
+    check = "every file checksummed, no id live twice" if args.verify else "sizes, shapes, small-file checksums"
+    print(f"index       {info['path']} (format {info['format_version']}, generation {info['generation']})")
+    print(f"documents   {info['docs']:,} live, {info['deleted']:,} deleted; {info['tokens']:,} live tokens")
+    print(
+        f"codec       dim {info['dim']}, {info['nbits']} bits, {info['n_centroids']:,} centroids, {info['id_type']} ids"
+    )
+    print(f"disk        {info['bytes'] / 2**20:.2f} MiB ({info['bytes_per_token']} bytes per live token)")
+    print(f"last write  {info['last_op'] or 'build'}")
+    print(f"segments    {len(segments)}")
+    for s in segments:
+        meta = f", metadata ({s['metadata_rows']} rows)" if s["metadata_rows"] else ""
+        print(
+            f"  seg {s['id']:>6}  {s['n_docs']:,} docs ({s['n_deleted']:,} deleted), {s['n_tokens']:,} tokens, "
+            f"{s['bytes'] / 2**20:.2f} MiB{meta}"
+        )
+    print(f"validation  ok ({check})")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from colbert_index.server import serve
+
+    key = args.api_key or os.environ.get("COLBERT_INDEX_API_KEY") or None
+    if key is None and args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(
+            f"warning: serving on {args.host} without an API key (--api-key or COLBERT_INDEX_API_KEY)", file=sys.stderr
+        )
+    serve(
+        args.index,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        model=args.model,
+        device=args.device,
+        api_key=key,
+        workers=args.workers,
+        refresh_s=args.refresh_s,
+        max_body_bytes=int(args.max_body_mb * 2**20),
+    )
+    return 0

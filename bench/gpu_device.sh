@@ -1,19 +1,24 @@
 #!/usr/bin/env bash
-# The GPU checks and figures as one prepared run on a lent GPU machine (the `device` tool: an H100/H200 whose
-# python3 3.12 has torch, triton, numba, numpy, tqdm and pytest, and no network).
+# The GPU checks and figures in one script, for a machine with an NVIDIA GPU (H100 / H200 class; the HBM peak of
+# other cards is given with GPU_ARGS="--hbm-peak-gbs N"). Run it from the repository root:
 #
-# Once, here: the wheels that machine lacks travel in .whl (ignored by git):
+#   GIT_COMMIT=$(git rev-parse --short HEAD) OUT=/tmp/gpu_out bash bench/gpu_device.sh
+#
+# The machine needs python3 (3.12 for the wheels below) with torch (CUDA), triton, numba, numpy, tqdm and pytest.
+# faiss-cpu and bitarray are installed from wheels in .whl/ (ignored by git), so the run needs no network; fetch
+# them once on a machine that has one:
 #   echo /.whl/ >> .git/info/exclude
 #   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .whl faiss-cpu==1.15.1 bitarray==3.12.3
-# Then: run(command="GIT_COMMIT=<git rev-parse --short HEAD here> bash bench/gpu_device.sh", carry=[".whl"],
-# timeout_s=600) (the tree travels without .git; the rows also carry a hash of the sources).
+# GIT_COMMIT is the commit the result rows record when the tree is a copy without .git (they also carry a hash of
+# the sources); in a git checkout it can be left out.
 #
 # Order: install, the GPU tests (CUDA search vs the CPU path, the Triton kernels and the GPU build on the card),
-# then bench/gpu.py: dims 64 and 128, 1M passages each, built on the GPU. Logs and results land in $OUT as they
-# are written, so a run cut short still brings back what it measured. BUDGET (s) bounds the whole script;
-# GPU_ARGS go to bench/gpu.py (a rerun of one dim: GPU_ARGS="--dims 128"; a dry run here without a GPU:
-# GPU_ARGS="--quick --device cpu", with wheels for this machine's python in .whl).
+# then bench/gpu.py: dims 64 and 128, 1M passages each, built on the GPU. OUT (default /tmp/gpu_device_out) gets
+# env.txt, gpu_tests.log, gpu_bench.log and gpu.json as they are written, so a run cut short still keeps what it
+# measured; indexes go to /tmp/indexes. BUDGET (s, default 570) bounds the whole script, TEST_BUDGET (s, default
+# 150) the tests; GPU_ARGS go to bench/gpu.py (one dim: GPU_ARGS="--dims 128"; a dry run on a machine without a
+# GPU: GPU_ARGS="--quick --device cpu", with wheels for that machine's python in .whl).
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu_device_out}
 BUDGET=${BUDGET:-570}

@@ -345,7 +345,7 @@ class Index:
                 documents are few they are all scored exactly; otherwise the staged search runs on them
                 alone with a probe widened by 1 / selectivity (:func:`colbert_index.filters.plan`).
 
-        Each segment is searched with the same parameters and its top-``k`` merged by exact score.
+        All segments are searched as one index: each stage keeps its best candidates across them.
         A batch runs its queries in parallel, one per Numba thread (``numba.set_num_threads``), each
         query's kernels single-threaded; a single query spreads its kernels over the threads instead.
         """

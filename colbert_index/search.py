@@ -59,8 +59,8 @@ class SearchParams:
     def default_nprobe(k: int, n_docs: int) -> int:
         """PLAID's ``nprobe`` for ``k``, doubled for ``k <= 10`` beyond 500,000 documents.
 
-        K stops growing at 65,536 from ~17M tokens, so beyond that every cell holds more tokens as the corpus
-        grows, and a probe of one cell per query token keeps less of the exact top 10 (docs/search.md).
+        K grows only with the square root of the tokens, so every cell holds more tokens as the corpus grows,
+        and a probe of one cell per query token keeps less of the exact top 10 (docs/search.md).
         """
         nprobe = SearchParams.defaults(k).nprobe
         return 2 * nprobe if _wide_probe(k, n_docs) else nprobe

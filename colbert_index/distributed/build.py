@@ -241,7 +241,7 @@ def build_sharded(
     if int(n_shards) < 1:
         raise ValueError(f"n_shards must be >= 1, got {n_shards}")
     n_shards = int(n_shards)
-    root = Path(path)
+    root = Path(path).absolute()  # Ray workers do not share the driver's working directory
     old = None
     if (root / CLUSTER_MANIFEST).is_file():
         if not overwrite:

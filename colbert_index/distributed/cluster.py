@@ -127,7 +127,7 @@ class ShardedIndex:
         ray = _ray.require_ray()
         if not ray.is_initialized():
             raise RuntimeError("Ray is not connected: call colbert_index.distributed.connect() (or ray.init) first")
-        root = Path(path)
+        root = Path(path).absolute()  # Ray workers do not share the driver's working directory
         manifest = load_cluster_manifest(root)
         actor_cls = _ray.remote(ShardServer)
         actors = []

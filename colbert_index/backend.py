@@ -67,7 +67,7 @@ def _checked(name: str) -> dict:
 
 def _numba_kernels() -> dict:
     try:
-        from colbert_index.kernels import numba_codec, numba_ivf, numba_scoring, numba_select, numba_vnni
+        from colbert_index.kernels import numba_codec, numba_ivf, numba_pool, numba_scoring, numba_select, numba_vnni
     except ImportError as e:  # pragma: no cover - numba is a hard dependency
         raise ImportError(f"backend 'numba' needs numba: pip install numba ({e})") from e
     return {
@@ -89,6 +89,7 @@ def _numba_kernels() -> dict:
         "segment_max_sums": numba_scoring.segment_max_sums,
         "build_ivf": numba_ivf.build_ivf,
         "top_k": numba_select.top_k,
+        "ward_clusters": numba_pool.ward_clusters,
         # stages 0-1 and stage 2's table in one int8 pass where the CPU has VNNI (search.query_tables)
         "query_tables_int8": numba_vnni.query_tables if numba_vnni.HAS_VNNI else None,
     }

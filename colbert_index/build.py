@@ -18,6 +18,7 @@ from colbert_index.codec import ResidualCodec, check_nbits_dim, default_n_centro
 from colbert_index.gpu.build import BLOCK_TOKENS as DEVICE_BLOCK_TOKENS
 from colbert_index.gpu.build import DeviceCompressor, build_device
 from colbert_index.inputs import normalize_doc_ids, show_progress, spill_documents
+from colbert_index.pooling import check_pool_factor, pool_tokens
 from colbert_index.storage import metadata as meta_files
 from colbert_index.storage import segments as seg_files
 from colbert_index.storage.files import WriterLock, atomic_directory
@@ -67,6 +68,13 @@ def check_k_centroids(K: int, n_tokens: int) -> int:
     return K
 
 
+def pooling(pool_factor: int, kernels):
+    """The per-document transform that pools tokens (:mod:`colbert_index.pooling`), or ``None`` at factor 1."""
+    if pool_factor == 1:
+        return None
+    return lambda doc: pool_tokens(doc, pool_factor, kernels)
+
+
 def build_index(
     path: Path,
     doc_embeddings,
@@ -82,11 +90,13 @@ def build_index(
     metadata: list[dict | None] | None,
     codec: ResidualCodec | None,
     device: str,
+    pool_factor: int = 1,
 ) -> str:
     """Build an index at ``path`` (the arguments of :meth:`colbert_index.Index.build`). Returns the kernel
     backend to open it with."""
     if nbits not in (2, 4):
         raise ValueError(f"nbits must be 2 or 4, got {nbits!r}")
+    pool_factor = check_pool_factor(pool_factor)
     on_device = build_device(device, backend)
     if on_device is not None:
         backend = "auto"  # the CPU-side work left (IVF, checks) and the returned index: Numba
@@ -100,7 +110,7 @@ def build_index(
         # Pass 1 streams the input to a float16 spill file, so memory does not grow with the corpus.
         seg_dir = seg_files.fresh_dir(tmp, seg_files.segment_name(0))
         spill, doclens = spill_documents(
-            doc_embeddings, doc_lengths, seg_dir / "spill.f16", progress=show_progress(progress)
+            doc_embeddings, doc_lengths, seg_dir / "spill.f16", show_progress(progress), pooling(pool_factor, kernels)
         )
         n_tokens, dim = spill.shape
         check_nbits_dim(nbits, dim)
@@ -123,6 +133,7 @@ def build_index(
         segment = seg_files.write_segment(
             tmp, 0, spill, doclens, 0 if ids is None else ids, codec, kernels, show_progress(progress), meta, compress
         )
+        segment["pool_factor"] = pool_factor
         if isinstance(ids, list):
             id_type, next_id = "str", None
         else:
@@ -143,6 +154,7 @@ def build_index(
                 "next_segment": 1,
                 "codebook": codebook,
                 "outlier_norm": outlier_norm,
+                "pool_factor": pool_factor,
                 "segments": [segment],
                 "build": {
                     "seed": seed,

@@ -62,6 +62,7 @@ class Index:
         metadata: list[dict | None] | None = None,
         codec: ResidualCodec | None = None,
         device: str = "cpu",
+        pool_factor: int = 1,
     ) -> Index:
         """Build an index at ``path`` and return it opened (on the CPU).
 
@@ -83,13 +84,16 @@ class Index:
                 any K (:mod:`colbert_index.gpu.build`); the files are the same kind. ``device="cpu"`` with
                 ``backend="torch"`` runs that path on CPU tensors. Search the result on a GPU with
                 ``Index.open(path, device="cuda")``.
+            pool_factor: keep about ``n / pool_factor`` vectors per document, clustering similar tokens
+                (:mod:`colbert_index.pooling`; 1: every token). Recorded in the manifest as the default of
+                :meth:`add`.
 
         Nothing appears at ``path`` unless the whole build succeeds.
         """
         path = Path(path)
         backend = build_index(
             path, doc_embeddings, doc_ids, nbits, n_centroids, kmeans_iters, seed, doc_lengths, overwrite, progress,
-            backend, metadata, codec, device,
+            backend, metadata, codec, device, pool_factor,
         )  # fmt: skip
         return cls.open(path, backend=backend)
 
@@ -214,7 +218,8 @@ class Index:
         return sum(s.n_deleted for s in self._s.segments)
 
     def segment_info(self) -> list[dict]:
-        """Per segment: id, stored docs, deleted docs, stored tokens, drift (see :class:`CommitInfo`)."""
+        """Per segment: id, stored docs, deleted docs, stored tokens, drift (see :class:`CommitInfo`), the pool factor
+        its tokens were pooled by."""
         return [
             {
                 "id": s.id,
@@ -222,6 +227,7 @@ class Index:
                 "n_deleted": s.n_deleted,
                 "n_tokens": len(s.data.codes),
                 "drift": (s.entry.get("drift") or {}).get("outside"),
+                "pool_factor": s.entry.get("pool_factor", 1),
             }
             for s in self._s.segments
         ]
@@ -409,6 +415,7 @@ class Index:
         expand: bool = True,
         progress: bool | None = None,
         metadata: list[dict | None] | None = None,
+        pool_factor: int | None = None,
     ) -> CommitInfo:
         """Encode new documents with the index's codebook into a new segment and commit it.
 
@@ -419,8 +426,10 @@ class Index:
         segments are unaffected; see :mod:`colbert_index.drift`). Searches of this object see the documents
         on return; other readers after :meth:`refresh`. The returned :class:`CommitInfo` reports the drift.
         ``metadata``: one JSON-able dict (or ``None``) per document, committed with them (see :meth:`build`).
+        ``pool_factor``: token pooling of the new documents (see :meth:`build`); ``None``: the index's.
         """
-        return writer.add(self, "add", doc_embeddings, doc_ids, doc_lengths, progress, expand, metadata)
+        args = (doc_embeddings, doc_ids, doc_lengths, progress, expand, metadata, pool_factor)
+        return writer.add(self, "add", *args)
 
     def upsert(
         self,
@@ -431,10 +440,12 @@ class Index:
         expand: bool = True,
         progress: bool | None = None,
         metadata: list[dict | None] | None = None,
+        pool_factor: int | None = None,
     ) -> CommitInfo:
         """Add documents, replacing the live documents with the same ids: delete + add in one commit. The
         replaced documents' metadata goes with them; the new documents have ``metadata`` (or none)."""
-        return writer.add(self, "upsert", doc_embeddings, doc_ids, doc_lengths, progress, expand, metadata)
+        args = (doc_embeddings, doc_ids, doc_lengths, progress, expand, metadata, pool_factor)
+        return writer.add(self, "upsert", *args)
 
     def delete(self, doc_ids, *, missing_ok: bool = False) -> CommitInfo:
         """Delete documents by external id (one id or an iterable) and commit. Deleted documents are never

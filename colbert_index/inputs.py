@@ -108,8 +108,9 @@ class Spill:
         return out
 
 
-def spill_documents(doc_embeddings, doc_lengths, spill_path: Path, progress: bool = False):
-    """Validate every document while appending its tokens as float16 to ``spill_path``.
+def spill_documents(doc_embeddings, doc_lengths, spill_path: Path, progress: bool = False, transform=None):
+    """Validate every document while appending its tokens as float16 to ``spill_path``; ``transform`` (e.g.
+    token pooling, :mod:`colbert_index.pooling`) maps each validated document to the tokens stored.
 
     Returns ``(Spill, doclens int64 [n_docs])``. Only the current document is held in memory, so a
     generator of any length can be indexed.
@@ -121,6 +122,8 @@ def spill_documents(doc_embeddings, doc_lengths, spill_path: Path, progress: boo
         for i, doc in enumerate(tqdm(docs, desc="read", unit="doc", disable=not progress)):
             a = check_document(doc, i, dim)
             dim = a.shape[1]
+            if transform is not None:
+                a = transform(a)
             if a.dtype != np.float16 and np.abs(a).max() > np.finfo(np.float16).max:
                 raise ValueError(f"document {i}: values beyond the float16 range (|x| > 65504)")
             f.write(np.ascontiguousarray(a, dtype=np.float16))

@@ -11,6 +11,7 @@ import numpy as np
 
 from colbert_index.codec import ResidualCodec, check_nbits_dim
 from colbert_index.errors import IndexFormatError
+from colbert_index.pooling import check_pool_factor
 from colbert_index.search import SearchResult
 from colbert_index.storage import segments as seg_files
 from colbert_index.storage.manifest import MANIFEST, load_manifest
@@ -154,6 +155,7 @@ def _load_snapshot(path: Path, m: dict, previous: Snapshot | None, backend, mmap
         if id_type not in ("int", "str") or generation < 0 or not isinstance(seg_entries, list):
             raise ValueError(f"id_type {id_type!r}, generation {generation}, segments")
         check_nbits_dim(nbits, dim)
+        check_pool_factor(m.get("pool_factor", 1))
     except (KeyError, TypeError, ValueError) as e:
         raise IndexFormatError(f"{path / MANIFEST}: invalid field ({e})") from None
     cache = {}

@@ -19,9 +19,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from colbert_index import drift as drift_stats
-from colbert_index.build import check_k_centroids, train_codec
+from colbert_index.build import check_k_centroids, pooling, train_codec
 from colbert_index.codec import ResidualCodec, default_n_centroids
 from colbert_index.inputs import normalize_doc_ids, show_progress, spill_documents
+from colbert_index.pooling import check_pool_factor
 from colbert_index.snapshot import Snapshot, as_id_list
 from colbert_index.storage import metadata as meta_files
 from colbert_index.storage import segments as seg_files
@@ -125,17 +126,29 @@ def _extend_codebook(index: Index, snap: Snapshot, spill) -> tuple[ResidualCodec
 
 
 def _new_segment(
-    index: Index, snap: Snapshot, doc_embeddings, doc_ids, doc_lengths, progress, replace: bool, expand: bool, metadata
+    index: Index,
+    snap: Snapshot,
+    doc_embeddings,
+    doc_ids,
+    doc_lengths,
+    progress,
+    replace: bool,
+    expand: bool,
+    metadata,
+    pool_factor: int | None,
 ):
     """Encode documents into a new segment with the index's codebook (extended first if ``expand`` and
-    they need it). Returns its entry, the positions of live documents it replaces (upsert), the
-    manifest's next ``next_id``, the manifest changes of an extended codebook and the outlier figures."""
+    they need it), their tokens pooled by ``pool_factor`` (``None``: the index's). Returns its entry, the
+    positions of live documents it replaces (upsert), the manifest's next ``next_id``, the manifest changes of
+    an extended codebook and the outlier figures."""
     seg_id = int(snap.manifest["next_segment"])
     name = seg_files.segment_name(seg_id)
     seg_dir = seg_files.fresh_dir(index.path, name)
     codec, changes, info = snap.codec, {}, {"outliers": None, "centroids_added": 0}
+    pool_factor = check_pool_factor(snap.manifest.get("pool_factor", 1) if pool_factor is None else pool_factor)
     try:
-        spill, doclens = spill_documents(doc_embeddings, doc_lengths, seg_dir / "spill.f16", show_progress(progress))
+        pool, spill_path = pooling(pool_factor, index.backend), seg_dir / "spill.f16"
+        spill, doclens = spill_documents(doc_embeddings, doc_lengths, spill_path, show_progress(progress), pool)
         if spill.shape[1] != snap.codec.dim:
             raise ValueError(f"documents have dim {spill.shape[1]}, the index has dim {snap.codec.dim}")
         ids = normalize_doc_ids(doc_ids, len(doclens))
@@ -165,6 +178,7 @@ def _new_segment(
         progress = show_progress(progress)
         meta = None if metadata is None else meta_files.check_metadata(metadata, len(doclens))
         entry = seg_files.write_segment(index.path, seg_id, spill, doclens, ids, codec, index.backend, progress, meta)
+        entry["pool_factor"] = pool_factor
     except BaseException:
         shutil.rmtree(seg_dir, ignore_errors=True)
         shutil.rmtree(index.path / seg_files.codebook_name(snap.generation + 1), ignore_errors=True)
@@ -172,12 +186,14 @@ def _new_segment(
     return entry, replaced, next_id, changes, info
 
 
-def add(index: Index, op: str, doc_embeddings, doc_ids, doc_lengths, progress, expand: bool, metadata) -> CommitInfo:
+def add(
+    index: Index, op: str, doc_embeddings, doc_ids, doc_lengths, progress, expand: bool, metadata, pool_factor=None
+) -> CommitInfo:
     """:meth:`Index.add` (``op="add"``) or :meth:`Index.upsert` (``op="upsert"``)."""
     t0 = time.perf_counter()
     with _writing(index) as snap:
         entry, replaced, next_id, changes, info = _new_segment(
-            index, snap, doc_embeddings, doc_ids, doc_lengths, progress, op == "upsert", expand, metadata
+            index, snap, doc_embeddings, doc_ids, doc_lengths, progress, op == "upsert", expand, metadata, pool_factor
         )
         kept = _tombstone(index, snap, replaced, snap.generation + 1)
         m = _next_manifest(snap, kept + [entry], next_id=next_id, next_segment=entry["id"] + 1, last_op=op, **changes)

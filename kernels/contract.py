@@ -138,6 +138,11 @@ CPU_KERNELS: tuple[Kernel, ...] = (
         "(scores float32, slots) of the k best, score descending, ties to the lower slot",
     ),
     Kernel(
+        "ward_clusters",
+        (("x", "[n, dim] float32, one document's tokens"), ("n_clusters", "int")),
+        "[n] int64 labels of Ward's agglomerative clustering cut at n_clusters, numbered by first row (pooling)",
+    ),
+    Kernel(
         "query_tables_int8",
         (
             ("centroids_u8", "[K, dim_pad] uint8, int8 centroids + 128"),

@@ -408,3 +408,27 @@ def probe_bound(
             rows = where[ivf_docs[ivf_offsets[c] : ivf_offsets[c + 1]]]
             best[rows, q] = np.maximum(best[rows, q], centroid_scores[c, q])
     return cands, best[:-1].sum(axis=1, dtype=np.float32)
+
+
+def ward_clusters(x: np.ndarray, n_clusters: int) -> np.ndarray:
+    """Agglomerative clustering of the rows of ``x [n, dim]`` with Ward's criterion, cut at ``n_clusters``:
+    ``[n]`` int64 labels, numbered by their first row. The plain way: merge the closest pair of clusters,
+    ``|A| |B| / (|A| + |B|) * |mean(A) - mean(B)|^2``, until ``n_clusters`` remain (ties to the lower ids)."""
+    x = np.asarray(x, dtype=np.float64)
+    n = len(x)
+    means, sizes, members = x.copy(), np.ones(n), [[i] for i in range(n)]
+    alive = np.ones(n, dtype=bool)
+    for _ in range(n - max(1, min(n, n_clusters))):
+        ids = np.flatnonzero(alive)
+        diff = means[ids, None, :] - means[None, ids, :]
+        ward = sizes[ids, None] * sizes[None, ids] / (sizes[ids, None] + sizes[None, ids]) * (diff**2).sum(axis=2)
+        ward[np.tril_indices(len(ids))] = np.inf
+        a, b = ids[np.array(np.unravel_index(np.argmin(ward), ward.shape))]
+        means[a] = (sizes[a] * means[a] + sizes[b] * means[b]) / (sizes[a] + sizes[b])
+        sizes[a] += sizes[b]
+        members[a] += members[b]
+        alive[b] = False
+    labels = np.empty(n, dtype=np.int64)
+    for c, m in enumerate(sorted((members[i] for i in np.flatnonzero(alive)), key=min)):
+        labels[m] = c
+    return labels

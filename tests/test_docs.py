@@ -47,6 +47,7 @@ PAGES = (
     "distributed",
     "gpu",
     "encoder",
+    "pooling",
     "benchmarks",
     "design-notes",
 )

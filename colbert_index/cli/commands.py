@@ -36,6 +36,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         seed=args.seed,
         metadata=metadata,
         device=args.build_device,
+        pool_factor=args.pool_factor,
     )
     print(f"built {idx} in {time.perf_counter() - t0:.1f}s, {idx.disk_bytes() / idx.n_tokens:.2f} bytes/token")
     return 0
@@ -53,14 +54,15 @@ def cmd_add(args: argparse.Namespace) -> int:
         ids: list = []
         metas: list | None = [] if args.metadata_keys else None
         batches = encoded_batches(args, load_encoder(args, idx.dim), ids, metas, id_type)
-        info = op(batches, ids, metadata=metas, progress=False)  # ids / metas are read after the documents
+        # ids / metas are read after the documents
+        info = op(batches, ids, metadata=metas, progress=False, pool_factor=args.pool_factor)
     else:
         emb, lengths = load_shards(args)
         ids = read_ids(args.ids, id_type) if args.ids else None
         if args.upsert and ids is None:
             raise ValueError("add --upsert needs --ids (the documents to replace)")
         metadata = read_metadata(args.metadata) if args.metadata else None
-        info = op(emb, ids, doc_lengths=lengths, metadata=metadata, progress=False)
+        info = op(emb, ids, doc_lengths=lengths, metadata=metadata, progress=False, pool_factor=args.pool_factor)
     print(
         f"{info.op}: {info.docs_added} documents ({info.tokens_added} tokens) added, {info.docs_deleted} replaced; "
         f"generation {info.generation} in {info.seconds:.2f}s; drift {info.drift:.3f} "
@@ -157,6 +159,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         "n_centroids": idx.n_centroids,
         "normalize": idx.codec.normalize,
         "id_type": m["id_type"],
+        "pool_factor": m.get("pool_factor", 1),
         "docs": idx.n_docs,
         "deleted": idx.n_deleted,
         "tokens": idx.n_tokens,
@@ -177,10 +180,13 @@ def cmd_info(args: argparse.Namespace) -> int:
         f"codec       dim {info['dim']}, {info['nbits']} bits, {info['n_centroids']:,} centroids, {info['id_type']} ids"
     )
     print(f"disk        {info['bytes'] / 2**20:.2f} MiB ({info['bytes_per_token']} bytes per live token)")
+    if info["pool_factor"] != 1:
+        print(f"pooling     factor {info['pool_factor']} (about 1 vector kept per {info['pool_factor']} tokens)")
     print(f"last write  {info['last_op'] or 'build'}")
     print(f"segments    {len(segments)}")
     for s in segments:
         meta = f", metadata ({s['metadata_rows']} rows)" if s["metadata_rows"] else ""
+        meta += f", pooled by {s['pool_factor']}" if s["pool_factor"] != 1 else ""
         print(
             f"  seg {s['id']:>6}  {s['n_docs']:,} docs ({s['n_deleted']:,} deleted), {s['n_tokens']:,} tokens, "
             f"{s['bytes'] / 2**20:.2f} MiB{meta}"

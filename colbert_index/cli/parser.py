@@ -22,6 +22,11 @@ def _add_build_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--build-device", default="cpu", help="where k-means and compression run: cpu (faiss + Numba) or cuda (torch)"
     )
+    _add_pool_factor(p, 1, "keep about 1 vector per POOL_FACTOR tokens of each document (1: all; docs/pooling.md)")
+
+
+def _add_pool_factor(p: argparse.ArgumentParser, default: int | None, help: str) -> None:
+    p.add_argument("--pool-factor", type=int, default=default, metavar="POOL_FACTOR", help=help)
 
 
 def _add_embedding_inputs(p: argparse.ArgumentParser) -> None:
@@ -121,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a.add_argument("index", help="index directory")
     a.add_argument("--upsert", action="store_true", help="replace the live documents with the same ids")
+    _add_pool_factor(a, None, "token pooling of the new documents (default: the index's, set at build)")
     _add_embedding_inputs(a)
     _add_text_options(a)
     a.set_defaults(func=cmd_add)

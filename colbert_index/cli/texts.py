@@ -122,6 +122,7 @@ def cmd_index_texts(args: argparse.Namespace) -> int:
         progress=False,
         metadata=metas,
         device=args.build_device,
+        pool_factor=args.pool_factor,
     )
     s = time.perf_counter() - t0
     print(f"indexed {idx.n_docs} passages ({idx.n_tokens} tokens) in {s:.1f}s ({idx.n_docs / s:.1f} passages/s): {idx}")

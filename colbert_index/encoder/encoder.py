@@ -25,7 +25,9 @@ import sys
 import numpy as np
 from tqdm.auto import tqdm
 
+from colbert_index.backend import get_backend
 from colbert_index.encoder.checkpoint import CheckpointSpec, read_checkpoint
+from colbert_index.pooling import check_pool_factor, pool_tokens
 
 _EXTRA_HINT = 'the Encoder needs the "text" extra: pip install "colbert_index[text]" (transformers, safetensors)'
 
@@ -346,6 +348,7 @@ class Encoder:
         overlap: int | None = None,
         dtype=np.float32,
         progress: bool | None = None,
+        pool_factor: int = 1,
     ):
         """Encode documents into one ``[n_i, dim]`` array of L2-normalised token embeddings each.
 
@@ -359,6 +362,8 @@ class Encoder:
             overlap: text tokens shared by consecutive windows (default a quarter of a window).
             dtype: ``np.float32`` (default) or ``np.float16``.
             progress: show a progress bar (default: when stderr is a terminal).
+            pool_factor: pool each document (each window) to about ``n / pool_factor`` vectors, as
+                ``Index.build(pool_factor=...)`` does (:mod:`colbert_index.pooling`); 1: every token.
 
         Padding and skiplist tokens (punctuation by default) are dropped; [CLS], the prefix and [SEP] are kept.
         """
@@ -372,6 +377,9 @@ class Encoder:
             seqs = self._document_sequences(texts, max_length)
         keep = [~np.isin(np.asarray(s), self.skiplist_ids) for s in seqs]
         embs = self._run(seqs, [len(s) for s in seqs], keep, batch_size, dtype, progress, "encode documents")
+        if check_pool_factor(pool_factor) > 1:
+            kernels = get_backend()
+            embs = [pool_tokens(e, pool_factor, kernels).astype(dtype) for e in embs]
         return (embs, window_doc) if windows else embs
 
     def encode_queries(

@@ -26,6 +26,8 @@ setup(
         "gpu": ["triton>=3.0"],
         # colbert-index serve (colbert_index.server); httpx for bench/load_test.py
         "server": ["fastapi>=0.110", "uvicorn>=0.29", "httpx>=0.27"],
+        # colbert_index.client (a Python client for colbert-index serve)
+        "client": ["httpx>=0.27"],
         "distributed": ["ray>=2.9"],
         # Encoder (texts -> token embeddings from local checkpoints); ModernBERT needs transformers >= 4.48.
         "text": ["transformers>=4.48", "tokenizers>=0.20", "safetensors>=0.4"],

@@ -47,6 +47,7 @@ PAGES = (
     "distributed",
     "gpu",
     "encoder",
+    "ecosystem",
     "pooling",
     "benchmarks",
     "design-notes",

@@ -90,8 +90,9 @@ def _numba_kernels() -> dict:
         "build_ivf": numba_ivf.build_ivf,
         "top_k": numba_select.top_k,
         "ward_clusters": numba_pool.ward_clusters,
-        # stages 0-1 and stage 2's table in one int8 pass where the CPU has VNNI (search.query_tables)
-        "query_tables_int8": numba_vnni.query_tables if numba_vnni.HAS_VNNI else None,
+        # stages 0-1 and stage 2's and 3's tables in one int8 pass where Numba's target CPU has VNNI or AVX2
+        # (search.query_tables; numba_vnni.INT8_DOT)
+        "query_tables_int8": numba_vnni.query_tables if numba_vnni.INT8_DOT else None,
     }
 
 

@@ -259,8 +259,8 @@ def test_query_tables_int8(dim, q_len, K):
     assert np.all(np.abs(want - centroids.astype(np.float64) @ Q.T.astype(np.float64)) <= error)
     if q_len > 2:
         np.testing.assert_array_equal(want[:, 1], 0.0)
-    if not numba_vnni.HAS_VNNI:
-        pytest.skip("this CPU has no VNNI: the int8 kernel is not used (the reference above is still checked)")
+    if numba_vnni.INT8_DOT is None:
+        pytest.skip("Numba's target CPU has neither VNNI nor AVX2: no int8 kernel (the reference is still checked)")
     threshold = float(np.median(want.max(axis=1))) if K and q_len else 0.0  # about half the centroids kept
     table = _codec(rng, 1, dim, 2 if dim % 4 == 0 else 4)[2]
     bound = np.abs(want).max(axis=0).astype(np.float64) if K else np.zeros(q_len)
@@ -269,6 +269,7 @@ def test_query_tables_int8(dim, q_len, K):
     rows16 = np.zeros((K, len(scale)), np.int16)
     rows16[:, :q_len] = reference.score_rows_int16(want, scale, room)
     assert np.all(np.abs(rows16[:, :q_len] * scale[:q_len] - want) <= scale[:q_len] / 2 + 1e-6)  # unclipped
+    np.testing.assert_array_equal(numba_vnni.centroid_scores_int8(u8, scales, Q), want)  # stage 0 alone
     for nprobe in (1, 2, 5):
         got, cells, kept = numba_vnni.query_tables(u8, scales, Q, nprobe, threshold, stage3)
         assert got.dtype == np.int16 and got.shape == (K, len(scale)) and got.flags.c_contiguous
@@ -293,8 +294,8 @@ def test_quantize_query_matches_reference():
 
 
 def test_query_tables_picks_the_int8_kernel_where_the_backend_has_it():
-    """``search.query_tables``: the fused int8 pass with Numba on a VNNI CPU (no float scores kept); the float
-    scores, their cells and no stage-2/3 tables (built when those stages run) otherwise."""
+    """``search.query_tables``: the fused int8 pass with Numba on a CPU with VNNI or AVX2 (no float scores kept);
+    the float scores, their cells and no stage-2/3 tables (built when those stages run) otherwise."""
     rng = np.random.default_rng(531)
     codec = _plain_codec(dequantize_centroids(*quantize_centroids(_unit(rng.standard_normal((50, 64))))))
     Q = _queries(rng, 7, 64)
@@ -304,7 +305,8 @@ def test_query_tables_picks_the_int8_kernel_where_the_backend_has_it():
         be = get_backend(name)
         tables3 = be.refined_interaction_tables(Q, codec.table, score_bound(codec, Q))
         S, rows3, cells, stage2 = query_tables(codec, Q, be, params, tables3)
-        if name == "numba" and numba_vnni.HAS_VNNI:
+        assert (be.query_tables_int8 is not None) == (name == "numba" and numba_vnni.INT8_DOT is not None)
+        if name == "numba" and numba_vnni.INT8_DOT is not None:
             want = reference.centroid_scores_int8(*codec.centroids_u8, Q)
             assert S is None
             np.testing.assert_array_equal(rows3[:, :7], reference.score_rows_int16(want, tables3[1], tables3[2]))

@@ -214,13 +214,14 @@ def query_tables(codec, Q: np.ndarray, backend, params: SearchParams, tables3) -
     """Stage 0 and what the next stages take from it: ``(S, stage-3 score rows, cells, stage-2 table)``.
 
     ``S [K, q_len]``: one contiguous row of query-token scores per centroid. A backend with
-    ``query_tables_int8`` (Numba on a CPU with VNNI) scores int8 query tokens against the stored int8 centroids
-    and gives stage 1's cells and stage 2's and 3's tables from the same pass (:mod:`kernels.numba_vnni`),
+    ``query_tables_int8`` (Numba on a CPU with AVX2 or VNNI; an optional kernel of the contract) scores int8 query
+    tokens against the stored int8 centroids and gives stage 1's cells and stage 2's and 3's tables from the same
+    pass (:mod:`kernels.numba_vnni`),
     keeping no float ``S`` (``None``: computed if a wider probe needs it). Otherwise ``S`` is the float product,
     the cells are probed from it (``None`` with ``nbound``, which probes its own), and stages 2 and 3 build
     their tables (``None`` here) if they run. ``tables3``: stage 3's :func:`refined_interaction_tables`.
     """
-    fused = getattr(backend, "query_tables_int8", None)
+    fused = backend.query_tables_int8
     if fused is not None and params.nbound is None:
         u8, scales = codec.centroids_u8
         rows3, cells, stage2 = fused(u8, scales, Q, params.nprobe, params.centroid_score_threshold, tables3)

@@ -316,7 +316,9 @@ def _dot2(width: int):
             o0, o1, a0, a1, bi, n, stride = (
                 context.cast(builder, args[k], signature.args[k], types.int64) for k in (1, 2, 4, 5, 7, 8, 9)
             )
-            fma = llvm_function(builder, "llvm.fma.v8f32", vt, vt, vt, vt)
+            # fmuladd: one FMA where the target has it, a multiply and an add where it does not (plain llvm.fma
+            # becomes a libm call per lane on x86-64 without FMA)
+            fma = llvm_function(builder, "llvm.fmuladd.v8f32", vt, vt, vt, vt)
             accs = [cgutils.alloca_once_value(builder, ir.Constant(vt, [0.0] * 8)) for _ in range(2 * nvec)]
             undef = ir.Constant(vt, ir.Undefined)
 

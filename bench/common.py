@@ -8,12 +8,17 @@ runners have their own helpers (``bench/peers/common.py``, numpy only: they run 
 
 from __future__ import annotations
 
+import ast
 import gc
 import hashlib
+import importlib.metadata
+import importlib.util
 import os
 import platform
+import re
 import subprocess
 import sys
+import sysconfig
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -283,3 +288,101 @@ def ground_truth(corpus, k: int = GT_K) -> tuple[np.ndarray, float]:
     t0 = time.perf_counter()
     best = raw_top_k(corpus.queries, corpus.offsets, lambda lo, hi: corpus.embeddings[lo:hi], k)
     return np.stack([slots for _, slots in best]), time.perf_counter() - t0
+
+
+# ---------------------------------------------------------------------------------------- real text
+def package_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def source_files(packages: tuple[str, ...]) -> list[Path]:
+    """The standard library's sources and those of installed ``packages``, tests left out, in a fixed order."""
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    files = [f for f in sorted(stdlib.rglob("*.py")) if "site-packages" not in f.parts]
+    for name in packages:
+        spec = importlib.util.find_spec(name)
+        if spec and spec.submodule_search_locations:
+            files += sorted(Path(next(iter(spec.submodule_search_locations))).rglob("*.py"))
+    return [f for f in files if not {"test", "tests", "testing"} & set(f.parts)]
+
+
+def docstrings(packages: tuple[str, ...]) -> list[tuple[str, str]]:
+    """``(kind, docstring)`` of every module, class and function of :func:`source_files` (read with ``ast``, nothing
+    imported; kind ``module`` / ``class`` / ``function``), then the pydoc help topics (kind ``topic``)."""
+    kinds = {ast.Module: "module", ast.ClassDef: "class", ast.FunctionDef: "function", ast.AsyncFunctionDef: "function"}
+    out = []
+    for path in source_files(packages):
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError, ValueError):
+            continue
+        for node in ast.walk(tree):
+            kind = kinds.get(type(node))
+            if kind is not None:
+                doc = ast.get_docstring(node)
+                if doc:
+                    out.append((kind, doc))
+    try:
+        from pydoc_data.topics import topics
+
+        out.extend(("topic", topics[k]) for k in sorted(topics))
+    except ImportError:
+        pass
+    return out
+
+
+def prose_passages(doc: str, min_words: int = 40, max_words: int = 120) -> list[str]:
+    """One docstring's paragraphs of prose (code-like ones dropped), merged or cut into passages of
+    ``min_words``-``max_words`` words; a passage never spans two docstrings."""
+    out, words = [], []
+
+    def flush() -> None:
+        if len(words) >= min_words:
+            out.append(" ".join(words))
+        words.clear()
+
+    for para in re.split(r"\n\s*\n", doc):
+        lines = [ln.strip() for ln in para.splitlines()]
+        if not lines or any(ln.startswith((">>>", "...", "$")) for ln in lines):
+            continue
+        tokens = " ".join(lines).split()
+        if len(tokens) < 8 or sum(w.isalpha() for w in tokens) < 0.6 * len(tokens):
+            continue
+        for w in tokens:
+            words.append(w)
+            if len(words) >= max_words:
+                flush()
+        if len(words) >= min_words:
+            flush()
+    return out
+
+
+def split_flat(flat: np.ndarray, lengths) -> list[np.ndarray]:
+    return np.split(flat, np.cumsum(lengths)[:-1])
+
+
+def encode_cached(model: str, texts: list[str], queries: list[str], cache: Path) -> tuple[list, list, float]:
+    """Token embeddings of the passages and of the queries, and the passages' encoding seconds; computed once
+    with :class:`colbert_index.Encoder` and cached in ``cache`` (an .npz)."""
+    if cache.exists():
+        z = np.load(cache)
+        return split_flat(z["tokens"], z["lengths"]), split_flat(z["q_tokens"], z["q_lengths"]), float(z["seconds"])
+    from colbert_index import Encoder
+
+    enc = Encoder.from_pretrained(model)
+    ms, docs = timed(lambda: enc.encode_documents(texts, batch_size=32, progress=True))
+    Q, q_lengths = enc.encode_queries(queries)
+    q = [Q[i, :n] for i, n in enumerate(q_lengths)]
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(
+        cache,
+        tokens=np.concatenate(docs),
+        lengths=[len(d) for d in docs],
+        q_tokens=np.concatenate(q),
+        q_lengths=[len(x) for x in q],
+        seconds=ms / 1e3,
+    )
+    return docs, q, ms / 1e3

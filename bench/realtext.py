@@ -21,12 +21,8 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import ast
-import importlib.metadata
-import importlib.util
 import json
 import re
-import sysconfig
 import tempfile
 from pathlib import Path
 
@@ -34,12 +30,16 @@ import numpy as np
 from common import (
     BENCH_DIR,
     GT_K,
+    docstrings,
+    encode_cached,
     environment,
     log,
     mrr,
+    package_version,
     param_sweep,
     parse_sweep,
     per_query,
+    prose_passages,
     raw_top_k,
     recall,
     source_hash,
@@ -52,64 +52,14 @@ from colbert_index import Index
 PACKAGES = ("numpy", "torch", "transformers", "setuptools", "pip")
 
 
-def _source_files() -> list[Path]:
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    files = [f for f in sorted(stdlib.rglob("*.py")) if "site-packages" not in f.parts]
-    for name in PACKAGES:
-        spec = importlib.util.find_spec(name)
-        if spec and spec.submodule_search_locations:
-            files += sorted(Path(next(iter(spec.submodule_search_locations))).rglob("*.py"))
-    return [f for f in files if not {"test", "tests", "testing"} & set(f.parts)]
-
-
-def _docstrings() -> list[str]:
-    """Docstrings of modules, classes and functions (:func:`_source_files`), then the pydoc help topics."""
-    out = []
-    for path in _source_files():
-        try:
-            tree = ast.parse(path.read_text(encoding="utf-8"))
-        except (SyntaxError, UnicodeDecodeError, ValueError):
-            continue
-        for node in ast.walk(tree):
-            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-                doc = ast.get_docstring(node)
-                if doc:
-                    out.append(doc)
-    try:
-        from pydoc_data.topics import topics
-
-        out.extend(topics[k] for k in sorted(topics))
-    except ImportError:
-        pass
-    return out
-
-
 def make_passages(min_words: int = 40, max_words: int = 120) -> list[str]:
     """Paragraphs of prose (code-like lines dropped), merged or cut into passages of 40-120 words, unique."""
-    passages, seen, words = [], set(), []
-
-    def flush() -> None:
-        text = " ".join(words)
-        if len(words) >= min_words and text not in seen:
-            seen.add(text)
-            passages.append(text)
-        words.clear()
-
-    for doc in _docstrings():
-        for para in re.split(r"\n\s*\n", doc):
-            lines = [ln.strip() for ln in para.splitlines()]
-            if not lines or any(ln.startswith((">>>", "...", "$")) for ln in lines):
-                continue
-            tokens = " ".join(lines).split()
-            if len(tokens) < 8 or sum(w.isalpha() for w in tokens) < 0.6 * len(tokens):
-                continue
-            for w in tokens:
-                words.append(w)
-                if len(words) >= max_words:
-                    flush()
-            if len(words) >= min_words:
-                flush()
-        words.clear()  # passages never span two docstrings
+    passages, seen = [], set()
+    for _, doc in docstrings(PACKAGES):
+        for text in prose_passages(doc, min_words, max_words):
+            if text not in seen:
+                seen.add(text)
+                passages.append(text)
     return passages
 
 
@@ -121,33 +71,6 @@ def first_sentence(text: str, min_words: int = 5) -> str:
         if len(sentence.split()) >= min_words:
             break
     return " ".join(sentence.split()[:32])
-
-
-def _split(flat: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:
-    return np.split(flat, np.cumsum(lengths)[:-1])
-
-
-def encode(model: str, texts: list[str], queries: list[str], cache: Path) -> tuple[list, list, float]:
-    """Token embeddings of the passages and queries, and the passages' encoding time (cached in ``cache``)."""
-    if cache.exists():
-        z = np.load(cache)
-        return _split(z["tokens"], z["lengths"]), _split(z["q_tokens"], z["q_lengths"]), float(z["seconds"])
-    from colbert_index import Encoder
-
-    enc = Encoder.from_pretrained(model)
-    seconds, docs = timed(lambda: enc.encode_documents(texts, batch_size=32, progress=True))
-    Q, q_lengths = enc.encode_queries(queries)
-    q = [Q[i, :n] for i, n in enumerate(q_lengths)]
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(
-        cache,
-        tokens=np.concatenate(docs),
-        lengths=[len(d) for d in docs],
-        q_tokens=np.concatenate(q),
-        q_lengths=[len(x) for x in q],
-        seconds=seconds / 1e3,
-    )
-    return docs, q, seconds / 1e3
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -184,7 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
             model = str(wrap_minilm(Path(tmp) / "minilm-colbert", dim=128))
         cache = BENCH_DIR / "data" / f"realtext_{tag}_n{len(texts)}_q{len(targets)}_s{args.seed}.npz"
         log(f"{len(texts)} passages (of {len(passages)}), {len(targets)} queries; encoding (cached in {cache.name})")
-        docs, queries, encode_s = encode(model, texts, query_texts, cache)
+        docs, queries, encode_s = encode_cached(model, texts, query_texts, cache)
         n_tokens = sum(len(d) for d in docs)
         flat = np.concatenate(docs).astype(np.float32)
         offsets = np.zeros(len(docs) + 1, dtype=np.int64)
@@ -202,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
             "encode_s": round(encode_s, 1),
             "brute_force_raw_ms_per_query": round(gt_ms / len(queries), 1),
             "mrr10_raw": mrr(raw, targets),
-            "package_versions": {n: _version(n) for n in PACKAGES},
+            "package_versions": {n: package_version(n) for n in PACKAGES},
             "rows": [],
         }
         grid = parse_sweep(args.sweep)
@@ -247,13 +170,6 @@ def bench_index(
             **{f"t1_{k}": v for k, v in latency.items()},
             "sweep": param_sweep(index, queries, raw, exact, grid),
         }
-
-
-def _version(name: str) -> str | None:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 if __name__ == "__main__":

@@ -91,6 +91,7 @@ def build_index(
     codec: ResidualCodec | None,
     device: str,
     pool_factor: int = 1,
+    texts: list[str | None] | None = None,
 ) -> str:
     """Build an index at ``path`` (the arguments of :meth:`colbert_index.Index.build`). Returns the kernel
     backend to open it with."""
@@ -127,12 +128,14 @@ def build_index(
         # Pass 2 compresses the spilled tokens chunk by chunk into the memory-mapped outputs.
         # read after the documents, so that both may be lists a generator of batches fills as it goes
         meta = None if metadata is None else meta_files.check_metadata(metadata, len(doclens))
+        txt = None if texts is None else meta_files.check_texts(texts, len(doclens))
         compress = None
         if on_device is not None:
             compress, spill.block_tokens = DeviceCompressor(codec, on_device), DEVICE_BLOCK_TOKENS
         segment = seg_files.write_segment(
-            tmp, 0, spill, doclens, 0 if ids is None else ids, codec, kernels, show_progress(progress), meta, compress
-        )
+            tmp, 0, spill, doclens, 0 if ids is None else ids, codec, kernels, show_progress(progress), meta, compress,
+            texts=txt,
+        )  # fmt: skip
         segment["pool_factor"] = pool_factor
         if isinstance(ids, list):
             id_type, next_id = "str", None

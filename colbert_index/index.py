@@ -13,7 +13,7 @@ from pathlib import Path
 import numba
 import numpy as np
 
-from colbert_index import filters, writer
+from colbert_index import filters, hybrid, writer
 from colbert_index.backend import get_backend, one_blas_thread
 from colbert_index.build import build_index
 from colbert_index.codec import ResidualCodec
@@ -63,6 +63,7 @@ class Index:
         codec: ResidualCodec | None = None,
         device: str = "cpu",
         pool_factor: int = 1,
+        texts: list[str | None] | None = None,
     ) -> Index:
         """Build an index at ``path`` and return it opened (on the CPU).
 
@@ -87,13 +88,16 @@ class Index:
             pool_factor: keep about ``n / pool_factor`` vectors per document, clustering similar tokens
                 (:mod:`colbert_index.pooling`; 1: every token). Recorded in the manifest as the default of
                 :meth:`add`.
+            texts: one string (or ``None``) per document, stored with a full-text index for lexical and hybrid
+                search (``search(..., text_query=...)``, :mod:`colbert_index.hybrid`) and :meth:`texts`. Like
+                ``doc_ids`` and ``metadata``, read after the documents (a generator of batches may fill it).
 
         Nothing appears at ``path`` unless the whole build succeeds.
         """
         path = Path(path)
         backend = build_index(
             path, doc_embeddings, doc_ids, nbits, n_centroids, kmeans_iters, seed, doc_lengths, overwrite, progress,
-            backend, metadata, codec, device, pool_factor,
+            backend, metadata, codec, device, pool_factor, texts,
         )  # fmt: skip
         return cls.open(path, backend=backend)
 
@@ -266,22 +270,11 @@ class Index:
     def metadata(self, doc_ids, *, missing_ok: bool = False) -> list[dict | None]:
         """The metadata of live documents (one id or an iterable), ``None`` for documents added without any.
         Ids that are not live raise ``KeyError`` naming them, unless ``missing_ok`` (then they get ``None``)."""
-        snap = self._s
-        ids = as_id_list(doc_ids, snap.id_type)
-        pos = snap.lookup(ids)
-        if (pos < 0).any() and not missing_ok:
-            missing = np.asarray(ids, dtype=object)[pos < 0].tolist()
-            raise KeyError(f"{len(missing)} id(s) not in the index: {missing[:10]}")
-        out: list[dict | None] = [None] * len(pos)
-        for i, slots in snap.locate(pos[pos >= 0]):
-            store = snap.segments[i].meta
-            if store is None:
-                continue
-            texts = dict(zip(slots.tolist(), store.rows(slots)))
-            for j in np.flatnonzero(np.searchsorted(snap.bases, pos, side="right") - 1 == i):
-                text = texts[int(pos[j] - snap.bases[i])]
-                out[j] = None if text is None else json.loads(text)
-        return out
+        return [None if t is None else json.loads(t) for t in self._s.stored(doc_ids, "meta", missing_ok)]
+
+    def texts(self, doc_ids, *, missing_ok: bool = False) -> list[str | None]:
+        """The stored texts of live documents (see :meth:`build`), as :meth:`metadata` returns metadata."""
+        return self._s.stored(doc_ids, "text", missing_ok)
 
     def disk_bytes(self) -> int:
         """Bytes of the files this version uses (the manifest included). Files of the previous version
@@ -335,11 +328,19 @@ class Index:
         params: SearchParams | None = None,
         query_lengths=None,
         filter: dict | list | None = None,
+        *,
+        text_query: str | list[str] | None = None,
+        text_mode: str = "any",
+        fusion: str | None = "rrf",
+        alpha: float = 0.5,
+        fusion_depth: int | None = None,
     ) -> SearchResult:
-        """Top-``k`` live documents by approximate-then-exact MaxSim (PLAID's four stages).
+        """Top-``k`` live documents by approximate-then-exact MaxSim (PLAID's four stages), by BM25 over their
+        stored texts, or by both fused.
 
         Args:
-            Q: ``[q_len, dim]`` (one query), ``[n_q, q_len, dim]`` or a list of ``[q_len_i, dim]`` arrays.
+            Q: ``[q_len, dim]`` (one query), ``[n_q, q_len, dim]`` or a list of ``[q_len_i, dim]`` arrays; ``None``
+                with a ``text_query``: lexical search alone.
             k: results per query. If the index holds fewer than ``k`` live documents, all of them are
                 returned and the result has that many columns (no padding).
             params: :class:`SearchParams`; unset fields follow the PLAID defaults for ``k``.
@@ -350,6 +351,13 @@ class Index:
                 ``{"lang": "en", "year": {"$gte": 2020}}`` (:mod:`colbert_index.filters`). When the allowed
                 documents are few they are all scored exactly; otherwise the staged search runs on them
                 alone with a probe widened by 1 / selectivity (:func:`colbert_index.filters.plan`).
+            text_query: a text (a list of texts, one per query, for a batch) searched in the stored texts by BM25
+                (:mod:`colbert_index.hybrid`); ``text_mode``: ``"any"`` of its words, ``"all"`` of them, or
+                ``"fts5"``, FTS5's query syntax. With ``Q`` the two lists (``fusion_depth`` candidates each, default
+                ``max(k, 100)``) are fused: ``fusion="rrf"`` (reciprocal rank) or ``"relative"`` (min-max normalised
+                scores), ``alpha`` the dense list's weight; scores are then the fused ones. Rows with fewer matches
+                than the longest are padded with score ``-inf``. A query without searchable words, or FTS5 syntax
+                errors, raise ``ValueError``.
 
         All segments are searched as one index: each stage keeps its best candidates across them.
         A batch runs its queries in parallel, one per Numba thread (``numba.set_num_threads``), each
@@ -357,17 +365,25 @@ class Index:
         """
         k = check_k(k)
         snap = self._s
+        if text_query is not None or Q is None:
+            options = {"text_mode": text_mode, "fusion": fusion, "alpha": alpha, "fusion_depth": fusion_depth}
+            return hybrid.search(self, snap, Q, k, params, query_lengths, filter, text_query, options)
         queries = normalize_queries(Q, snap.codec.dim, query_lengths)
         p = (params or SearchParams()).resolved(k, int(snap.bases[-1]))  # documents as default_ndocs counts them
         how = None
         if filter is not None:
             how = filters.plan(filters.allowed(snap, filter), [s.doclens for s in snap.segments], snap.n_live, p)
+        return snap.result(self._dense(snap, queries, k, p, how))
+
+    def _dense(self, snap: Snapshot, queries: list[np.ndarray], k: int, p: SearchParams, how) -> list[tuple]:
+        """``(scores, positions)`` of each query by the staged search (on the device when there is one and no filter
+        plan ``how``), a batch in parallel over the Numba threads."""
         if self._device is not None and how is None:  # the whole batch on the device (filters stay on CPU)
-            return snap.result(self._device.search(snap, queries, k, p))
+            return self._device.search(snap, queries, k, p)
         n_workers = min(len(queries), numba.get_num_threads()) if self.backend.name == "numba" else 1
         if n_workers <= 1:  # BLAS limited once per call, not once per BLAS kernel (each entry resets the libraries)
             with one_blas_thread():
-                return snap.result([self._search_one(snap, q, k, p, how) for q in queries])
+                return [self._search_one(snap, q, k, p, how) for q in queries]
 
         def one(q: np.ndarray):
             numba.set_num_threads(1)  # thread-local: this worker's kernels stay on its own core
@@ -375,7 +391,7 @@ class Index:
 
         # the kernels release the GIL (nogil=True); BLAS (the numpy backend's products) on one thread per worker
         with one_blas_thread(), ThreadPoolExecutor(n_workers) as pool:
-            return snap.result(list(pool.map(one, queries)))
+            return list(pool.map(one, queries))
 
     def search_exact(self, Q, k: int = 10, query_lengths=None, filter: dict | list | None = None) -> SearchResult:
         """Brute-force MaxSim over every decompressed live document (the ground truth of :meth:`search`);
@@ -416,6 +432,7 @@ class Index:
         progress: bool | None = None,
         metadata: list[dict | None] | None = None,
         pool_factor: int | None = None,
+        texts: list[str | None] | None = None,
     ) -> CommitInfo:
         """Encode new documents with the index's codebook into a new segment and commit it.
 
@@ -425,10 +442,10 @@ class Index:
         outliers for the codebook (new topics), first extend it with centroids trained on them (existing
         segments are unaffected; see :mod:`colbert_index.drift`). Searches of this object see the documents
         on return; other readers after :meth:`refresh`. The returned :class:`CommitInfo` reports the drift.
-        ``metadata``: one JSON-able dict (or ``None``) per document, committed with them (see :meth:`build`).
-        ``pool_factor``: token pooling of the new documents (see :meth:`build`); ``None``: the index's.
+        ``metadata``, ``texts``: one JSON-able dict, one string (or ``None``) per document, committed with them;
+        ``pool_factor``: token pooling of the new documents (``None``: the index's); see :meth:`build`.
         """
-        args = (doc_embeddings, doc_ids, doc_lengths, progress, expand, metadata, pool_factor)
+        args = (doc_embeddings, doc_ids, doc_lengths, progress, expand, metadata, pool_factor, texts)
         return writer.add(self, "add", *args)
 
     def upsert(
@@ -441,17 +458,19 @@ class Index:
         progress: bool | None = None,
         metadata: list[dict | None] | None = None,
         pool_factor: int | None = None,
+        texts: list[str | None] | None = None,
     ) -> CommitInfo:
         """Add documents, replacing the live documents with the same ids: delete + add in one commit. The
-        replaced documents' metadata goes with them; the new documents have ``metadata`` (or none)."""
-        args = (doc_embeddings, doc_ids, doc_lengths, progress, expand, metadata, pool_factor)
+        replaced documents' metadata and texts go with them; the new ones have ``metadata`` and ``texts``."""
+        args = (doc_embeddings, doc_ids, doc_lengths, progress, expand, metadata, pool_factor, texts)
         return writer.add(self, "upsert", *args)
 
-    def delete(self, doc_ids, *, missing_ok: bool = False) -> CommitInfo:
-        """Delete documents by external id (one id or an iterable) and commit. Deleted documents are never
-        returned again; their space is reclaimed by :meth:`compact`. Ids that are not live raise
-        ``KeyError`` naming them, unless ``missing_ok``; if nothing is left to delete nothing is committed."""
-        return writer.delete(self, doc_ids, missing_ok=missing_ok)
+    def delete(self, doc_ids=None, *, missing_ok: bool = False, filter: dict | None = None) -> CommitInfo:
+        """Delete documents by external id (one id or an iterable), or the live documents a metadata ``filter``
+        selects (as :meth:`search` takes it), and commit. Deleted documents are never returned again; their space
+        is reclaimed by :meth:`compact`. Ids that are not live raise ``KeyError`` naming them, unless
+        ``missing_ok``; if nothing is left to delete nothing is committed."""
+        return writer.delete(self, doc_ids, missing_ok=missing_ok, filter=filter)
 
     def compact(
         self,

@@ -1,25 +1,23 @@
-"""HTTP server: an index behind a small JSON API (FastAPI + uvicorn; ``pip install -e ".[server]"``).
+"""HTTP server: an index behind a small JSON API (FastAPI + uvicorn; ``pip install -e ".[server]"``; docs/server.md).
 
 ``create_app(path, model=..., api_key=...)`` returns the app; ``colbert-index serve PATH`` runs it. Endpoints:
 
 ==========================  ============================================================================
 ``GET  /health``            liveness (never needs the API key)
 ``GET  /stats``             docs, tokens, bytes, segments, deleted, generation, dim, nbits, centroids
-``POST /search``            one query: ``query`` (``[q_len, dim]`` embeddings) or ``text`` (with a model)
-``POST /search/batch``      many queries: ``queries`` or ``texts``; run in parallel over the cores
-``POST /documents``         add documents: ``{"documents": [{"id", "embeddings" | "text", "metadata"}]}``
+``POST /search``            ``query`` (``[q_len, dim]`` embeddings) or ``text`` (a model), and/or ``text_query`` (BM25)
+``POST /search/batch``      ``queries`` or ``texts``, and/or ``text_queries``; run in parallel over the cores
+``POST /documents``         ``{"documents": [{"id", "embeddings" | "text", "metadata"}], "store_text": true}``
 ``POST /documents/upsert``  the same, replacing live documents with the same ids
-``POST /documents/delete``  ``{"ids": [...], "missing_ok": false}``
+``POST /documents/delete``  ``{"ids": [...], "missing_ok": false}`` or ``{"filter": {...}}``
 ``POST /compact``           ``{"retrain": false}``
 ==========================  ============================================================================
 
-Searches take ``k``, ``filter`` (a list of ids or a metadata filter, see :mod:`colbert_index.filters`),
-``params`` (``nprobe``, ``ndocs``, ``centroid_score_threshold``, ``nbound``, ``bound_cells``) and
-``include_metadata``. They run in a pool of one thread per core (each query's kernels on one thread), so the event
-loop never blocks and concurrent queries use every core; they are not micro-batched (no faster:
-docs/design-notes.md). Writes run one at a time in their own thread, holding the index's writer lock. Before
-a search the server picks up versions other processes committed (``Index.refresh``, at most every ``refresh_s``
-seconds).
+Searches take ``k``, ``filter`` (:mod:`colbert_index.filters`), ``params``, ``include_metadata``, and with text
+queries ``text_mode``, ``fusion``, ``alpha``, ``fusion_depth`` and ``hybrid`` (:mod:`colbert_index.hybrid`). They
+run in a pool of one thread per core (each query's kernels on one thread), not micro-batched (no faster:
+docs/design-notes.md). Writes run one at a time in their own thread, holding the index's writer lock. Before a
+search the server picks up versions other processes committed (``Index.refresh``, at most every ``refresh_s``).
 
 Bad input gets a 4xx whose ``detail`` names the field (``400`` malformed JSON, ``401`` missing or wrong API
 key, ``404`` unknown ids, ``409`` another writer holds the index, ``413`` body too large, ``422`` invalid
@@ -36,7 +34,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import numba
 import numpy as np
@@ -64,6 +62,8 @@ MAX_BODY_BYTES = 64 << 20
 
 Id = StrictInt | StrictStr
 Vectors = Annotated[list[Annotated[list[float], Field(min_length=1, max_length=4096)]], Field(min_length=1)]
+Text = Annotated[str, Field(min_length=1, max_length=MAX_TEXT)]
+Batch = Field(min_length=1, max_length=MAX_BATCH)
 
 
 class _Model(BaseModel):
@@ -85,67 +85,92 @@ class _SearchOptions(_Model):
     filter: dict[str, Any] | Annotated[list[Id], Field(max_length=MAX_IDS)] | None = None
     params: Params | None = None
     include_metadata: bool = False
+    text_mode: Literal["any", "all", "fts5"] = "any"
+    fusion: Literal["rrf", "relative"] = "rrf"
+    alpha: float = Field(0.5, ge=0.0, le=1.0)
+    fusion_depth: int | None = Field(None, ge=1, le=10 * MAX_K)
+    hybrid: bool = False
+
+    def _check(self, dense: tuple, text, text_query, names: tuple[str, str, str]) -> None:
+        """One dense kind at most; some query; ``hybrid`` with a text and no separate text query."""
+        if all(x is not None for x in dense):
+            raise ValueError(f"give {names[0]} (embeddings) or {names[1]}, not both")
+        if self.hybrid and (text is None or text_query is not None):
+            raise ValueError(f"hybrid: true searches the {names[1]} by BM25 too: give {names[1]}, no {names[2]}")
+        if not self.hybrid and all(x is None for x in dense) and text_query is None:
+            raise ValueError(f"give {names[0]} (embeddings), {names[1]} (with a model) or {names[2]} (BM25)")
+
+    def lexical(self, text_query) -> dict:
+        """The keyword arguments of ``Index.search`` for the text query (none without one)."""
+        keys = {"text_mode", "fusion", "alpha", "fusion_depth"}
+        return {} if text_query is None else {"text_query": text_query, **self.model_dump(include=keys)}
 
 
 class SearchRequest(_SearchOptions):
-    """One query: ``query`` (token embeddings ``[q_len, dim]``) or ``text`` (needs a model)."""
+    """One query: ``query`` (token embeddings ``[q_len, dim]``) or ``text`` (needs a model), and/or ``text_query``
+    (BM25 over the stored texts; with a dense query, fused)."""
 
     query: Annotated[Vectors, Field(max_length=MAX_QUERY_TOKENS)] | None = None
-    text: str | None = Field(None, min_length=1, max_length=MAX_TEXT)
+    text: Text | None = None
+    text_query: Text | None = None
 
     @model_validator(mode="after")
     def _one_query(self) -> SearchRequest:
-        if (self.query is None) == (self.text is None):
-            raise ValueError("give exactly one of query (embeddings) or text")
+        self._check((self.query, self.text), self.text, self.text_query, ("query", "text", "text_query"))
         return self
 
 
 class BatchSearchRequest(_SearchOptions):
-    """Many queries, all with the same options: ``queries`` (embeddings) or ``texts``."""
+    """Many queries, all with the same options: ``queries`` (embeddings) or ``texts``, and/or ``text_queries``."""
 
-    queries: (
-        Annotated[
-            list[Annotated[Vectors, Field(max_length=MAX_QUERY_TOKENS)]], Field(min_length=1, max_length=MAX_BATCH)
-        ]
-        | None
-    ) = None
-    texts: (
-        Annotated[
-            list[Annotated[str, Field(min_length=1, max_length=MAX_TEXT)]], Field(min_length=1, max_length=MAX_BATCH)
-        ]
-        | None
-    ) = None
+    queries: Annotated[list[Annotated[Vectors, Field(max_length=MAX_QUERY_TOKENS)]], Batch] | None = None
+    texts: Annotated[list[Text], Batch] | None = None
+    text_queries: Annotated[list[Text], Batch] | None = None
 
     @model_validator(mode="after")
     def _one_kind(self) -> BatchSearchRequest:
-        if (self.queries is None) == (self.texts is None):
-            raise ValueError("give exactly one of queries (embeddings) or texts")
+        self._check((self.queries, self.texts), self.texts, self.text_queries, ("queries", "texts", "text_queries"))
+        dense = self.queries if self.queries is not None else self.texts
+        if dense is not None and self.text_queries is not None and len(dense) != len(self.text_queries):
+            raise ValueError(f"text_queries: {len(self.text_queries)} text queries for {len(dense)} queries")
         return self
 
 
 class Document(_Model):
-    """A document to add: ``embeddings`` (``[n_tokens, dim]``) or ``text`` (needs a model), an optional ``id``
-    (required for string-id indexes and upserts) and optional ``metadata``."""
+    """A document to add: ``embeddings`` (``[n_tokens, dim]``) or ``text`` (encoded by the model), or both (the
+    embeddings are indexed), an optional ``id`` (required for string-id indexes and upserts) and optional
+    ``metadata``. A ``text`` is stored with the document (for lexical search) unless the request says
+    ``store_text: false``."""
 
     id: Id | None = None
     embeddings: Annotated[Vectors, Field(max_length=MAX_DOC_TOKENS)] | None = None
-    text: str | None = Field(None, min_length=1, max_length=MAX_TEXT)
+    text: Text | None = None
     metadata: dict[str, Any] | None = None
 
     @model_validator(mode="after")
-    def _one_content(self) -> Document:
-        if (self.embeddings is None) == (self.text is None):
-            raise ValueError("give exactly one of embeddings or text")
+    def _some_content(self) -> Document:
+        if self.embeddings is None and self.text is None:
+            raise ValueError("give embeddings or text (or both: the text is then stored, not encoded)")
         return self
 
 
 class DocumentsRequest(_Model):
     documents: list[Document] = Field(min_length=1, max_length=MAX_DOCS)
+    store_text: bool = True
 
 
 class DeleteRequest(_Model):
-    ids: list[Id] = Field(min_length=1, max_length=MAX_IDS)
+    """``ids`` (``missing_ok``: ignore those not in the index) or a metadata ``filter``."""
+
+    ids: list[Id] | None = Field(None, min_length=1, max_length=MAX_IDS)
+    filter: dict[str, Any] | None = None
     missing_ok: bool = False
+
+    @model_validator(mode="after")
+    def _ids_or_filter(self) -> DeleteRequest:
+        if (self.ids is None) == (self.filter is None):
+            raise ValueError("give ids or filter (a metadata filter), not both")
+        return self
 
 
 class CompactRequest(_Model):
@@ -255,6 +280,8 @@ class _Service:
     def hits(self, res, include_metadata: bool) -> list[list[dict]]:
         out = []
         for ids, scores in zip(res.ids.tolist(), res.scores.tolist()):
+            n = int(np.isfinite(scores).sum())  # a short row of a lexical search is padded with -inf
+            ids, scores = ids[:n], scores[:n]
             # as of now: a document deleted since the search ran gets None
             metas = self.index.metadata(ids, missing_ok=True) if include_metadata else None
             out.append(
@@ -372,35 +399,31 @@ def create_app(
 
         return await service.search(collect)
 
-    @app.post("/search", dependencies=auth)
-    async def search(req: SearchRequest) -> dict:
+    async def _search(req, queries, texts, text_queries, batch: bool) -> dict:
+        """A search or batch search request (one query: lists of one, ``batch`` False)."""
         dim = service.index.dim
-        if req.query is not None:
-            Q, lengths = _matrix(req.query, dim, "query"), None
-        else:
-            Q, lengths = await service.search(lambda: service.encode_queries([req.text]))
-        params = _params(req.params)
+        Q, lengths = None, None
+        if queries is not None:
+            Q = [_matrix(q, dim, f"queries[{i}]" if batch else "query") for i, q in enumerate(queries)]
+        elif texts is not None:
+            Q, lengths = await service.search(lambda: service.encode_queries(texts))
+        params, lexical = _params(req.params), req.lexical(texts if req.hybrid else text_queries)
 
         def run():
-            res = service.index.search(Q, k=req.k, params=params, query_lengths=lengths, filter=req.filter)
-            return service.hits(res, req.include_metadata)[0]
+            res = service.index.search(Q, k=req.k, params=params, query_lengths=lengths, filter=req.filter, **lexical)
+            return service.hits(res, req.include_metadata)
 
-        return {"results": await service.search(run), "generation": service.index.generation}
+        results = await service.search(run, parallel=batch)
+        return {"results": results if batch else results[0], "generation": service.index.generation}
+
+    @app.post("/search", dependencies=auth)
+    async def search(req: SearchRequest) -> dict:
+        one = [None if x is None else [x] for x in (req.query, req.text, req.text_query)]
+        return await _search(req, *one, batch=False)
 
     @app.post("/search/batch", dependencies=auth)
     async def search_batch(req: BatchSearchRequest) -> dict:
-        dim = service.index.dim
-        if req.queries is not None:
-            Q, lengths = [_matrix(q, dim, f"queries[{i}]") for i, q in enumerate(req.queries)], None
-        else:
-            Q, lengths = await service.search(lambda: service.encode_queries(req.texts))
-        params = _params(req.params)
-
-        def run():
-            res = service.index.search(Q, k=req.k, params=params, query_lengths=lengths, filter=req.filter)
-            return service.hits(res, req.include_metadata)
-
-        return {"results": await service.search(run, parallel=True), "generation": service.index.generation}
+        return await _search(req, req.queries, req.texts, req.text_queries, batch=True)
 
     async def _documents(req: DocumentsRequest, upsert: bool) -> dict:
         given = [d.id is not None for d in req.documents]
@@ -419,7 +442,7 @@ def create_app(
                 None if d.embeddings is None else _matrix(d.embeddings, dim, f"documents[{i}].embeddings")
                 for i, d in enumerate(req.documents)
             ]
-            texts = [(i, d.text) for i, d in enumerate(req.documents) if d.text is not None]
+            texts = [(i, d.text) for i, d in enumerate(req.documents) if d.text is not None and docs[i] is None]
             if texts:
                 for (i, _), e in zip(texts, service.encode_documents([t for _, t in texts])):
                     docs[i] = e
@@ -428,7 +451,9 @@ def create_app(
         docs = await service.search(arrays)
         idx = service.index
         op = idx.upsert if upsert else idx.add
-        info = await service.write(lambda: op(docs, ids, metadata=metadata, progress=False))
+        texts = [d.text for d in req.documents] if req.store_text else None
+        texts = texts if texts is not None and any(t is not None for t in texts) else None
+        info = await service.write(lambda: op(docs, ids, metadata=metadata, progress=False, texts=texts))
         return {
             "generation": info.generation,
             "added": info.docs_added,
@@ -447,7 +472,11 @@ def create_app(
 
     @app.post("/documents/delete", dependencies=auth)
     async def delete(req: DeleteRequest) -> dict:
-        info = await service.write(lambda: service.index.delete(req.ids, missing_ok=req.missing_ok))
+        idx = service.index
+        if req.filter is not None:
+            info = await service.write(lambda: idx.delete(filter=req.filter))
+        else:
+            info = await service.write(lambda: idx.delete(req.ids, missing_ok=req.missing_ok))
         return {"generation": info.generation, "deleted": info.docs_deleted, "seconds": round(info.seconds, 4)}
 
     @app.post("/compact", dependencies=auth)

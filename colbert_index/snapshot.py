@@ -84,6 +84,26 @@ class Snapshot:
         at = np.minimum(np.searchsorted(keys, ids), len(keys) - 1)
         return np.where(keys[at] == ids, pos[at], -1)
 
+    def stored(self, doc_ids, column: str, missing_ok: bool) -> list[str | None]:
+        """The metadata JSON texts (``column="meta"``) or texts (``"text"``) of live documents by external id;
+        ``None`` for documents without. Ids that are not live raise ``KeyError`` naming them, unless ``missing_ok``
+        (then they get ``None``)."""
+        ids = as_id_list(doc_ids, self.id_type)
+        pos = self.lookup(ids)
+        if (pos < 0).any() and not missing_ok:
+            missing = np.asarray(ids, dtype=object)[pos < 0].tolist()
+            raise KeyError(f"{len(missing)} id(s) not in the index: {missing[:10]}")
+        out: list[str | None] = [None] * len(pos)
+        which = np.searchsorted(self.bases, pos, side="right") - 1
+        for i, slots in self.locate(pos[pos >= 0]):
+            store = self.segments[i].meta
+            if store is None:
+                continue
+            rows = dict(zip(slots.tolist(), store.rows(slots, column)))
+            for j in np.flatnonzero((which == i) & (pos >= 0)):
+                out[j] = rows[int(pos[j] - self.bases[i])]
+        return out
+
     def locate(self, positions: np.ndarray) -> list[tuple[int, np.ndarray]]:
         """``(segment index, slots)`` for the segments that hold some of ``positions``."""
         which = np.searchsorted(self.bases, positions, side="right") - 1

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from colbert_index import drift as drift_stats
+from colbert_index import filters
 from colbert_index.build import check_k_centroids, pooling, train_codec
 from colbert_index.codec import ResidualCodec, default_n_centroids
 from colbert_index.inputs import normalize_doc_ids, show_progress, spill_documents
@@ -136,6 +137,7 @@ def _new_segment(
     expand: bool,
     metadata,
     pool_factor: int | None,
+    texts=None,
 ):
     """Encode documents into a new segment with the index's codebook (extended first if ``expand`` and
     they need it), their tokens pooled by ``pool_factor`` (``None``: the index's). Returns its entry, the
@@ -177,7 +179,10 @@ def _new_segment(
             codec, changes, info = _extend_codebook(index, snap, spill)
         progress = show_progress(progress)
         meta = None if metadata is None else meta_files.check_metadata(metadata, len(doclens))
-        entry = seg_files.write_segment(index.path, seg_id, spill, doclens, ids, codec, index.backend, progress, meta)
+        txt = None if texts is None else meta_files.check_texts(texts, len(doclens))
+        entry = seg_files.write_segment(
+            index.path, seg_id, spill, doclens, ids, codec, index.backend, progress, meta, texts=txt
+        )
         entry["pool_factor"] = pool_factor
     except BaseException:
         shutil.rmtree(seg_dir, ignore_errors=True)
@@ -187,13 +192,23 @@ def _new_segment(
 
 
 def add(
-    index: Index, op: str, doc_embeddings, doc_ids, doc_lengths, progress, expand: bool, metadata, pool_factor=None
+    index: Index,
+    op: str,
+    doc_embeddings,
+    doc_ids,
+    doc_lengths,
+    progress,
+    expand: bool,
+    metadata,
+    pool_factor=None,
+    texts=None,
 ) -> CommitInfo:
     """:meth:`Index.add` (``op="add"``) or :meth:`Index.upsert` (``op="upsert"``)."""
     t0 = time.perf_counter()
     with _writing(index) as snap:
+        replace = op == "upsert"
         entry, replaced, next_id, changes, info = _new_segment(
-            index, snap, doc_embeddings, doc_ids, doc_lengths, progress, op == "upsert", expand, metadata, pool_factor
+            index, snap, doc_embeddings, doc_ids, doc_lengths, progress, replace, expand, metadata, pool_factor, texts
         )
         kept = _tombstone(index, snap, replaced, snap.generation + 1)
         m = _next_manifest(snap, kept + [entry], next_id=next_id, next_segment=entry["id"] + 1, last_op=op, **changes)
@@ -211,18 +226,32 @@ def add(
     )
 
 
-def delete(index: Index, doc_ids, *, missing_ok: bool = False) -> CommitInfo:
+def _filtered_positions(snap: Snapshot, filter) -> np.ndarray:
+    """Global positions of the live documents a metadata filter (or a list of ids) allows."""
+    if isinstance(filter, dict) and not filter:
+        raise ValueError("delete(filter={}) would delete every document; pass the ids to delete them all")
+    masks = filters.allowed(snap, filter)
+    parts = [snap.bases[i] + np.flatnonzero(m) for i, m in enumerate(masks)]
+    return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+
+
+def delete(index: Index, doc_ids=None, *, missing_ok: bool = False, filter=None) -> CommitInfo:
     """:meth:`Index.delete`."""
     t0 = time.perf_counter()
+    if (doc_ids is None) == (filter is None):
+        raise ValueError("delete takes the ids of the documents to delete or a filter, not both or neither")
     with _writing(index) as snap:
-        ids = as_id_list(doc_ids, snap.id_type)
-        pos = snap.lookup(ids)
-        if (pos < 0).any() and not missing_ok:
-            missing = np.asarray(ids)[pos < 0].tolist()
-            more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
-            raise KeyError(
-                f"{len(missing)} id(s) not in the index: {missing[:10]}{more} (missing_ok=True ignores them)"
-            )
+        if filter is not None:
+            pos = _filtered_positions(snap, filter)
+        else:
+            ids = as_id_list(doc_ids, snap.id_type)
+            pos = snap.lookup(ids)
+            if (pos < 0).any() and not missing_ok:
+                missing = np.asarray(ids)[pos < 0].tolist()
+                more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+                raise KeyError(
+                    f"{len(missing)} id(s) not in the index: {missing[:10]}{more} (missing_ok=True ignores them)"
+                )
         pos = np.unique(pos[pos >= 0])
         if not len(pos):
             return CommitInfo("delete", snap.generation, seconds=time.perf_counter() - t0)
@@ -260,10 +289,11 @@ def compact(
                 )
                 codebook = seg_files.save_codebook(index.path, seg_files.codebook_name(gen), codec)
                 changes.update(n_centroids=K, codebook=codebook, outlier_norm=outlier_norm)
-                meta = seg_files.live_metadata(segs)
+                meta, texts = seg_files.live_metadata(segs), seg_files.live_texts(segs)
                 entry = seg_files.write_segment(
-                    index.path, seg_id, spill, doclens, ids, codec, index.backend, show_progress(progress), meta
-                )
+                    index.path, seg_id, spill, doclens, ids, codec, index.backend, show_progress(progress), meta,
+                    texts=texts,
+                )  # fmt: skip
             else:
                 entry = seg_files.write_merged(index.path, seg_id, segs, snap.codec)
         except BaseException:

@@ -1,10 +1,11 @@
-"""A deterministic schedule of writes with metadata, for tests/test_metadata.py's crash test.
+"""A deterministic schedule of writes with metadata and texts, for tests/test_metadata.py's crash test.
 
 The write from generation ``g`` depends only on ``g`` and the live ids, and every document written at
-generation ``g`` gets the metadata ``{"id": its id, "gen": g}``, so replaying the schedule tells what each
-committed version's metadata must be. Run as a script (``python meta_ops.py zygote INDEX``) it imports
-everything once, then for each ``run DELAY`` line on stdin forks a writer that applies the schedule to INDEX,
-kills it with SIGKILL after DELAY seconds and answers ``killed`` (as tests/live_ops.py does).
+generation ``g`` gets the metadata ``{"id": its id, "gen": g}`` and the text :func:`text` of both, so replaying
+the schedule tells what each committed version's metadata and texts must be. Run as a script (``python
+meta_ops.py zygote INDEX``) it imports everything once, then for each ``run DELAY`` line on stdin forks a writer
+that applies the schedule to INDEX, kills it with SIGKILL after DELAY seconds and answers ``killed`` (as
+tests/live_ops.py does).
 """
 
 from __future__ import annotations
@@ -23,12 +24,20 @@ def docs_from(rng: np.random.Generator, n: int) -> list[np.ndarray]:
     return live_ops.docs_from(rng, n, DIM, max_len=7)
 
 
+def text(doc_id: int, gen: int) -> str:
+    """Every text has the word ``common``, and ``w0``, ``w1`` or ``w2`` by the id modulo 3."""
+    return f"document {doc_id} written at generation {gen}, common to all, w{doc_id % 3}"
+
+
 def build(path: Path):
     from colbert_index import Index
 
     rng = np.random.default_rng(SEED)
     meta = [{"id": i, "gen": 0} for i in range(12)]
-    return Index.build(path, docs_from(rng, 12), metadata=meta, n_centroids=8, progress=False, backend="numpy")
+    texts = [text(i, 0) for i in range(12)]
+    return Index.build(
+        path, docs_from(rng, 12), metadata=meta, texts=texts, n_centroids=8, progress=False, backend="numpy"
+    )
 
 
 def step(index) -> None:
@@ -39,10 +48,12 @@ def step(index) -> None:
     kind = g % 5
     if kind in (0, 3) or len(live) < 4:
         ids = [max(live + [0]) + 1 + j for j in range(3)]
-        index.add(docs_from(rng, 3), ids, metadata=[{"id": i, "gen": g + 1} for i in ids], progress=False)
+        meta, texts = [{"id": i, "gen": g + 1} for i in ids], [text(i, g + 1) for i in ids]
+        index.add(docs_from(rng, 3), ids, metadata=meta, texts=texts, progress=False)
     elif kind == 1:
         ids = [int(rng.choice(live))]
-        index.upsert(docs_from(rng, 1), ids, metadata=[{"id": ids[0], "gen": g + 1}], progress=False)
+        meta, texts = [{"id": ids[0], "gen": g + 1}], [text(ids[0], g + 1)]
+        index.upsert(docs_from(rng, 1), ids, metadata=meta, texts=texts, progress=False)
     elif kind == 2:
         index.delete([int(x) for x in rng.choice(live, 2, replace=False)])
     else:
@@ -50,9 +61,9 @@ def step(index) -> None:
 
 
 def state(index) -> dict:
-    """``{id: metadata}`` of the live documents."""
+    """``{id: (metadata, text)}`` of the live documents."""
     ids = sorted(index.doc_ids().tolist())
-    return dict(zip(ids, index.metadata(ids)))
+    return dict(zip(ids, zip(index.metadata(ids), index.texts(ids))))
 
 
 def _writer(path: Path) -> None:

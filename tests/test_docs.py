@@ -43,6 +43,7 @@ PAGES = (
     "format",
     "live-index",
     "filters",
+    "hybrid",
     "server",
     "distributed",
     "gpu",

@@ -75,15 +75,21 @@ def corpus():
 
 @pytest.fixture(scope="module")
 def server(corpus, tmp_path_factory):
-    """An index of 300 documents (ids 0..299, metadata {"lang", "year"}) served with an API key."""
+    """An index of 300 documents (ids 0..299, metadata {"lang", "year"}, texts :func:`_text`) served with an API
+    key."""
     path = tmp_path_factory.mktemp("srv") / "index"
     meta = [{"lang": ["en", "de"][i % 2], "year": 2000 + i % 30} for i in range(N_DOCS)]
-    Index.build(path, corpus.documents(), metadata=meta, progress=False)
+    texts = [_text(i) for i in range(N_DOCS)]
+    Index.build(path, corpus.documents(), metadata=meta, texts=texts, progress=False)
     proc, base = _serve(path, "--api-key", KEY, "--max-body-mb", "1", "--refresh-s", "0.1")
     client = httpx.Client(base_url=base, headers=AUTH, timeout=60)
     yield client, path
     client.close()
     _stop(proc)
+
+
+def _text(i: int) -> str:
+    return f"passage number{i} of group{i % 7} and tens{i // 10}"
 
 
 def _q(corpus, d: int, n: int = 12) -> list:
@@ -176,8 +182,17 @@ def test_batch_search_equals_single_searches(server, corpus):
         ({"query": [[0.1] * 32], "k": "ten"}, 422, "k: "),
         ({"query": [[0.1] * 32] * 513}, 422, "query: List should have at most 512 items"),
         ({"query": []}, 422, "query: List should have at least 1 item"),
-        ({"k": 3}, 422, "exactly one of query (embeddings) or text"),
-        ({"query": [[0.1] * 32], "text": "x"}, 422, "exactly one of query"),
+        ({"k": 3}, 422, "give query (embeddings), text (with a model) or text_query"),
+        ({"query": [[0.1] * 32], "text": "x"}, 422, "give query (embeddings) or text, not both"),
+        ({"text_query": "a AND", "text_mode": "fts5"}, 422, "text_query: not a valid FTS5 query"),
+        ({"text_query": "(red", "text_mode": "fts5"}, 422, "text_query: not a valid FTS5 query"),
+        ({"text_query": "?!"}, 422, "text_query: no searchable word"),
+        ({"text_query": ""}, 422, "text_query: String should have at least 1 character"),
+        ({"text_query": "x", "text_mode": "regex"}, 422, "text_mode: Input should be 'any', 'all' or 'fts5'"),
+        ({"query": [[0.1] * 32], "text_query": "x", "fusion": "max"}, 422, "fusion: Input should be"),
+        ({"query": [[0.1] * 32], "text_query": "x", "alpha": 1.5}, 422, "alpha: Input should be less than"),
+        ({"query": [[0.1] * 32], "text_query": "x", "k": 20, "fusion_depth": 10}, 422, "fusion_depth must be"),
+        ({"query": [[0.1] * 32], "hybrid": True}, 422, "hybrid: true searches the text by BM25 too"),
         ({"query": [[0.1] * 32], "kk": 3}, 422, "kk: Extra inputs are not permitted"),
         ({"query": [["a"] * 32]}, 422, "query.0.0"),
         ({"text": "hello"}, 422, "text: this server has no model"),
@@ -255,6 +270,47 @@ def test_writes(server, corpus):
     assert r.status_code == 200 and client.get("/stats").json()["segments"] == 1
     assert client.post("/compact").status_code == 200  # no body: the defaults
     assert Index.open(path, verify=True).metadata([5000]) == [{"v": 2}]
+
+
+def test_lexical_and_fused_search_equal_the_library(server, corpus):
+    client, path = server
+    idx = Index.open(path)
+    r = client.post("/search", json={"text_query": "group3 tens12", "k": 8, "filter": {"lang": "en"}})
+    assert r.status_code == 200, r.text
+    want = idx.search(None, k=8, text_query="group3 tens12", filter={"lang": "en"})
+    assert [h["id"] for h in r.json()["results"]] == want.ids[0].tolist()
+    np.testing.assert_allclose([h["score"] for h in r.json()["results"]], want.scores[0], rtol=1e-5)
+    body = {"query": _q(corpus, 40), "text_query": "number123", "fusion": "relative", "alpha": 0.3, "k": 4}
+    hits = client.post("/search", json=body).json()["results"]
+    want = idx.search(np.asarray(_q(corpus, 40), np.float32), k=4, text_query="number123", fusion="relative", alpha=0.3)
+    assert [h["id"] for h in hits] == want.ids[0].tolist() and {40, 123} <= {h["id"] for h in hits}
+    body = {"text_queries": ["number5", "group2 number9", "group3 number9"], "k": 3, "text_mode": "all"}
+    batch = client.post("/search/batch", json=body).json()["results"]
+    assert [[h["id"] for h in r] for r in batch] == [[5], [9], []]  # short rows: no padding in the answer
+    body = {"queries": [_q(corpus, 1), _q(corpus, 2)], "text_queries": ["number2", "number1"], "k": 2}
+    batch = client.post("/search/batch", json=body).json()["results"]
+    assert [sorted(h["id"] for h in r) for r in batch] == [[1, 2], [1, 2]]
+    body = {"queries": [_q(corpus, 1)], "text_queries": ["a", "b"]}
+    r = client.post("/search/batch", json=body)
+    assert r.status_code == 422 and "text_queries: 2 text queries for 1 queries" in r.json()["detail"]
+
+
+def test_delete_by_filter(server, corpus):
+    client, path = server
+    docs = [{"id": 8000 + i, "embeddings": _q(corpus, i, 5), "metadata": {"tag": "tmp", "i": i}} for i in range(4)]
+    assert client.post("/documents", json={"documents": docs}).status_code == 200
+    r = client.post("/documents/delete", json={"filter": {"tag": "tmp", "i": {"$lt": 3}}})
+    assert r.status_code == 200 and r.json()["deleted"] == 3
+    assert Index.open(path).metadata([8003]) == [{"tag": "tmp", "i": 3}] and 8000 not in Index.open(path)
+    for body, names in [
+        ({"ids": [8003], "filter": {"tag": "tmp"}}, "give ids or filter"),
+        ({}, "give ids or filter"),
+        ({"filter": {}}, "every document"),
+        ({"filter": {"tag": {"$like": "t"}}}, "unknown operator"),
+    ]:
+        r = client.post("/documents/delete", json=body)
+        assert r.status_code == 422 and names in r.json()["detail"], (body, r.text)
+    assert client.post("/documents/delete", json={"filter": {"tag": "tmp"}}).json()["deleted"] == 1
 
 
 def test_a_write_while_another_process_holds_the_lock_gets_409(server, corpus):
@@ -338,6 +394,21 @@ def test_text_search_and_text_documents_without_a_key(text_server):
     assert r.status_code == 422 and "string ids" in r.json()["detail"]
     r = client.post("/search", json={"query": [[0.1] * 32], "k": 1})
     assert r.status_code == 200
+    # a document's text is stored (unless store_text is false) and searched by BM25, alone or with hybrid: true
+    assert Index.open(path).texts(["new", "p0"]) == [docs[50], None]  # stored with the document added above
+    r = client.post("/documents", json={"documents": [{"id": "t1", "text": docs[60]}]})
+    assert r.status_code == 200, r.text
+    embeddings = enc.encode_documents([docs[61]])[0].tolist()
+    body = {"documents": [{"id": "t2", "text": docs[61], "embeddings": embeddings}], "store_text": False}
+    assert client.post("/documents", json=body).status_code == 200
+    assert Index.open(path).texts(["t1", "t2"]) == [docs[60], None]
+    word = docs[60].split()[2]
+    hits = client.post("/search", json={"text_query": word}).json()["results"]
+    assert [h["id"] for h in hits] == ["t1"]
+    hits = client.post("/search", json={"text": docs[60], "hybrid": True, "k": 2}).json()["results"]
+    assert hits[0]["id"] == "t1"
+    batch = client.post("/search/batch", json={"texts": [docs[60], docs[50]], "hybrid": True, "k": 1}).json()
+    assert [r[0]["id"] for r in batch["results"]] == ["t1", "new"]
 
 
 def test_app_refuses_a_model_of_another_dim_and_an_empty_key(text_server, tmp_path):

@@ -11,7 +11,7 @@ import time
 import numpy as np
 
 from colbert_index.cli.inputs import load_shards, parse_filter, read_ids, read_metadata, search_params, typed_ids
-from colbert_index.cli.texts import cmd_index_texts, encoded_batches, load_encoder
+from colbert_index.cli.texts import TextSpool, cmd_index_texts, encoded_batches, load_encoder
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -53,9 +53,10 @@ def cmd_add(args: argparse.Namespace) -> int:
             raise ValueError("add --input PASSAGES.jsonl needs --model DIR (and no --embeddings)")
         ids: list = []
         metas: list | None = [] if args.metadata_keys else None
-        batches = encoded_batches(args, load_encoder(args, idx.dim), ids, metas, id_type)
-        # ids / metas are read after the documents
-        info = op(batches, ids, metadata=metas, progress=False, pool_factor=args.pool_factor)
+        texts = TextSpool() if args.store_texts else None
+        batches = encoded_batches(args, load_encoder(args, idx.dim), ids, metas, id_type, texts)
+        # ids, metas and texts are read after the documents
+        info = op(batches, ids, metadata=metas, progress=False, pool_factor=args.pool_factor, texts=texts)
     else:
         emb, lengths = load_shards(args)
         ids = read_ids(args.ids, id_type) if args.ids else None
@@ -77,8 +78,14 @@ def cmd_delete(args: argparse.Namespace) -> int:
     idx = Index.open(args.index)
     id_type = idx.manifest["id_type"]
     ids = typed_ids(list(args.ids), id_type) + (read_ids(args.ids_file, id_type) if args.ids_file else [])
+    if args.filter is not None:
+        if ids:
+            raise ValueError("delete takes ids or --filter, not both")
+        info = idx.delete(filter=parse_filter(args.filter))
+        print(f"deleted {info.docs_deleted} documents; generation {info.generation}; {len(idx)} live")
+        return 0
     if not ids:
-        raise ValueError("delete needs ids: colbert-index delete INDEX ID [ID ...] or --ids-file FILE")
+        raise ValueError("delete needs ids: colbert-index delete INDEX ID [ID ...], --ids-file FILE or --filter JSON")
     info = idx.delete(ids, missing_ok=args.missing_ok)
     print(f"deleted {info.docs_deleted} documents; generation {info.generation}; {len(idx)} live")
     return 0
@@ -105,27 +112,37 @@ def cmd_search(args: argparse.Namespace) -> int:
     index = args.index or (positional.pop(0) if positional else None)
     if index is None:
         raise ValueError("search needs an index: colbert-index search --index PATH ... (or the path first)")
-    if args.model is None and (args.queries is None or positional):
-        raise ValueError("search takes --queries Q.npy (embeddings), or --model DIR and query texts")
+    text = list(args.text) if args.text else None
+    if args.hybrid:
+        if args.model is None or text is not None:
+            raise ValueError("--hybrid searches each query text of --model by BM25 too (and takes no --text)")
+        text = positional
+    if args.model is None and (positional or (args.queries is None and text is None)):
+        raise ValueError("search takes --queries Q.npy (embeddings), --model DIR and query texts, or --text WORDS")
     if args.model is not None and (args.queries is not None or not positional):
         raise ValueError('text search takes query texts after the options: --model DIR --index PATH "query"')
+    if args.exact and text is not None:
+        raise ValueError("--exact is brute-force MaxSim; it takes no --text or --hybrid")
     idx = Index.open(index)
-    lengths = None
+    Q, lengths = None, None
     flt = parse_filter(args.filter)
-    if args.model is None:
-        Q = np.load(args.queries)
-    else:
+    if args.model is not None:
         Q, lengths = load_encoder(args, idx.dim).encode_queries(positional, progress=False)
+    elif args.queries is not None:
+        Q = np.load(args.queries)
     if args.exact:
         res = idx.search_exact(Q, k=args.k, query_lengths=lengths, filter=flt)
     else:
-        res = idx.search(Q, k=args.k, params=search_params(args), query_lengths=lengths, filter=flt)
+        hybrid = {"text_mode": args.text_mode, "fusion": args.fusion, "alpha": args.alpha}
+        hybrid = {"text_query": text, **hybrid, "fusion_depth": args.fusion_depth} if text is not None else {}
+        res = idx.search(Q, k=args.k, params=search_params(args), query_lengths=lengths, filter=flt, **hybrid)
     for qi in range(len(res)):
-        if args.model is None:
-            print("\t".join(f"{i}:{s:.4f}" for i, s in zip(res.ids[qi], res.scores[qi])))
+        hits = [(i, s) for i, s in zip(res.ids[qi], res.scores[qi]) if np.isfinite(s)]  # short rows are padded
+        if args.model is None and args.queries is not None:
+            print("\t".join(f"{i}:{s:.4f}" for i, s in hits))
             continue
-        print(f"# {positional[qi]}")
-        for rank, (i, s) in enumerate(zip(res.ids[qi], res.scores[qi]), start=1):
+        print(f"# {positional[qi] if args.model is not None else text[qi]}")
+        for rank, (i, s) in enumerate(hits, start=1):
             print(f"{rank}\t{i}\t{s:.4f}")
     return 0
 
@@ -145,8 +162,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     segments = []
     for entry, seg in zip(m["segments"], idx.segment_info()):
         files = list(entry["files"].values()) + ([entry["deleted"]] if entry.get("deleted") else [])
-        meta = entry["files"].get("metadata")
-        segments.append({**seg, "bytes": sum(int(f["bytes"]) for f in files), "metadata_rows": meta and meta["rows"]})
+        meta = entry["files"].get("metadata") or {}
+        size = sum(int(f["bytes"]) for f in files)
+        segments.append({**seg, "bytes": size, "metadata_rows": meta.get("rows"), "texts": meta.get("texts")})
     info = {
         "path": str(idx.path),
         "valid": True,
@@ -186,6 +204,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"segments    {len(segments)}")
     for s in segments:
         meta = f", metadata ({s['metadata_rows']} rows)" if s["metadata_rows"] else ""
+        meta += f", {s['texts']:,} texts" if s["texts"] is not None else ""
         meta += f", pooled by {s['pool_factor']}" if s["pool_factor"] != 1 else ""
         print(
             f"  seg {s['id']:>6}  {s['n_docs']:,} docs ({s['n_deleted']:,} deleted), {s['n_tokens']:,} tokens, "

@@ -51,6 +51,12 @@ def _add_text_options(p: argparse.ArgumentParser, required: bool = False) -> Non
     p.add_argument("--windows", action="store_true", help="split long passages into overlapping windows")
     p.add_argument("--overlap", type=int, help="tokens shared by consecutive windows (default: a quarter)")
     p.add_argument("--device", default="cpu", help="device of the model")
+    p.add_argument(
+        "--no-store-texts",
+        dest="store_texts",
+        action="store_false",
+        help="do not store the passages' texts (stored by default, for lexical and hybrid search: docs/hybrid.md)",
+    )
 
 
 def _add_search_options(p: argparse.ArgumentParser) -> None:
@@ -136,12 +142,16 @@ def build_parser() -> argparse.ArgumentParser:
         "delete",
         "delete documents by id (tombstones; compact reclaims the space)",
         "  colbert-index delete my-index doc-17 doc-42\n"
-        "  colbert-index delete my-index --ids-file stale.txt --missing-ok\n",
+        "  colbert-index delete my-index --ids-file stale.txt --missing-ok\n"
+        '  colbert-index delete my-index --filter \'{"year": {"$lt": 2000}}\'\n',
     )
     x.add_argument("index", help="index directory")
     x.add_argument("ids", nargs="*", help="ids to delete")
     x.add_argument("--ids-file", help="text file with one id per line")
     x.add_argument("--missing-ok", action="store_true", help="ignore ids that are not in the index")
+    x.add_argument(
+        "--filter", help="JSON metadata conditions: delete the live documents they select (@FILE reads a file)"
+    )
     x.set_defaults(func=cmd_delete)
 
     c = _sub(
@@ -159,14 +169,20 @@ def build_parser() -> argparse.ArgumentParser:
     s = _sub(
         sub,
         "search",
-        "search an index with query embeddings (.npy) or with query texts and a model",
+        "search an index with query embeddings (.npy), query texts and a model, or words (BM25), or both fused",
         "  colbert-index search my-index --queries Q.npy -k 10\n"
         '  colbert-index search my-index --queries Q.npy --filter \'{"lang": "en", "year": {"$gte": 2020}}\'\n'
-        '  colbert-index search --model models/colbert --index my-index "what does PLAID do?"\n',
-        usage="colbert-index search INDEX --queries Q.npy [options]\n"
-        '       colbert-index search --model DIR --index INDEX "query text" ... [options]',
+        '  colbert-index search --model models/colbert --index my-index "what does PLAID do?"\n'
+        '  colbert-index search my-index --text "centroid pruning" -k 5\n'
+        '  colbert-index search my-index --queries Q.npy --text "centroid pruning" --fusion relative --alpha 0.7\n'
+        '  colbert-index search --model models/colbert --index my-index --hybrid "what does PLAID do?"\n',
+        usage="colbert-index search INDEX --queries Q.npy [--text WORDS] [options]\n"
+        '       colbert-index search --model DIR --index INDEX "query text" ... [--hybrid | --text WORDS] [options]\n'
+        "       colbert-index search INDEX --text WORDS [options]",
         description="Embeddings: --queries holds [q_len, dim] or [n_q, q_len, dim]; prints one line per query "
-        "of id:score. Texts: each query is encoded with --model; prints '# query' then rank<TAB>id<TAB>score.",
+        "of id:score. Texts: each query is encoded with --model; prints '# query' then rank<TAB>id<TAB>score. "
+        "--text searches the stored texts by BM25 (one --text per query): alone, a lexical search; with "
+        "embeddings or a model, fused with MaxSim (docs/hybrid.md). --hybrid uses each query text for both.",
     )
     s.add_argument("args", nargs="*", metavar="INDEX | QUERY", help="the index (unless --index), then query texts")
     s.add_argument("--index", help="index directory")
@@ -175,6 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="cpu", help="device of the model")
     _add_search_options(s)
     s.add_argument("--exact", action="store_true", help="brute-force exact MaxSim instead")
+    s.add_argument("--text", action="append", metavar="WORDS", help="words searched by BM25 (once per query)")
+    s.add_argument("--hybrid", action="store_true", help="with --model: each query text also searched by BM25")
+    s.add_argument("--text-mode", choices=("any", "all", "fts5"), default="any", help="any / all words, or FTS5 syntax")
+    s.add_argument("--fusion", choices=("rrf", "relative"), default="rrf", help="how the two lists are fused")
+    s.add_argument("--alpha", type=float, default=0.5, help="weight of the MaxSim list in the fusion (0..1)")
+    s.add_argument("--fusion-depth", type=int, help="candidates of each list fused (default: max(k, 100))")
     s.set_defaults(func=cmd_search)
 
     v = _sub(

@@ -7,6 +7,7 @@ import argparse
 import itertools
 import json
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -65,9 +66,29 @@ def _metadata_of(fields: dict, keys: str | None) -> dict | None:
     return kept or None
 
 
-def encoded_batches(args: argparse.Namespace, enc, ids: list, metas: list | None, id_type: str | None = None):
+class TextSpool:
+    """Texts written to a temporary file as they come (``extend``) and read back once (iteration), so storing the
+    passages' texts does not hold the corpus in memory."""
+
+    def __init__(self) -> None:
+        self._file = tempfile.TemporaryFile("w+", encoding="utf-8")
+
+    def extend(self, texts) -> None:
+        self._file.writelines(json.dumps(t, ensure_ascii=False) + "\n" for t in texts)
+
+    def __iter__(self):
+        self._file.seek(0)
+        for line in self._file:
+            yield json.loads(line)
+        self._file.close()
+
+
+def encoded_batches(
+    args: argparse.Namespace, enc, ids: list, metas: list | None, id_type: str | None = None, texts=None
+):
     """One list of ``[n_i, dim]`` arrays per chunk of passages of ``args.input`` (only the current chunk is held
-    in memory); each chunk's ids (and metadata) are appended to ``ids`` (``metas``) as it is yielded."""
+    in memory); each chunk's ids (metadata, texts) are appended to ``ids`` (``metas``, ``texts``) as it is
+    yielded."""
     from tqdm.auto import tqdm
 
     from colbert_index.encoder import merge_windows
@@ -75,9 +96,9 @@ def encoded_batches(args: argparse.Namespace, enc, ids: list, metas: list | None
     bar = tqdm(desc="encode", unit="passage", disable=not sys.stderr.isatty())
     passages = iter_passages(args.input, args.format, args.id_key, args.text_key, with_fields=True)
     while chunk := list(itertools.islice(passages, args.chunk_size)):
-        chunk_ids, texts, fields = zip(*chunk)
+        chunk_ids, texts_chunk, fields = zip(*chunk)
         out = enc.encode_documents(
-            list(texts),
+            list(texts_chunk),
             args.batch_size,
             args.max_length,
             windows=args.windows,
@@ -88,7 +109,9 @@ def encoded_batches(args: argparse.Namespace, enc, ids: list, metas: list | None
         ids.extend(typed_ids(list(chunk_ids), id_type))
         if metas is not None:
             metas.extend(_metadata_of(f, args.metadata_keys) for f in fields)
-        bar.update(len(texts))
+        if texts is not None:
+            texts.extend(texts_chunk)
+        bar.update(len(texts_chunk))
         yield merge_windows(*out) if args.windows else out
     bar.close()
 
@@ -109,11 +132,12 @@ def cmd_index_texts(args: argparse.Namespace) -> int:
     print(f"loaded {enc}")
     ids: list[str] = []
     metas: list | None = [] if args.metadata_keys else None
+    texts = TextSpool() if args.store_texts else None
     t0 = time.perf_counter()
-    # Index.build consumes every batch before it reads doc_ids and metadata, so the lists are complete by then.
+    # Index.build consumes every batch before it reads doc_ids, metadata and texts, so they are complete by then.
     idx = Index.build(
         args.index,
-        encoded_batches(args, enc, ids, metas),
+        encoded_batches(args, enc, ids, metas, texts=texts),
         doc_ids=ids,
         nbits=args.nbits,
         n_centroids=args.n_centroids,
@@ -123,6 +147,7 @@ def cmd_index_texts(args: argparse.Namespace) -> int:
         metadata=metas,
         device=args.build_device,
         pool_factor=args.pool_factor,
+        texts=texts,
     )
     s = time.perf_counter() - t0
     print(f"indexed {idx.n_docs} passages ({idx.n_tokens} tokens) in {s:.1f}s ({idx.n_docs / s:.1f} passages/s): {idx}")

@@ -88,7 +88,7 @@ class Segment:
     ids: DocIds
     deleted: np.ndarray | None = None  # bool [n_docs], None when nothing is deleted
     n_deleted: int = 0
-    meta: meta_files.MetadataStore | None = None  # per-document metadata, None when the segment has none
+    meta: meta_files.MetadataStore | None = None  # per-document metadata and texts, None when it has neither
 
     @property
     def n_docs(self) -> int:
@@ -183,12 +183,12 @@ def _save_ids(root: Path, name: str, ids, files: dict) -> tuple[str, int]:
     return "str", 0
 
 
-def _finish_segment(root, seg_id, doclens, ids, files, outside, codec, metadata=None) -> dict:
+def _finish_segment(root, seg_id, doclens, ids, files, outside, codec, metadata=None, texts=None) -> dict:
     name = segment_name(seg_id)
     files["doclens"] = save_array(root, f"{name}/doclens.npy", np.asarray(doclens, dtype=np.int32))
     id_type, id_start = _save_ids(root, name, ids, files)
-    if metadata is not None:
-        files["metadata"] = meta_files.write_store(root, name, metadata)
+    if metadata is not None or texts is not None:
+        files["metadata"] = meta_files.write_store(root, name, len(doclens), metadata, texts)
         if files["metadata"]["rows"] != len(doclens):
             raise ValueError(f"metadata has {files['metadata']['rows']} entries for {len(doclens)} documents")
     sync_tree(root / name)
@@ -216,10 +216,12 @@ def write_segment(
     progress=False,
     metadata=None,
     compress=None,
+    texts=None,
 ) -> dict:
     """Compress the spilled tokens with ``codec`` into ``root/seg-<id>/`` (created by :func:`fresh_dir`,
     where the spill lies; it is removed) and return the segment's manifest entry, with its drift.
-    ``metadata``: the documents' metadata JSON texts in order (:mod:`colbert_index.storage.metadata`), or None.
+    ``metadata``, ``texts``: the documents' metadata JSON texts and texts in order
+    (:mod:`colbert_index.storage.metadata`), or None.
     ``compress``: ``float16 block -> (codes, packed residuals, outside count)`` to use instead of ``codec``
     with ``kernels`` (:class:`colbert_index.gpu.build.DeviceCompressor`)."""
     name = segment_name(seg_id)
@@ -245,7 +247,7 @@ def write_segment(
     residuals.flush()
     del codes, residuals
     files = {k: file_entry(root, f"{name}/{k}.npy") for k in ("codes", "residuals")}
-    return _finish_segment(root, seg_id, doclens, ids, files, outside, codec, metadata)
+    return _finish_segment(root, seg_id, doclens, ids, files, outside, codec, metadata, texts)
 
 
 def _live_blocks(segments: list[Segment]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -289,12 +291,18 @@ def write_merged(root: Path, seg_id: int, segments: list[Segment], codec: Residu
     measured = [(p["outside"], p["tokens"]) for p in parts if isinstance(p, dict)]
     tokens = sum(t for _, t in measured)
     outside = sum(o * t for o, t in measured) / tokens * n_tokens * codec.dim if tokens else 0.0
-    return _finish_segment(root, seg_id, doclens, ids, files, outside, codec, live_metadata(segments))
+    meta, texts = live_metadata(segments), live_texts(segments)
+    return _finish_segment(root, seg_id, doclens, ids, files, outside, codec, meta, texts)
 
 
 def live_metadata(segments: list[Segment]):
     """The live documents' metadata in order for a merged segment, or None when no segment has any."""
     return meta_files.live_rows(segments) if any(s.meta is not None for s in segments) else None
+
+
+def live_texts(segments: list[Segment]):
+    """The live documents' texts in order for a merged segment, or None when no segment has any."""
+    return meta_files.live_rows(segments, "text") if any(s.meta and s.meta.has_texts for s in segments) else None
 
 
 def spill_live(segments: list[Segment], kernels, path: Path) -> tuple[Spill, np.ndarray, object]:

@@ -4,7 +4,6 @@ version in :mod:`colbert_index.snapshot`, the live writes in :mod:`colbert_index
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -270,7 +269,7 @@ class Index:
     def metadata(self, doc_ids, *, missing_ok: bool = False) -> list[dict | None]:
         """The metadata of live documents (one id or an iterable), ``None`` for documents added without any.
         Ids that are not live raise ``KeyError`` naming them, unless ``missing_ok`` (then they get ``None``)."""
-        return [None if t is None else json.loads(t) for t in self._s.stored(doc_ids, "meta", missing_ok)]
+        return self._s.stored(doc_ids, "meta", missing_ok)
 
     def texts(self, doc_ids, *, missing_ok: bool = False) -> list[str | None]:
         """The stored texts of live documents (see :meth:`build`), as :meth:`metadata` returns metadata."""

@@ -13,6 +13,7 @@ from colbert_index.codec import ResidualCodec, check_nbits_dim
 from colbert_index.errors import IndexFormatError
 from colbert_index.pooling import check_pool_factor
 from colbert_index.search import SearchResult
+from colbert_index.storage import metadata as meta_files
 from colbert_index.storage import segments as seg_files
 from colbert_index.storage.manifest import MANIFEST, load_manifest
 from colbert_index.storage.segments import Segment
@@ -84,9 +85,9 @@ class Snapshot:
         at = np.minimum(np.searchsorted(keys, ids), len(keys) - 1)
         return np.where(keys[at] == ids, pos[at], -1)
 
-    def stored(self, doc_ids, column: str, missing_ok: bool) -> list[str | None]:
-        """The metadata JSON texts (``column="meta"``) or texts (``"text"``) of live documents by external id;
-        ``None`` for documents without. Ids that are not live raise ``KeyError`` naming them, unless ``missing_ok``
+    def stored(self, doc_ids, column: str, missing_ok: bool) -> list:
+        """The metadata (``column="meta"``, parsed from its JSON) or texts (``"text"``) of live documents by external
+        id; ``None`` for documents without. Ids that are not live raise ``KeyError`` naming them, unless ``missing_ok``
         (then they get ``None``)."""
         ids = as_id_list(doc_ids, self.id_type)
         pos = self.lookup(ids)
@@ -101,7 +102,8 @@ class Snapshot:
                 continue
             rows = dict(zip(slots.tolist(), store.rows(slots, column)))
             for j in np.flatnonzero((which == i) & (pos >= 0)):
-                out[j] = rows[int(pos[j] - self.bases[i])]
+                value = rows[int(pos[j] - self.bases[i])]
+                out[j] = value if column == "text" or value is None else meta_files.parse(value, store.path)
         return out
 
     def locate(self, positions: np.ndarray) -> list[tuple[int, np.ndarray]]:

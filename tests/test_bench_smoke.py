@@ -48,3 +48,13 @@ def test_load_test_quick_run(tmp_path):
     _quick_run("load_test.py", tmp_path)
     results = json.loads((tmp_path / "load_n600_quick.json").read_text())
     assert results["searches"] > 0 and results["writes"] > 0 and results["errors"] == 0, results["error_samples"]
+
+
+def test_index_fuzzing_finds_no_crash_hang_or_silent_difference(tmp_path):
+    """bench/fuzz_index.py --quick: 100 random corruptions of a small index (byte flips, truncations, swapped,
+    deleted and appended files, manifest edits), each opened and searched in a forked process."""
+    _quick_run("fuzz_index.py", tmp_path)
+    results = json.loads((tmp_path / "fuzz_index_quick.json").read_text())
+    assert sum(results["outcomes"].values()) == 100
+    assert results["outcomes"].get("IndexFormatError", 0) > 50  # the corruptions do reach the checks
+    assert set(results["outcomes"]) <= {"IndexFormatError", "identical"}, results["failures"]

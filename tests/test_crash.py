@@ -24,6 +24,7 @@ import pytest
 from colbert_index import Index
 
 N_KILLS = 60
+MAX_KILLS = 400  # kills go on past N_KILLS until the schedule is past generation 15 (a loaded machine)
 
 
 @pytest.fixture
@@ -68,7 +69,8 @@ def test_sigkill_at_random_points_loses_nothing_committed_and_shows_nothing_half
     rng = np.random.default_rng(0)
     seen, last = Counter(), 0
     try:
-        for _ in range(N_KILLS):
+        stalled = 0
+        while seen["kills"] < N_KILLS or (last <= 15 and seen["kills"] < MAX_KILLS):
             zygote.stdin.write(f"run {rng.uniform(0.0, window):.4f}\n")
             zygote.stdin.flush()
             assert zygote.stdout.readline().strip() == "killed"
@@ -80,17 +82,20 @@ def test_sigkill_at_random_points_loses_nothing_committed_and_shows_nothing_half
             g = index.generation
             assert acked <= g <= acked + 1, (acked, g)  # nothing committed is lost; at most one write was in flight
             seen["committed, not yet acknowledged"] += g == acked + 1
+            stalled = 0 if g > last else stalled + 1
             last = g
             while len(fingerprints) <= g:
                 live_ops.step(reference)
                 fingerprints.append(live_ops.fingerprint(reference))
             assert live_ops.fingerprint(index) == fingerprints[g], f"generation {g} differs from the schedule's"
             seen["kills"] += 1
+            if stalled >= 10:  # writers killed before they commit: the machine is slower than the window assumed
+                window, stalled = window * 1.5, 0
     finally:
         zygote.stdin.close()
         zygote.wait(timeout=60)
     print(f"{dict(seen)}, reached generation {last}, kills within {window * 1e3:.0f} ms of a start")
-    assert seen["kills"] == N_KILLS and last > 15  # through adds, deletes, upserts and both compactions
+    assert seen["kills"] >= N_KILLS and last > 15  # through adds, deletes, upserts and both compactions
     assert seen["interrupted a write"] >= 5  # the kills do land inside writes
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from colbert_index import Index, IndexFormatError
 from colbert_index.storage import manifest
-from colbert_index.storage.manifest import save_array
+from colbert_index.storage.manifest import save_array, seal
 
 DATA = Path(__file__).parent / "data"
 CODEBOOK = ["centroids", "centroid_scales", "bucket_cutoffs", "bucket_weights"]
@@ -107,7 +107,7 @@ def _rewrite(path, name, array):
     entries = m["segments"][0]["deleted"] if name == "tombstones" else {**m["codebook"], **m["segments"][0]["files"]}
     entry = entries if name == "tombstones" else entries[name]
     entry.update(save_array(path, entry["path"], array))
-    (path / "manifest.json").write_text(json.dumps(m))
+    (path / "manifest.json").write_text(json.dumps(seal(m)))
 
 
 @pytest.fixture
@@ -197,7 +197,7 @@ def _seg(m):
 def test_manifest_problems(v2, edit, match):
     m = _manifest(v2)
     edit(m)
-    (v2 / "manifest.json").write_text(json.dumps(m))
+    (v2 / "manifest.json").write_text(json.dumps(seal(m)))  # as a buggy writer would: the checksum agrees
     with pytest.raises(IndexFormatError, match=match):
         Index.open(v2)
 
@@ -242,3 +242,18 @@ def test_intact_copy_opens_and_searches(copy):
     idx = Index.open(copy, mmap=False, verify=True)
     assert idx.n_docs in (12, 62)
     assert idx.search(np.ones((2, idx.dim), np.float32), k=3).ids.shape == (1, 3)
+
+
+def test_an_edited_manifest_is_refused_and_one_without_a_checksum_is_read(v2):
+    """A field set to another valid value (tombstones dropped) still parses: the manifest's checksum catches it.
+    Manifests written before the checksum existed have none and are read as they are."""
+    m = _manifest(v2)
+    assert m["checksum"] == seal(m)["checksum"]
+    want = Index.open(v2).doc_ids().tolist()
+    _seg(m)["deleted"] = None
+    (v2 / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(IndexFormatError, match="manifest.json: checksum mismatch"):
+        Index.open(v2)
+    del m["checksum"]
+    (v2 / "manifest.json").write_text(json.dumps(m))
+    assert len(Index.open(v2).doc_ids()) > len(want)  # unchecked: read as written

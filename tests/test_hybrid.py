@@ -15,6 +15,7 @@ import pytest
 from colbert_index import Index, IndexFormatError, hybrid
 from colbert_index.storage import metadata as meta_files
 from colbert_index.storage.files import sha256
+from colbert_index.storage.manifest import seal
 
 # words the porter stemmer leaves as they are, so the reference needs no stemmer
 WORDS = (
@@ -356,7 +357,7 @@ def test_an_index_without_texts_and_files_of_the_old_schema(tmp_path, tiny_docs)
     con.close()
     entry.update(bytes=db.stat().st_size, sha256=sha256(db))
     entry.pop("texts", None)
-    (index.path / "manifest.json").write_text(json.dumps(m))
+    (index.path / "manifest.json").write_text(json.dumps(seal(m)))
     old = Index.open(index.path, verify=True)
     Q = tiny_docs[4][:3]
     assert old.search(Q, k=3, filter={"i": {"$lt": 10}}).ids.shape == (1, 3)
@@ -375,14 +376,14 @@ def test_texts_and_their_index_are_validated_at_open(texts_index):
     m = json.loads(path.read_text())
     entry = m["segments"][0]["files"]["metadata"]
     entry["texts"] = 78
-    path.write_text(json.dumps(m))
+    path.write_text(json.dumps(seal(m)))
     with pytest.raises(IndexFormatError, match="79 texts"):
         Index.open(index.path)
     del entry["texts"]
-    path.write_text(json.dumps(m))
+    path.write_text(json.dumps(seal(m)))
     with pytest.raises(IndexFormatError, match="has texts and full-text index, the manifest says otherwise"):
         Index.open(index.path)
     entry["texts"] = "many"
-    path.write_text(json.dumps(m))
+    path.write_text(json.dumps(seal(m)))
     with pytest.raises(IndexFormatError, match="invalid texts count"):
         Index.open(index.path)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from colbert_index import Index, IndexFormatError
+from colbert_index.storage.manifest import seal
 
 N_KILLS = 20
 
@@ -106,7 +107,7 @@ def test_damaged_metadata_is_caught_at_open(indexed, tmp_path):
     from colbert_index.storage.files import sha256
 
     m["segments"][0]["files"]["metadata"].update(bytes=db.stat().st_size, sha256=sha256(db))
-    (idx.path / "manifest.json").write_text(json.dumps(m))
+    (idx.path / "manifest.json").write_text(json.dumps(seal(m)))
     with pytest.raises(IndexFormatError, match="5 rows"):
         Index.open(idx.path)
 

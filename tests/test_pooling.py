@@ -15,6 +15,7 @@ from colbert_index.backend import get_backend
 from colbert_index.cli import main
 from colbert_index.metrics import recall_at
 from colbert_index.pooling import pool_tokens
+from colbert_index.storage.manifest import seal
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -109,7 +110,7 @@ def test_a_corrupted_pool_factor_is_a_format_error(tmp_path, tiny_docs):
     mpath = tmp_path / "i" / "manifest.json"
     m = json.loads(mpath.read_text())
     m["pool_factor"] = "two"
-    mpath.write_text(json.dumps(m))
+    mpath.write_text(json.dumps(seal(m)))
     with pytest.raises(IndexFormatError, match="pool_factor"):
         Index.open(tmp_path / "i")
 

@@ -9,6 +9,7 @@ on and raise :class:`~colbert_index.errors.IndexFormatError`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -24,6 +25,9 @@ FORMAT_NAME = "colbert_index"
 FORMAT_VERSION = 2
 READ_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
+# The manifest's own checksum: the sha256 of its canonical JSON without this field. A manifest edited or damaged
+# in a way that still parses (a field set to another valid value) is then refused instead of read.
+CHECKSUM_FIELD = "checksum"
 # Every file's sha256 is in the manifest; files up to this size are checked at every open,
 # larger ones (codes, residuals of big indexes) only with ``verify=True``.
 CHECKSUM_MAX_BYTES = 64 << 20
@@ -60,9 +64,19 @@ def file_entry(root: Path, relpath: str) -> dict:
     return entry
 
 
+def _digest(body: dict) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def seal(manifest: dict) -> dict:
+    """``manifest`` with its checksum field set (:data:`CHECKSUM_FIELD`)."""
+    body = {k: v for k, v in manifest.items() if k != CHECKSUM_FIELD}
+    return {**body, CHECKSUM_FIELD: _digest(body)}
+
+
 def write_manifest(directory: Path, manifest: dict) -> None:
     """Commit point: ``manifest.json`` replaced atomically (:func:`~colbert_index.storage.files.replace_json`)."""
-    replace_json(directory, MANIFEST, {**manifest, "format": FORMAT_NAME, "version": FORMAT_VERSION})
+    replace_json(directory, MANIFEST, seal({**manifest, "format": FORMAT_NAME, "version": FORMAT_VERSION}))
 
 
 def load_manifest(path: str | os.PathLike) -> dict:
@@ -84,6 +98,8 @@ def load_manifest(path: str | os.PathLike) -> dict:
             f"{mpath}: format version {manifest.get('version')!r}, this build reads versions "
             f"{', '.join(map(str, READ_VERSIONS))} (a newer colbert_index wrote it?)"
         )
+    if CHECKSUM_FIELD in manifest and seal(manifest)[CHECKSUM_FIELD] != manifest[CHECKSUM_FIELD]:
+        raise IndexFormatError(f"{mpath}: checksum mismatch (the manifest was edited or is damaged)")
     if manifest["version"] == 1:
         manifest = _upgrade_v1(manifest, mpath)
     return manifest

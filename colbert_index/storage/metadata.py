@@ -17,6 +17,7 @@ keep it open, so a snapshot keeps its metadata after a later commit removes the 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -115,6 +116,14 @@ def _batched(con: sqlite3.Connection, sql: str, rows: Iterable[tuple]) -> None:
     con.executemany(sql, batch)
 
 
+def parse(text: str, path: Path) -> dict:
+    """One document's metadata from its stored JSON text; a damaged text is an :class:`IndexFormatError`."""
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, TypeError) as e:
+        raise IndexFormatError(f"{path}: damaged metadata ({e})") from None
+
+
 def write_store(
     root: Path, seg_name: str, n_docs: int, meta: Iterable[str | None] | None, texts: Iterable[str | None] | None
 ) -> dict:
@@ -206,6 +215,16 @@ class MetadataStore:
     def close(self) -> None:
         self._con.close()
 
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        """The connection, under the store's lock; SQLite's errors of a damaged file as :class:`IndexFormatError`
+        (the SQL here is the engine's own, so an error means the file, not the query)."""
+        with self._lock:
+            try:
+                yield self._con
+            except sqlite3.DatabaseError as e:
+                raise IndexFormatError(f"{self.path}: unreadable ({e})") from None
+
     def clear_cache(self) -> None:
         """Forget the cached filter bitmaps (benchmarks time the SQL evaluation with it)."""
         with self._lock:
@@ -214,13 +233,11 @@ class MetadataStore:
     def matching(self, sql: str, params: tuple) -> np.ndarray:
         """bool ``[n_docs]``: documents whose metadata satisfies a compiled filter (:mod:`colbert_index.filters`)."""
         key = (sql, params)
-        with self._lock:
+        with self._reading() as con:
             if key in self._cache:
                 self._cache.move_to_end(key)
                 return self._cache[key]
-            slots = np.fromiter(
-                (r[0] for r in self._con.execute(f"SELECT slot FROM docs WHERE {sql}", params)), dtype=np.int64
-            )
+            slots = np.fromiter((r[0] for r in con.execute(f"SELECT slot FROM docs WHERE {sql}", params)), np.int64)
             mask = np.zeros(self.n_docs, dtype=bool)
             mask[slots] = True
             mask.flags.writeable = False
@@ -239,31 +256,27 @@ class MetadataStore:
         if slots is None:
             for lo in range(0, self.n_docs, _BATCH):
                 hi = min(lo + _BATCH, self.n_docs)
-                with self._lock:
+                with self._reading() as con:
                     got = dict(
-                        self._con.execute(
-                            f"SELECT slot, {column} FROM {table} WHERE slot >= ? AND slot < ?", (lo, hi)
-                        ).fetchall()
+                        con.execute(f"SELECT slot, {column} FROM {table} WHERE slot >= ? AND slot < ?", (lo, hi))
                     )
                 yield from (got.get(s) for s in range(lo, hi))
             return
         slots = [int(s) for s in slots]
         for lo in range(0, len(slots), 500):
             part = slots[lo : lo + 500]
-            with self._lock:
+            with self._reading() as con:
                 got = dict(
-                    self._con.execute(
-                        f"SELECT slot, {column} FROM {table} WHERE slot IN ({','.join('?' * len(part))})", part
-                    ).fetchall()
+                    con.execute(f"SELECT slot, {column} FROM {table} WHERE slot IN ({','.join('?' * len(part))})", part)
                 )
             yield from (got.get(s) for s in part)
 
     def count_matching(self, phrase: str) -> int:
         """Texts that match an FTS5 phrase (cached for short phrases: a segment never changes)."""
-        with self._lock:
+        with self._reading() as con:
             n = self._counts.get(phrase)
             if n is None:
-                n = self._con.execute("SELECT count(*) FROM fts WHERE fts MATCH ?", (phrase,)).fetchone()[0]
+                n = con.execute("SELECT count(*) FROM fts WHERE fts MATCH ?", (phrase,)).fetchone()[0]
                 if len(phrase) <= _CACHED_PHRASE_CHARS:
                     if len(self._counts) >= _CACHED_COUNTS:
                         self._counts.clear()

@@ -58,6 +58,7 @@ class DocIds:
     values: np.ndarray | None = None
     blob: bytes | None = None
     offsets: np.ndarray | None = None
+    source: str = ""  # the file of string ids, for errors
 
     def take(self, slots: np.ndarray) -> np.ndarray:
         """Ids of ``slots`` (same shape): int64, or an object array of str."""
@@ -67,8 +68,11 @@ class DocIds:
         if self.kind == "int":
             return self.values[slots]
         out = np.empty(slots.shape, dtype=object)
-        for idx, s in np.ndenumerate(slots):
-            out[idx] = self.blob[self.offsets[s] : self.offsets[s + 1]].decode("utf-8")
+        try:
+            for idx, s in np.ndenumerate(slots):
+                out[idx] = self.blob[self.offsets[s] : self.offsets[s + 1]].decode("utf-8")
+        except UnicodeDecodeError as e:  # a damaged file that was not checksummed at open (a large one)
+            raise IndexFormatError(f"{self.source}: a document id is not UTF-8 ({e})") from None
         return out
 
     def max(self) -> int | None:
@@ -390,7 +394,8 @@ def load_segment(
             raise IndexFormatError(
                 f"{root / files['doc_id_offsets']['path']}: offsets not monotone within doc_id_bytes"
             )
-        ids = DocIds("str", n_docs, blob=blob.tobytes(), offsets=id_offsets)
+        source = str(root / files["doc_id_bytes"]["path"])
+        ids = DocIds("str", n_docs, blob=blob.tobytes(), offsets=id_offsets, source=source)
     meta = meta_files.open_store(root, files.get("metadata"), n_docs, verify)
     ivf_offsets, ivf_docs = kernels.build_ivf(codes, offsets, codec.n_centroids)
     data = SegmentData(codec, codes, residuals, offsets, ivf_offsets, ivf_docs)

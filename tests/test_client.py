@@ -3,18 +3,14 @@ every method, results equal to the in-process ``Index.search``, and each error s
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
+
+from serving import free_port, serve, stop  # noqa: E402
 
 from colbert_index import Index, SearchParams, SearchResult  # noqa: E402
 from colbert_index.client import (  # noqa: E402
@@ -34,48 +30,6 @@ KEY = "client-test-key"
 N_DOCS, DIM = 200, 32
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _serve(index: Path, *options: str):
-    """Start ``colbert-index serve`` (as tests/test_server.py does) and wait until /health answers."""
-    port = _free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "colbert_index.cli",
-        "serve",
-        str(index),
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-    ]
-    proc = subprocess.Popen([*cmd, *options], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    base, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"server exited with {proc.returncode}: {proc.stdout.read()[-3000:]}")
-        try:
-            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                return proc, base
-        except httpx.TransportError:
-            time.sleep(0.1)
-    proc.kill()
-    pytest.fail("server did not start within 90 s")
-
-
-def _stop(proc) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-
-
 @pytest.fixture(scope="module")
 def corpus():
     return make_corpus(N_DOCS, dim=DIM, n_queries=6, q_len=12, seed=21)
@@ -88,10 +42,10 @@ def served(corpus, tmp_path_factory):
     path = tmp_path_factory.mktemp("client") / "index"
     meta = [{"lang": ["en", "de"][i % 2], "year": 2000 + i % 20} for i in range(N_DOCS)]
     Index.build(path, corpus.documents(), metadata=meta, progress=False)
-    proc, base = _serve(path, "--api-key", KEY, "--max-body-mb", "1", "--refresh-s", "0.1")
+    proc, base = serve(path, "--api-key", KEY, "--max-body-mb", "1", "--refresh-s", "0.1")
     with Client(base, api_key=KEY, timeout=60) as client:
         yield client, base, path
-    _stop(proc)
+    stop(proc)
 
 
 def _same(res: SearchResult, want: SearchResult) -> None:
@@ -271,7 +225,7 @@ def test_short_rows_are_padded_as_index_search_pads_them():
 
 
 def test_unreachable_server():
-    url = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     with Client(url, timeout=5) as client:
         with pytest.raises(ServerUnreachableError, match="cannot reach the colbert_index server at") as e:
             client.health()
@@ -292,7 +246,7 @@ def test_text_queries_and_documents(tmp_path):
     texts, _ = topic_texts()
     ids = [f"p{i}" for i in range(30)]
     Index.build(tmp_path / "index", enc.encode_documents(texts[:30]), doc_ids=ids, progress=False)
-    proc, base = _serve(tmp_path / "index", "--model", str(model))
+    proc, base = serve(tmp_path / "index", "--model", str(model))
     try:
         with Client(base) as client:  # a server without a key
             idx = Index.open(tmp_path / "index")
@@ -307,4 +261,4 @@ def test_text_queries_and_documents(tmp_path):
             with pytest.raises(ValidationError, match="string ids"):
                 client.add(texts=[texts[42]])
     finally:
-        _stop(proc)
+        stop(proc)

@@ -25,7 +25,6 @@ import os
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -502,12 +501,6 @@ def test_readme_command_line_block_runs(tmp_path, checkpoints):
         pytest.fail(f"{where}: `{text}` failed\n--- stderr (end) ---\n{proc.stderr[-3000:]}")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _curl(argv: list[str], port: int) -> tuple[str, str, dict, str | None]:
     """``(method, url, headers, body)`` of a curl command line, pointed at ``port``."""
     url, headers, body, method, i = None, {}, None, None, 1
@@ -544,7 +537,9 @@ def test_readme_server_block_runs(python_runs):
     curls = [(line, argv) for line, _, argv in commands if argv and argv[0] == "curl"]
     assert len(serve) == 1 and curls, "README.md: the server block needs one `colbert-index serve` and a curl"
     line, env, argv = serve[0]
-    port = _free_port()
+    from serving import free_port
+
+    port = free_port()
     argv = list(argv)
     if "--port" in argv:
         argv[argv.index("--port") + 1] = str(port)

@@ -3,12 +3,8 @@ every endpoint, with and without an API key, bad input, concurrent reads and wri
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +13,8 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
+from serving import serve, stop  # noqa: E402
+
 from colbert_index import Index, SearchParams  # noqa: E402
 from colbert_index import server as server_module  # noqa: E402
 from colbert_index.datasets.synthetic import make_corpus  # noqa: E402
@@ -24,48 +22,6 @@ from colbert_index.datasets.synthetic import make_corpus  # noqa: E402
 KEY = "s3cret-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 N_DOCS = 300
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _serve(index: Path, *options: str):
-    """Start ``colbert-index serve`` and wait until /health answers; returns (process, base url)."""
-    port = _free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "colbert_index.cli",
-        "serve",
-        str(index),
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-    ]
-    proc = subprocess.Popen([*cmd, *options], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    base, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"server exited with {proc.returncode}: {proc.stdout.read()[-3000:]}")
-        try:
-            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                return proc, base
-        except httpx.TransportError:
-            time.sleep(0.1)
-    proc.kill()
-    pytest.fail("server did not start within 90 s")
-
-
-def _stop(proc) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
 
 
 @pytest.fixture(scope="module")
@@ -81,11 +37,11 @@ def server(corpus, tmp_path_factory):
     meta = [{"lang": ["en", "de"][i % 2], "year": 2000 + i % 30} for i in range(N_DOCS)]
     texts = [_text(i) for i in range(N_DOCS)]
     Index.build(path, corpus.documents(), metadata=meta, texts=texts, progress=False)
-    proc, base = _serve(path, "--api-key", KEY, "--max-body-mb", "1", "--refresh-s", "0.1")
+    proc, base = serve(path, "--api-key", KEY, "--max-body-mb", "1", "--refresh-s", "0.1")
     client = httpx.Client(base_url=base, headers=AUTH, timeout=60)
     yield client, path
     client.close()
-    _stop(proc)
+    stop(proc)
 
 
 def _text(i: int) -> str:
@@ -369,11 +325,11 @@ def text_server(tmp_path_factory):
     docs, _ = topic_texts()
     ids = [f"p{i}" for i in range(40)]
     Index.build(tmp / "index", enc.encode_documents(docs[:40]), doc_ids=ids, metadata=[{"i": i} for i in range(40)])
-    proc, base = _serve(tmp / "index", "--model", str(model))
+    proc, base = serve(tmp / "index", "--model", str(model))
     client = httpx.Client(base_url=base, timeout=60)
     yield client, enc, tmp / "index", docs, model
     client.close()
-    _stop(proc)
+    stop(proc)
 
 
 def test_text_search_and_text_documents_without_a_key(text_server):

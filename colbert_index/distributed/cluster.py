@@ -101,8 +101,9 @@ class ShardedIndex:
     least as many candidates as a single index with the same parameters would rerank.
     """
 
-    def __init__(self, root: Path, manifest: dict, actors: list, retries: int) -> None:
-        self.root, self.manifest, self.actors, self._retries = root, manifest, actors, retries
+    def __init__(self, root: Path, manifest: dict, actors: list, retries: int, restart_timeout_s: float) -> None:
+        self.root, self.manifest, self.actors = root, manifest, actors
+        self._retries, self._restart_timeout_s = retries, restart_timeout_s
 
     @classmethod
     def open(
@@ -113,6 +114,7 @@ class ShardedIndex:
         cpus_per_shard: float = 0,
         max_restarts: int = -1,
         retries: int = 6,
+        restart_timeout_s: float = 120.0,
         backend: str = "auto",
     ) -> ShardedIndex:
         """Start one actor per shard of the sharded index at ``path`` (on the connected Ray cluster).
@@ -120,8 +122,9 @@ class ShardedIndex:
         threads_per_shard: Numba/BLAS threads in each actor. cpus_per_shard: CPUs Ray reserves for each actor
         (0: none, so any number of shards fit a small machine; on a cluster set it to ``threads_per_shard``).
         max_restarts: how often Ray restarts a crashed actor (-1: always); a restarted actor reopens its
-        shard. retries: how often a read (search, info) is resent to an actor that died meanwhile, after
-        0.25, 0.5, 1, 2, 4, 4... s (a restart reopens the shard: seconds on a loaded machine).
+        shard. A read (search, info) sent to an actor that died meanwhile is resent after 0.25, 0.5, 1, 2, 4, 4... s,
+        at least ``retries`` times and for at least ``restart_timeout_s`` seconds (a restart starts a process and
+        reopens the shard: seconds, or a minute on a loaded machine), then fails naming the shard.
         A shard whose node is recorded in the manifest gets its actor on that node.
         """
         ray = _ray.require_ray()
@@ -144,7 +147,7 @@ class ShardedIndex:
                     runtime_env=_ray.thread_env(threads_per_shard),
                 ).remote(int(e["shard"]), str(d), backend)
             )
-        index = cls(root, manifest, actors, retries)
+        index = cls(root, manifest, actors, retries, restart_timeout_s)
         for info in index.info():
             want = (manifest["dim"], manifest["nbits"], manifest["id_type"])
             got = (info["dim"], info["nbits"], info["id_type"])
@@ -159,8 +162,8 @@ class ShardedIndex:
         return len(self.actors)
 
     def _read(self, call: Callable[[object], object], shards: Sequence[int] | None = None) -> list:
-        """``call(actor)`` on each shard, in parallel; resent (``retries`` times) to an actor that died and is
-        being restarted."""
+        """``call(actor)`` on each shard, in parallel; resent to an actor that died and is being restarted (see
+        :meth:`open`)."""
         ray = _ray.require_ray()
         from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
@@ -168,16 +171,19 @@ class ShardedIndex:
         refs = {s: call(self.actors[s]) for s in shards}
         out = {}
         for s in shards:
-            for attempt in range(self._retries + 1):
+            attempt, failed_at = 0, None
+            while True:
                 try:
                     out[s] = ray.get(refs[s])
                     break
                 except (ActorDiedError, ActorUnavailableError, RayActorError) as e:
-                    if attempt == self._retries:
+                    failed_at = time.monotonic() if failed_at is None else failed_at
+                    if attempt >= self._retries and time.monotonic() - failed_at >= self._restart_timeout_s:
                         raise RuntimeError(
                             f"shard {s} ({self.manifest['shards'][s]['path']}) is unavailable: {e}"
                         ) from e
                     time.sleep(min(0.25 * 2**attempt, 4.0))
+                    attempt += 1
                     refs[s] = call(self.actors[s])
         return [out[s] for s in shards]
 

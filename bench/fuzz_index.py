@@ -1,7 +1,8 @@
 """Index-file fuzzing: random corruptions of a small index, each opened and searched in a forked process.
 
-The index has several segments, string ids, metadata, tombstones and an extended codebook (a build, an add of
-documents from new topics, an upsert, deletes). Each case copies it, applies one corruption (byte flips anywhere,
+The index has several segments, string ids, metadata, tombstones, an extended codebook and the documents' float16
+vectors (``keep_originals``, searched by the full-precision rerank): a build, an add of documents from new topics, an
+upsert, deletes. Each case copies it, applies one corruption (byte flips anywhere,
 a truncation, appended bytes, a zeroed range, a deleted file, two files swapped, an edit of one manifest field),
 then a forked child opens the copy and runs a fixed probe: searches (with and without a metadata filter),
 ``search_exact``, metadata reads, the live ids.
@@ -44,7 +45,8 @@ KINDS = ("flip", "flip_many", "truncate", "append", "zero_range", "delete", "swa
 
 
 def build(path: Path) -> None:
-    """The fuzzed index: three segments (one from new topics, so the codebook is extended), tombstones."""
+    """The fuzzed index: three segments (one from new topics, so the codebook is extended), tombstones, the vectors
+    kept."""
     from colbert_index import Index
 
     rng = np.random.default_rng(0)
@@ -57,7 +59,8 @@ def build(path: Path) -> None:
         return out
 
     meta = [{"lang": "en" if i % 3 else "de", "year": 2000 + i % 20} for i in range(160)]
-    index = Index.build(path, docs(160), doc_ids=[f"d{i}" for i in range(160)], metadata=meta, progress=False)
+    ids = [f"d{i}" for i in range(160)]
+    index = Index.build(path, docs(160), doc_ids=ids, metadata=meta, progress=False, keep_originals=True)
     index.add(docs(40, shift=2.0), doc_ids=[f"n{i}" for i in range(40)], metadata=meta[:40], progress=False)
     index.upsert(docs(10), doc_ids=[f"d{i}" for i in range(10)], progress=False)
     index.delete([f"d{i}" for i in range(20, 35)] + ["n3", "n4"])
@@ -65,7 +68,7 @@ def build(path: Path) -> None:
 
 def probe(path: Path) -> dict:
     """What the fuzzer compares: results of a fixed set of reads of the index at ``path``."""
-    from colbert_index import Index
+    from colbert_index import Index, SearchParams
 
     rng = np.random.default_rng(1)
     queries = [rng.standard_normal((n, DIM)).astype(np.float32) for n in (4, 9, 16)]
@@ -73,11 +76,13 @@ def probe(path: Path) -> dict:
         res = index.search(queries, k=10)
         filtered = index.search(queries[0], k=5, filter={"lang": "de", "year": {"$gte": 2005}})
         exact = index.search_exact(queries[1], k=5)
+        decompressed = index.search(queries[2], k=5, params=SearchParams(rerank=0))
         ids = sorted(index.doc_ids().tolist())
         return {
             "search": [res.ids.tolist(), np.round(res.scores, 4).tolist()],
             "filtered": [filtered.ids.tolist(), np.round(filtered.scores, 4).tolist()],
             "exact": [exact.ids.tolist(), np.round(exact.scores, 4).tolist()],
+            "decompressed": [decompressed.ids.tolist(), np.round(decompressed.scores, 4).tolist()],
             "ids": ids,
             "metadata": index.metadata(ids[:: max(1, len(ids) // 12)], missing_ok=True),
             "n_docs": len(index),

@@ -67,7 +67,15 @@ def _checked(name: str) -> dict:
 
 def _numba_kernels() -> dict:
     try:
-        from colbert_index.kernels import numba_codec, numba_ivf, numba_pool, numba_scoring, numba_select, numba_vnni
+        from colbert_index.kernels import (
+            numba_codec,
+            numba_ivf,
+            numba_originals,
+            numba_pool,
+            numba_scoring,
+            numba_select,
+            numba_vnni,
+        )
     except ImportError as e:  # pragma: no cover - numba is a hard dependency
         raise ImportError(f"backend 'numba' needs numba: pip install numba ({e})") from e
     return {
@@ -86,6 +94,8 @@ def _numba_kernels() -> dict:
         "refined_interaction_scores": numba_scoring.refined_interaction_scores,
         "refined_interaction_from": numba_scoring.refined_interaction_from,
         "exact_maxsim": numba_scoring.exact_maxsim,
+        "exact_maxsim_originals": numba_originals.exact_maxsim_originals,
+        "read_rows": numba_originals.read_rows,
         "segment_max_sums": numba_scoring.segment_max_sums,
         "build_ivf": numba_ivf.build_ivf,
         "top_k": numba_select.top_k,

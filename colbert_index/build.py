@@ -1,7 +1,7 @@
 """What :meth:`colbert_index.Index.build` does: stream the documents to a float16 spill file, train the codec
-on a sample of it (faiss k-means, or torch on a GPU), compress every token into the first segment and commit
-the first manifest, all inside a staging directory that replaces ``path`` only when the whole build succeeds
-(docs/format.md)."""
+on a sample of it (faiss k-means, or torch on a GPU), compress every token into the first segment (which keeps the
+spill as its ``originals.npy`` with ``keep_originals``) and commit the first manifest, all inside a staging
+directory that replaces ``path`` only when the whole build succeeds (docs/format.md)."""
 
 from __future__ import annotations
 
@@ -62,6 +62,12 @@ def _given_codec(codec: ResidualCodec, spill, nbits: int, n_centroids: int | Non
     return codec.n_centroids, drift_stats.outlier_norm(codec, heldout)
 
 
+def check_keep_originals(keep_originals) -> bool:
+    if not isinstance(keep_originals, (bool, np.bool_)):
+        raise TypeError(f"keep_originals must be True or False, got {keep_originals!r}")
+    return bool(keep_originals)
+
+
 def check_k_centroids(K: int, n_tokens: int) -> int:
     if not 1 <= K <= n_tokens:
         raise ValueError(f"n_centroids must be in [1, n_tokens={n_tokens}], got {K}")
@@ -92,11 +98,13 @@ def build_index(
     device: str,
     pool_factor: int = 1,
     texts: list[str | None] | None = None,
+    keep_originals: bool = False,
 ) -> str:
     """Build an index at ``path`` (the arguments of :meth:`colbert_index.Index.build`). Returns the kernel
     backend to open it with."""
     if nbits not in (2, 4):
         raise ValueError(f"nbits must be 2 or 4, got {nbits!r}")
+    keep_originals = check_keep_originals(keep_originals)
     pool_factor = check_pool_factor(pool_factor)
     on_device = build_device(device, backend)
     if on_device is not None:
@@ -134,7 +142,7 @@ def build_index(
             compress, spill.block_tokens = DeviceCompressor(codec, on_device), DEVICE_BLOCK_TOKENS
         segment = seg_files.write_segment(
             tmp, 0, spill, doclens, 0 if ids is None else ids, codec, kernels, show_progress(progress), meta, compress,
-            texts=txt,
+            texts=txt, keep_originals=keep_originals,
         )  # fmt: skip
         segment["pool_factor"] = pool_factor
         if isinstance(ids, list):
@@ -158,6 +166,7 @@ def build_index(
                 "codebook": codebook,
                 "outlier_norm": outlier_norm,
                 "pool_factor": pool_factor,
+                "keep_originals": keep_originals,
                 "segments": [segment],
                 "build": {
                     "seed": seed,

@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from colbert_index.search import SearchParams, staged_search
+from colbert_index.search import SearchParams, final_scores, staged_search
 from colbert_index.snapshot import Snapshot, as_id_list
 from colbert_index.storage import metadata as meta_files
 
@@ -202,13 +202,15 @@ def allowed(snap: Snapshot, filter: dict | list) -> list[np.ndarray]:
 class FilterPlan:
     """How one filtered search call runs: either ``slots``, the allowed live documents' slots (int32) per
     segment, all scored exactly; or ``excluded`` (bool ``[n_docs]`` per segment: deleted or not allowed) and
-    ``params``, the staged search's parameters widened for the filter's selectivity."""
+    ``params``, the staged search's parameters widened for the filter's selectivity. ``originals``: exact scores
+    on the stored vectors where segments keep them (``SearchParams.rerank`` is not 0)."""
 
     excluded: list[np.ndarray] | None
     slots: list[np.ndarray] | None
     params: SearchParams | None
     n_allowed: int
     selectivity: float
+    originals: bool = True
 
 
 def plan(allowed: list[np.ndarray], doclens: list[np.ndarray], n_live: int, params: SearchParams) -> FilterPlan:
@@ -222,24 +224,22 @@ def plan(allowed: list[np.ndarray], doclens: list[np.ndarray], n_live: int, para
     tokens = sum(int(d[a].sum(dtype=np.int64)) for a, d in zip(allowed, doclens))
     if tokens <= EXACT_MAX_TOKENS or not n_allowed:
         slots = [np.flatnonzero(a).astype(np.int32) for a in allowed]
-        return FilterPlan(None, slots, None, n_allowed, selectivity)
+        return FilterPlan(None, slots, None, n_allowed, selectivity, params.uses_originals)
     widen = min(MAX_NPROBE_WIDENING, math.ceil(1.0 / selectivity))
     excluded = [~a for a in allowed]
     return FilterPlan(excluded, None, replace(params, nprobe=int(params.nprobe) * widen), n_allowed, selectivity)
 
 
-def exact_subset(Q: np.ndarray, k: int, datas: list, slots: list[np.ndarray], backend) -> tuple[np.ndarray, np.ndarray]:
-    """Exact MaxSim (decompressed residuals, the stage-4 kernel) of one query over the given slots of each
-    segment; returns the top-``k`` ``(scores, global positions)``."""
+def exact_subset(
+    Q: np.ndarray, k: int, datas: list, slots: list[np.ndarray], backend, originals: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact MaxSim (the last stage's kernels: the stored vectors where a segment keeps them and ``originals``, else
+    decompressed residuals) of one query over the given slots of each segment; returns the top-``k`` ``(scores,
+    global positions)``."""
     scores, positions, base = [], [], 0
     for d, s in zip(datas, slots):
         if len(s):
-            codec = d.codec
-            scores.append(
-                backend.exact_maxsim(
-                    Q, d.codes, d.residuals, d.offsets, s, codec.centroids, codec.table, codec.normalize
-                )
-            )
+            scores.append(final_scores(Q, d, s, backend, originals))
             positions.append(s.astype(np.int64) + base)
         base += d.n_docs
     if not scores:
@@ -250,5 +250,5 @@ def exact_subset(Q: np.ndarray, k: int, datas: list, slots: list[np.ndarray], ba
 def search_filtered(Q: np.ndarray, k: int, how: FilterPlan, datas: list, backend) -> tuple[np.ndarray, np.ndarray]:
     """One query of a filtered search, as :func:`plan` decided."""
     if how.slots is not None:
-        return exact_subset(Q, k, datas, how.slots, backend)
+        return exact_subset(Q, k, datas, how.slots, backend, how.originals)
     return staged_search(Q, k, how.params, datas, backend, deleted=how.excluded)

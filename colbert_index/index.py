@@ -12,14 +12,14 @@ from pathlib import Path
 import numba
 import numpy as np
 
-from colbert_index import filters, hybrid, writer
+from colbert_index import exact, filters, hybrid, writer
 from colbert_index.backend import get_backend, one_blas_thread
 from colbert_index.build import build_index
 from colbert_index.codec import ResidualCodec
 from colbert_index.errors import IndexFormatError
 from colbert_index.gpu.device import resolve as resolve_device
 from colbert_index.inputs import normalize_queries
-from colbert_index.search import SearchParams, SearchResult, brute_force, check_k, staged_search
+from colbert_index.search import SearchParams, SearchResult, check_k, staged_search
 from colbert_index.snapshot import Snapshot, as_id_list, read_snapshot
 from colbert_index.storage.manifest import MANIFEST
 from colbert_index.writer import CommitInfo
@@ -63,6 +63,7 @@ class Index:
         device: str = "cpu",
         pool_factor: int = 1,
         texts: list[str | None] | None = None,
+        keep_originals: bool = False,
     ) -> Index:
         """Build an index at ``path`` and return it opened (on the CPU).
 
@@ -90,13 +91,16 @@ class Index:
             texts: one string (or ``None``) per document, stored with a full-text index for lexical and hybrid
                 search (``search(..., text_query=...)``, :mod:`colbert_index.hybrid`) and :meth:`texts`. Like
                 ``doc_ids`` and ``metadata``, read after the documents (a generator of batches may fill it).
+            keep_originals: also store every token's vector as float16 (``dim * 2`` bytes a token more), which the
+                search's last stage then scores exactly: the full-precision rerank (``SearchParams.rerank``). Later
+                adds follow this choice.
 
         Nothing appears at ``path`` unless the whole build succeeds.
         """
         path = Path(path)
         backend = build_index(
             path, doc_embeddings, doc_ids, nbits, n_centroids, kmeans_iters, seed, doc_lengths, overwrite, progress,
-            backend, metadata, codec, device, pool_factor, texts,
+            backend, metadata, codec, device, pool_factor, texts, keep_originals,
         )  # fmt: skip
         return cls.open(path, backend=backend)
 
@@ -222,7 +226,7 @@ class Index:
 
     def segment_info(self) -> list[dict]:
         """Per segment: id, stored docs, deleted docs, stored tokens, drift (see :class:`CommitInfo`), the pool factor
-        its tokens were pooled by."""
+        its tokens were pooled by, whether it keeps the vectors (``keep_originals``)."""
         return [
             {
                 "id": s.id,
@@ -231,6 +235,7 @@ class Index:
                 "n_tokens": len(s.data.codes),
                 "drift": (s.entry.get("drift") or {}).get("outside"),
                 "pool_factor": s.entry.get("pool_factor", 1),
+                "originals": s.data.originals is not None,
             }
             for s in self._s.segments
         ]
@@ -392,33 +397,14 @@ class Index:
         with one_blas_thread(), ThreadPoolExecutor(n_workers) as pool:
             return list(pool.map(one, queries))
 
-    def search_exact(self, Q, k: int = 10, query_lengths=None, filter: dict | list | None = None) -> SearchResult:
-        """Brute-force MaxSim over every decompressed live document (the ground truth of :meth:`search`);
-        with ``filter`` (as :meth:`search` takes it), over the documents it allows."""
-        k = check_k(k)
-        snap = self._s
-        queries = normalize_queries(Q, snap.codec.dim, query_lengths)
-        if filter is not None:
-            slots = [np.flatnonzero(a).astype(np.int32) for a in filters.allowed(snap, filter)]
-            datas = [s.data for s in snap.segments]
-            return snap.result([filters.exact_subset(q, k, datas, slots, self.backend) for q in queries])
-        best = [(np.zeros(0, np.float32), np.zeros(0, np.int64)) for _ in queries]
-        for seg, base in zip(snap.segments, snap.bases):
-            data = seg.data
-
-            def chunk(lo: int, hi: int, data=data) -> np.ndarray:
-                return data.codec.decompress(data.codes[lo:hi], data.residuals[lo:hi], self.backend)
-
-            # the top k + (deleted) of the segment holds its top k live documents
-            found = brute_force(queries, data.offsets, chunk, k + seg.n_deleted, self.backend)
-            for i, (scores, slots) in enumerate(found):
-                if seg.deleted is not None:
-                    keep = ~seg.deleted[slots]
-                    scores, slots = scores[keep][:k], slots[keep][:k]
-                best[i] = self.backend.top_k(
-                    np.concatenate([best[i][0], scores]), np.concatenate([best[i][1], slots + base]), k
-                )
-        return snap.result(best)
+    def search_exact(
+        self, Q, k: int = 10, query_lengths=None, filter: dict | list | None = None, *, originals: bool | None = None
+    ) -> SearchResult:
+        """Brute-force MaxSim over every live document (the ground truth of :meth:`search`); with ``filter`` (as
+        :meth:`search` takes it), over the documents it allows. On the stored float16 vectors where the index keeps
+        them, as the search's last stage scores (``originals=None``); ``originals=False``: on decompressed tokens."""
+        queries = normalize_queries(Q, self._s.codec.dim, query_lengths)
+        return self._s.result(exact.search_exact(self._s, queries, check_k(k), self.backend, filter, originals))
 
     # ------------------------------------------------------------------ writes (colbert_index.writer)
     def add(
@@ -432,6 +418,7 @@ class Index:
         metadata: list[dict | None] | None = None,
         pool_factor: int | None = None,
         texts: list[str | None] | None = None,
+        keep_originals: bool | None = None,
     ) -> CommitInfo:
         """Encode new documents with the index's codebook into a new segment and commit it.
 
@@ -442,9 +429,10 @@ class Index:
         segments are unaffected; see :mod:`colbert_index.drift`). Searches of this object see the documents
         on return; other readers after :meth:`refresh`. The returned :class:`CommitInfo` reports the drift.
         ``metadata``, ``texts``: one JSON-able dict, one string (or ``None``) per document, committed with them;
-        ``pool_factor``: token pooling of the new documents (``None``: the index's); see :meth:`build`.
+        ``pool_factor``: token pooling of the new documents (``None``: the index's); ``keep_originals``: the
+        index's choice at build (``None``), any other raises ``ValueError``; see :meth:`build`.
         """
-        args = (doc_embeddings, doc_ids, doc_lengths, progress, expand, metadata, pool_factor, texts)
+        args = (doc_embeddings, doc_ids, doc_lengths, progress, expand, metadata, pool_factor, texts, keep_originals)
         return writer.add(self, "add", *args)
 
     def upsert(
@@ -458,10 +446,11 @@ class Index:
         metadata: list[dict | None] | None = None,
         pool_factor: int | None = None,
         texts: list[str | None] | None = None,
+        keep_originals: bool | None = None,
     ) -> CommitInfo:
         """Add documents, replacing the live documents with the same ids: delete + add in one commit. The
         replaced documents' metadata and texts go with them; the new ones have ``metadata`` and ``texts``."""
-        args = (doc_embeddings, doc_ids, doc_lengths, progress, expand, metadata, pool_factor, texts)
+        args = (doc_embeddings, doc_ids, doc_lengths, progress, expand, metadata, pool_factor, texts, keep_originals)
         return writer.add(self, "upsert", *args)
 
     def delete(self, doc_ids=None, *, missing_ok: bool = False, filter: dict | None = None) -> CommitInfo:
@@ -482,11 +471,11 @@ class Index:
     ) -> CommitInfo:
         """Merge all segments into one without the deleted documents (the IVF is rebuilt at open) and commit.
 
-        Codes and residuals are copied as they are, so search results do not change. ``retrain=True``
+        Codes, residuals and kept vectors are copied as they are, so search results do not change. ``retrain=True``
         re-runs k-means and the bucket tables on the live documents (``n_centroids`` defaults to the
-        build rule for their token count) and re-encodes every token with the new codebook. The index
-        keeps no raw embeddings, so it learns from the decompressed tokens: a second quantisation of
-        data already quantised (a rebuild from the raw embeddings is better when they are at hand).
+        build rule for their token count) and re-encodes every token with the new codebook. It learns from the
+        kept vectors (``keep_originals``), else from the decompressed tokens: a second quantisation of data
+        already quantised (a rebuild from the raw embeddings is better when they are at hand).
         Nothing is committed when there is one segment, nothing deleted and no ``retrain``.
         """
         return writer.compact(

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from colbert_index.storage.originals import HEADER_BYTES, RowWriter
+
 
 def show_progress(enabled: bool | None) -> bool:
     """Whether to draw progress bars: as asked, or (``None``) when stderr is a terminal."""
@@ -82,7 +84,8 @@ def check_document(doc, i: int, dim: int | None) -> np.ndarray:
 
 
 class Spill:
-    """Tokens spilled to a raw float16 file ``[n_tokens, dim]``, read back in sequential blocks.
+    """Tokens spilled to a float16 ``.npy`` file ``[n_tokens, dim]`` (:class:`.storage.originals.RowWriter`), read
+    back in sequential blocks. A segment written with ``keep_originals`` keeps it as its ``originals.npy``.
 
     Plain reads rather than a memory map: mapped pages would count towards the build's resident memory.
     """
@@ -94,6 +97,7 @@ class Spill:
         """``(first row, block)`` over the whole file, in order, as ``dtype`` (float16: as stored)."""
         n, dim = self.shape
         with open(self.path, "rb") as f:
+            f.seek(HEADER_BYTES)
             for lo in range(0, n, self.block_tokens):
                 count = min(self.block_tokens, n - lo) * dim
                 yield lo, np.fromfile(f, dtype=np.float16, count=count).reshape(-1, dim).astype(dtype, copy=False)
@@ -116,8 +120,8 @@ def spill_documents(doc_embeddings, doc_lengths, spill_path: Path, progress: boo
     generator of any length can be indexed.
     """
     lengths = array("q")
-    dim = None
-    with open(spill_path, "wb") as f:
+    dim, out = None, None
+    try:
         docs = iter_documents(doc_embeddings, doc_lengths)
         for i, doc in enumerate(tqdm(docs, desc="read", unit="doc", disable=not progress)):
             a = check_document(doc, i, dim)
@@ -126,8 +130,12 @@ def spill_documents(doc_embeddings, doc_lengths, spill_path: Path, progress: boo
                 a = transform(a)
             if a.dtype != np.float16 and np.abs(a).max() > np.finfo(np.float16).max:
                 raise ValueError(f"document {i}: values beyond the float16 range (|x| > 65504)")
-            f.write(np.ascontiguousarray(a, dtype=np.float16))
+            out = RowWriter(spill_path, dim) if out is None else out
+            out.write(a)
             lengths.append(len(a))
+    finally:
+        if out is not None:
+            out.close()
     if not lengths:
         raise ValueError("empty corpus: doc_embeddings holds no documents")
     doclens = np.frombuffer(lengths, dtype=np.int64).copy()

@@ -1,4 +1,5 @@
-"""Search: the four PLAID stages over a compressed index, and brute-force exact MaxSim."""
+"""Search: the four PLAID stages over a compressed index (the last on the stored float16 vectors when the index
+keeps them), and brute-force exact MaxSim."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+
+from colbert_index.errors import IndexFormatError
 
 # PLAID's defaults by k: (max k, nprobe, centroid_score_threshold, ndocs)
 _DEFAULTS = ((10, 1, 0.5, 256), (100, 2, 0.45, 1024))
@@ -39,6 +42,10 @@ class SearchParams:
     bound_cells: with ``nbound``, centroids per query token whose lists the bound reads (at least
         ``nprobe``): exact where a document's best centroid for a token is among them, the next
         centroid's score otherwise.
+    rerank: on an index that keeps its documents' vectors (``keep_originals=True``), the candidates stage 3
+        passes to the full-precision rerank, exact MaxSim on those float16 vectors, which takes stage 4's place.
+        Unset, :meth:`default_rerank`; 0 turns the rerank off (stage 4 on decompressed tokens, as on an index
+        without the vectors, which ignores this field).
     """
 
     nprobe: int | None = None
@@ -46,6 +53,7 @@ class SearchParams:
     ndocs: int | None = None
     nbound: int | None = None
     bound_cells: int = 16
+    rerank: int | None = None
 
     @staticmethod
     def defaults(k: int) -> SearchParams:
@@ -87,6 +95,22 @@ class SearchParams:
         """
         return max(2 * k, ndocs // 16)
 
+    @staticmethod
+    def default_rerank(k: int, ndocs: int) -> int:
+        """Candidates that reach the full-precision rerank when ``rerank`` is unset: :meth:`n_exact`'s, as many as
+        stage 4 scores without the vectors, so that the rerank costs what stage 4 costs (reading a candidate's
+        float16 rows and scoring them takes about as long as decompressing and scoring its codes).
+
+        More find little more: on the real-text corpus, the raw top 10 that stage 2's ``ndocs`` candidates hold are
+        all but a few thousandths among stage 3's best ``ndocs // 16`` (bench/RESULTS.md). Widen ``ndocs`` to come
+        closer to raw exact MaxSim (docs/search.md)."""
+        return SearchParams.n_exact(k, ndocs)
+
+    @property
+    def uses_originals(self) -> bool:
+        """Whether the last stage scores stored vectors where a segment keeps them (``rerank`` is not 0)."""
+        return self.rerank != 0
+
     def resolved(self, k: int, n_docs: int = 0) -> SearchParams:
         """A copy with ``nprobe`` (:meth:`default_nprobe` for an index of ``n_docs`` documents) and the threshold
         filled from :meth:`defaults` (never mutates ``self``).
@@ -101,6 +125,7 @@ class SearchParams:
             self.ndocs,
             self.nbound,
             self.bound_cells,
+            self.rerank,
         )
         if int(p.nprobe) < 1:
             raise ValueError(f"nprobe must be >= 1, got {p.nprobe}")
@@ -109,6 +134,8 @@ class SearchParams:
         for name in ("ndocs", "nbound"):
             if getattr(p, name) is not None and int(getattr(p, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(p, name)}")
+        if p.rerank is not None and int(p.rerank) < 0:
+            raise ValueError(f"rerank must be >= 0 (0: off), got {p.rerank}")
         if not np.isfinite(p.centroid_score_threshold):
             raise ValueError(f"centroid_score_threshold must be finite, got {p.centroid_score_threshold}")
         return p
@@ -180,7 +207,8 @@ def staged_search(
             break
         nprobe *= 2
     ndocs = params.ndocs if params.ndocs is not None else SearchParams.default_ndocs(k, int(bases[-1]))
-    n_exact = SearchParams.n_exact(k, ndocs)
+    originals = params.uses_originals and any(d.originals is not None for d in segs)
+    n_exact = n_final(k, ndocs, params, originals)
     ndocs = max(ndocs, k)
     nbound = None if bounds is None else max(params.nbound, ndocs)
     if nbound is not None and sum(map(len, cands)) > nbound:  # the best by the bound (sorted: memory order)
@@ -198,9 +226,31 @@ def staged_search(
             for d, c in zip(segs, cands)
         ]
         cands = _best_across(backend, approx, cands, bases, n_exact)
-    tables = (codec.centroids, codec.table, codec.normalize)
-    scores = [backend.exact_maxsim(Q, d.codes, d.residuals, d.offsets, c, *tables) for d, c in zip(segs, cands)]
+    scores = [final_scores(Q, d, c, backend, originals) for d, c in zip(segs, cands)]
     return backend.top_k(np.concatenate(scores), np.concatenate([c + b for c, b in zip(cands, bases)]), k)  # stage 4
+
+
+def n_final(k: int, ndocs: int, params: SearchParams, originals: bool) -> int:
+    """Candidates stage 3 keeps for the last stage: :meth:`SearchParams.n_exact`, or with the full-precision rerank
+    (``originals``) ``rerank`` (:meth:`SearchParams.default_rerank` when unset), at least ``k``."""
+    if not originals:
+        return SearchParams.n_exact(k, ndocs)
+    return max(k, SearchParams.default_rerank(k, ndocs) if params.rerank is None else int(params.rerank))
+
+
+def final_scores(Q: np.ndarray, data, candidates: np.ndarray, backend, originals: bool) -> np.ndarray:
+    """The last stage's scores of one segment's candidates: exact MaxSim on their stored float16 vectors (read from
+    the file, their rows only) when ``originals`` and the segment keeps them, else on their decompressed tokens."""
+    kept = data.originals if originals else None
+    if kept is None:
+        codec = data.codec
+        tables = (codec.centroids, codec.table, codec.normalize)
+        return backend.exact_maxsim(Q, data.codes, data.residuals, data.offsets, candidates, *tables)
+    rows, local = kept.gather(data.offsets, candidates, backend)
+    scores = backend.exact_maxsim_originals(Q, rows, local, np.arange(len(candidates)))
+    if not np.isfinite(scores).all():  # a damaged file too large to be checksummed at open
+        raise IndexFormatError(f"{kept.path}: non-finite values in the rows of a document")
+    return scores
 
 
 def score_bound(codec, Q: np.ndarray) -> np.ndarray:

@@ -78,6 +78,7 @@ class Params(_Model):
     centroid_score_threshold: float | None = None
     nbound: int | None = Field(None, ge=1, le=1 << 20)
     bound_cells: int = Field(16, ge=0, le=1 << 10)
+    rerank: int | None = Field(None, ge=0, le=1 << 20)
 
 
 class _SearchOptions(_Model):
@@ -294,7 +295,7 @@ class _Service:
 
 
 def _params(p: Params | None) -> SearchParams | None:
-    return None if p is None else SearchParams(p.nprobe, p.centroid_score_threshold, p.ndocs, p.nbound, p.bound_cells)
+    return None if p is None else SearchParams(**p.model_dump())  # the same field names
 
 
 def _error_detail(exc: RequestValidationError) -> tuple[int, dict]:

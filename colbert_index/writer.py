@@ -20,7 +20,7 @@ import numpy as np
 
 from colbert_index import drift as drift_stats
 from colbert_index import filters
-from colbert_index.build import check_k_centroids, pooling, train_codec
+from colbert_index.build import check_k_centroids, check_keep_originals, pooling, train_codec
 from colbert_index.codec import ResidualCodec, default_n_centroids
 from colbert_index.inputs import normalize_doc_ids, show_progress, spill_documents
 from colbert_index.pooling import check_pool_factor
@@ -138,12 +138,15 @@ def _new_segment(
     metadata,
     pool_factor: int | None,
     texts=None,
+    keep_originals: bool | None = None,
 ):
     """Encode documents into a new segment with the index's codebook (extended first if ``expand`` and
-    they need it), their tokens pooled by ``pool_factor`` (``None``: the index's). Returns its entry, the
+    they need it), their tokens pooled by ``pool_factor`` (``None``: the index's), their vectors kept when the
+    index keeps them (:func:`originals_choice`). Returns its entry, the
     positions of live documents it replaces (upsert), the manifest's next ``next_id``, the manifest changes of
     an extended codebook and the outlier figures."""
     seg_id = int(snap.manifest["next_segment"])
+    keep = originals_choice(snap.manifest, keep_originals)
     name = seg_files.segment_name(seg_id)
     seg_dir = seg_files.fresh_dir(index.path, name)
     codec, changes, info = snap.codec, {}, {"outliers": None, "centroids_added": 0}
@@ -181,14 +184,28 @@ def _new_segment(
         meta = None if metadata is None else meta_files.check_metadata(metadata, len(doclens))
         txt = None if texts is None else meta_files.check_texts(texts, len(doclens))
         entry = seg_files.write_segment(
-            index.path, seg_id, spill, doclens, ids, codec, index.backend, progress, meta, texts=txt
-        )
+            index.path, seg_id, spill, doclens, ids, codec, index.backend, progress, meta, texts=txt,
+            keep_originals=keep,
+        )  # fmt: skip
         entry["pool_factor"] = pool_factor
     except BaseException:
         shutil.rmtree(seg_dir, ignore_errors=True)
         shutil.rmtree(index.path / seg_files.codebook_name(snap.generation + 1), ignore_errors=True)
         raise
     return entry, replaced, next_id, changes, info
+
+
+def originals_choice(manifest: dict, keep_originals) -> bool:
+    """Whether a new segment keeps its documents' vectors: as the index does (``keep_originals=None``, the
+    manifest's choice at build). Another choice is refused: the rerank and compaction need the vectors of every
+    segment, and vectors an index never kept cannot be recovered."""
+    kept = bool(manifest.get("keep_originals", False))
+    if keep_originals is not None and check_keep_originals(keep_originals) != kept:
+        raise ValueError(
+            f"keep_originals={keep_originals}, but this index was built with keep_originals={kept}: every segment "
+            "follows the build's choice (rebuild the index from the embeddings to change it)"
+        )
+    return kept
 
 
 def add(
@@ -202,14 +219,16 @@ def add(
     metadata,
     pool_factor=None,
     texts=None,
+    keep_originals: bool | None = None,
 ) -> CommitInfo:
     """:meth:`Index.add` (``op="add"``) or :meth:`Index.upsert` (``op="upsert"``)."""
     t0 = time.perf_counter()
     with _writing(index) as snap:
         replace = op == "upsert"
         entry, replaced, next_id, changes, info = _new_segment(
-            index, snap, doc_embeddings, doc_ids, doc_lengths, progress, replace, expand, metadata, pool_factor, texts
-        )
+            index, snap, doc_embeddings, doc_ids, doc_lengths, progress, replace, expand, metadata, pool_factor, texts,
+            keep_originals,
+        )  # fmt: skip
         kept = _tombstone(index, snap, replaced, snap.generation + 1)
         m = _next_manifest(snap, kept + [entry], next_id=next_id, next_segment=entry["id"] + 1, last_op=op, **changes)
         new = _commit(index, snap, m)
@@ -292,7 +311,7 @@ def compact(
                 meta, texts = seg_files.live_metadata(segs), seg_files.live_texts(segs)
                 entry = seg_files.write_segment(
                     index.path, seg_id, spill, doclens, ids, codec, index.backend, show_progress(progress), meta,
-                    texts=texts,
+                    texts=texts, keep_originals=seg_files.all_keep_originals(segs),
                 )  # fmt: skip
             else:
                 entry = seg_files.write_merged(index.path, seg_id, segs, snap.codec)

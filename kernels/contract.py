@@ -119,6 +119,22 @@ CPU_KERNELS: tuple[Kernel, ...] = (
         _SCORES + " (stage 4: MaxSim on decompressed tokens)",
     ),
     Kernel(
+        "exact_maxsim_originals",
+        (_Q, ("originals", "[n, dim] float16, the documents' stored vectors"), _OFFSETS, _CANDIDATES),
+        _SCORES + " (the full-precision rerank: MaxSim on the stored vectors, float32 sums)",
+    ),
+    Kernel(
+        "read_rows",
+        (
+            ("fd", "int, a file open for reading"),
+            ("data_offset", "int, the byte where row 0 starts"),
+            _OFFSETS,
+            _CANDIDATES,
+            ("out", "[>= the candidates' rows, dim] float16 (or its uint16 bits), C-contiguous"),
+        ),
+        "rows read into out, the candidates' one after another (-1: the file ends first)",
+    ),
+    Kernel(
         "segment_max_sums",
         (
             ("token_scores", "[n, cols] float32"),

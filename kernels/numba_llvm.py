@@ -72,3 +72,21 @@ def target_isa() -> frozenset[str]:
     if re.search(r"vpdpwssd\s+%ymm", _assembly(tm, _VNNI_PROBE)):
         found.add("vnni")
     return frozenset(found)
+
+
+_HALF_PROBE = """
+define float @probe(i16 %h) {
+  %x = bitcast i16 %h to half
+  %f = fpext half %x to float
+  ret float %f
+}
+"""
+
+
+@cache
+def half_in_hardware() -> bool:
+    """Whether Numba's target CPU converts float16 to float32 in one instruction (x86 with F16C: ``vcvtph2ps``;
+    ARMv8: ``fcvt``), asked of LLVM as :func:`target_isa` asks: elsewhere LLVM would call a runtime function
+    that Numba's JIT may not find."""
+    asm = _assembly(_target_machine(), _HALF_PROBE)
+    return "cvtph2ps" in asm or re.search(r"fcvt\s+s\d+,\s*h\d+", asm) is not None

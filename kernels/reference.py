@@ -6,6 +6,8 @@ These are the ground truth the Numba (and later Triton) kernels are tested again
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 
@@ -317,6 +319,46 @@ def exact_maxsim(
             D = decompress(codes[lo:hi], packed[lo:hi], centroids, table, normalize)
             out[i] = (Q @ D.T).max(axis=1).sum()
     return out
+
+
+def exact_maxsim_originals(
+    Q: np.ndarray, originals: np.ndarray, offsets: np.ndarray, candidates: np.ndarray
+) -> np.ndarray:
+    """Exact MaxSim of ``Q [q_len, dim]`` against the candidate documents' stored vectors: their rows of
+    ``originals [n, dim]`` (float16), summed in float32. The full-precision rerank (no normalisation: the vectors
+    as they were given)."""
+    out = np.zeros(len(candidates), dtype=np.float32)
+    for i, d in enumerate(candidates):
+        lo, hi = offsets[d], offsets[d + 1]
+        if hi > lo:
+            D = np.asarray(originals[lo:hi]).astype(np.float32)
+            out[i] = (Q @ D.T).max(axis=1).sum()
+    return out
+
+
+def read_rows(fd: int, data_offset: int, offsets: np.ndarray, candidates: np.ndarray, out: np.ndarray) -> int:
+    """Read the rows of each candidate document from the open file ``fd`` into ``out``, one document after
+    another: row ``r`` of the file is ``out.shape[1] * out.itemsize`` bytes at ``data_offset + r * that``.
+    ``out`` (C-contiguous) must hold the candidates' rows. Returns the rows read, or -1 when the file ends first."""
+    row_bytes = out.shape[1] * out.itemsize
+    total = sum(int(offsets[d + 1] - offsets[d]) for d in candidates)
+    if not out.flags.c_contiguous or out.shape[0] < total:
+        raise ValueError(f"read_rows: out must be C-contiguous with >= {total} rows, got {out.shape}")
+    view = memoryview(out.reshape(-1).view(np.uint8))
+    if hasattr(os, "posix_fadvise"):  # every document's rows announced first: cold ones are then read in parallel
+        for d in candidates:
+            start, n = data_offset + int(offsets[d]) * row_bytes, int(offsets[d + 1] - offsets[d]) * row_bytes
+            if n:  # a length of 0 would mean "to the end of the file"
+                os.posix_fadvise(fd, start, n, os.POSIX_FADV_WILLNEED)
+    pos = 0
+    for d in candidates:
+        want, at = int(offsets[d + 1] - offsets[d]) * row_bytes, data_offset + int(offsets[d]) * row_bytes
+        while want > 0:
+            got = os.preadv(fd, [view[pos : pos + want]], at)
+            if got <= 0:
+                return -1
+            pos, at, want = pos + got, at + got, want - got
+    return pos // row_bytes
 
 
 def top_k(scores: np.ndarray, slots: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -47,7 +47,7 @@ def initial_docs() -> list[np.ndarray]:
 def build(path: Path):
     from colbert_index import Index
 
-    return Index.build(path, initial_docs(), n_centroids=8, progress=False, backend="numpy")
+    return Index.build(path, initial_docs(), n_centroids=8, progress=False, backend="numpy", keep_originals=True)
 
 
 def op_for(generation: int, live: list[int]) -> tuple:
@@ -103,11 +103,17 @@ def expected_live(up_to: int) -> list[list[int]]:
 
 
 def fingerprint(index) -> str:
-    """sha256 of the live ids and what each decompresses to: equal fingerprints, equal indexes."""
+    """sha256 of the live ids, what each decompresses to and its kept float16 vectors (the index keeps them, so
+    every segment must have them): equal fingerprints, equal indexes."""
     h = hashlib.sha256()
+    snap = index._s
     for i in sorted(index.doc_ids().tolist()):
         h.update(str(i).encode())
         h.update(np.ascontiguousarray(index.reconstruct(i)).tobytes())
+        [(seg, slots)] = snap.locate(snap.lookup([i]))
+        data = snap.segments[seg].data
+        rows, _ = data.originals.gather(data.offsets, slots, index.backend)  # AttributeError if none: a failure
+        h.update(rows.tobytes())
     return h.hexdigest()
 
 

@@ -58,3 +58,13 @@ def test_index_fuzzing_finds_no_crash_hang_or_silent_difference(tmp_path):
     assert sum(results["outcomes"].values()) == 100
     assert results["outcomes"].get("IndexFormatError", 0) > 50  # the corruptions do reach the checks
     assert set(results["outcomes"]) <= {"IndexFormatError", "identical"}, results["failures"]
+
+
+def test_rerank_bench_quick_run(tmp_path):
+    """bench/rerank.py --quick: a small synthetic corpus indexed with and without its vectors, timed and measured."""
+    _quick_run("rerank.py", tmp_path)
+    [corpus] = json.loads((tmp_path / "rerank_quick.json").read_text())["corpora"]
+    [row] = corpus["rows"]
+    assert corpus["indexes"]["with"]["originals_bytes"] > 0 and corpus["indexes"]["without"]["originals_bytes"] == 0
+    assert row["with"]["recall10_raw"] >= row["without"]["recall10_raw"]
+    assert row["with"]["rss_mib_while"]["VmHWM"] > 0 and len(row["with"]) == len(row["without"])

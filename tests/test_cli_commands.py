@@ -136,3 +136,25 @@ def test_build_and_add_from_jsonl_with_metadata_keys(tmp_path, capsys):
     index = Index.open(idx)
     assert index.n_docs == 12 and index.metadata(["p11"]) == [{"lang": "de", "year": 2011}]
     assert index.search(index.reconstruct("p11"), k=1, filter={"year": {"$gt": 2010}}).ids[0, 0] == "p11"
+
+
+def test_keep_originals_from_build_to_info_and_search(files, tiny_docs, capsys):
+    t, idx = files, str(files / "kept")
+    args = ["build", idx, "--embeddings", str(t / "a.npy"), "--doclens", str(t / "a_lens.npy"), "--keep-originals"]
+    assert main(args) == 0
+    index = Index.open(idx)
+    assert index.manifest["keep_originals"] and index.segment_info()[0]["originals"]
+    np.save(t / "new.npy", np.concatenate(tiny_docs[-2:]))
+    np.save(t / "new_lens.npy", np.array([len(d) for d in tiny_docs[-2:]]))
+    assert main(["add", idx, "--embeddings", str(t / "new.npy"), "--doclens", str(t / "new_lens.npy")]) == 0
+    capsys.readouterr()
+    assert main(["info", idx]) == 0
+    out = capsys.readouterr().out
+    assert "originals   kept: float16 vectors" in out and out.count(", originals ") == 2  # both segments
+    results = {}
+    for rerank in ("0", "40"):
+        assert main(["search", idx, "--queries", str(t / "q.npy"), "-k", "3", "--rerank", rerank]) == 0
+        results[rerank] = [x.split(":") for x in capsys.readouterr().out.split()]
+    assert results["0"][0][0] == results["40"][0][0] == "5"  # the query's document, first either way
+    exact = Index.open(idx).search(np.load(t / "q.npy"), k=3)
+    assert [int(i) for i, _ in results["40"]] == exact.ids[0].tolist()  # the default search: the rerank on

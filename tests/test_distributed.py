@@ -285,3 +285,24 @@ def test_build_from_corpus_parts_read_by_tasks(ray_local, tmp_path):
     )
     with ShardedIndex.open(tmp_path / "sh") as sharded:
         same_topk(sharded.search_exact(c.queries, k=5), single.search_exact(c.queries, k=5))
+
+
+def test_shards_keep_their_vectors_for_the_rerank(ray_local, tmp_path):
+    """build_sharded(keep_originals=True): every shard stores its vectors, adds follow, and the fan-out's exact
+    and exhaustive staged searches give one index's answers on the same vectors."""
+    from colbert_index.distributed import ShardedIndex, build_sharded
+
+    c = make_corpus(300, dim=48, n_queries=4, mean_doc_len=30, min_doc_len=5, max_doc_len=60, seed=6)
+    ids = [f"d{i}" for i in range(300)]
+    m = build_sharded(tmp_path / "sh", c.documents()[:280], ids[:280], n_shards=2, keep_originals=True)
+    assert m["keep_originals"] is True
+    codec = Index.open(shard_path(tmp_path / "sh", m["shards"][0])).codec
+    single = Index.build(tmp_path / "one", c.documents(), ids, codec=codec, keep_originals=True, progress=False)
+    p = SearchParams(nprobe=codec.n_centroids, centroid_score_threshold=-10.0, ndocs=4096, rerank=4096)
+    with ShardedIndex.open(tmp_path / "sh") as sharded:
+        sharded.add(c.documents()[280:], ids[280:])
+        for e in m["shards"]:
+            with Index.open(shard_path(tmp_path / "sh", e)) as shard:
+                assert all(s["originals"] for s in shard.segment_info()) and len(shard.segment_info()) == 2
+        same_topk(sharded.search_exact(c.queries, k=5), single.search_exact(c.queries, k=5))
+        same_topk(sharded.search(c.queries, k=5, params=p), single.search_exact(c.queries, k=5))

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from colbert_index import Index, IndexFormatError
+from colbert_index import Index, IndexFormatError, SearchParams
 from colbert_index.storage import manifest
 from colbert_index.storage.manifest import save_array, seal
 
@@ -24,12 +24,12 @@ SEGMENT = ["doclens", "codes", "residuals", "doc_id_bytes", "doc_id_offsets"]
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    """65 docs with string ids in two segments, 3 of the first deleted (a tombstone file)."""
+    """65 docs with string ids in two segments, 3 of the first deleted (a tombstone file), the vectors kept."""
     rng = np.random.default_rng(11)
     docs = [rng.standard_normal((int(n), 64)).astype(np.float32) for n in rng.integers(1, 50, size=65)]
     docs = [d / np.linalg.norm(d, axis=1, keepdims=True) for d in docs]
     path = tmp_path_factory.mktemp("fmt") / "idx"
-    idx = Index.build(path, docs[:60], doc_ids=[f"d{i}" for i in range(60)], progress=False)
+    idx = Index.build(path, docs[:60], doc_ids=[f"d{i}" for i in range(60)], progress=False, keep_originals=True)
     idx.add(docs[60:], [f"d{i}" for i in range(60, 65)])
     idx.delete(["d1", "d2", "d3"])
     return path
@@ -57,7 +57,7 @@ def _file(path: Path, name: str) -> Path:
 
 
 def _names(path: Path) -> list[str]:
-    return CODEBOOK + SEGMENT + (["tombstones"] if _manifest(path)["version"] == 2 else [])
+    return CODEBOOK + SEGMENT + (["tombstones", "originals"] if _manifest(path)["version"] == 2 else [])
 
 
 @pytest.mark.parametrize("keep", [0, 10, -1])
@@ -148,6 +148,54 @@ def test_nan_centroid_scale_is_caught(v2):
         Index.open(v2)
 
 
+@pytest.mark.parametrize(
+    "array,match",
+    [
+        (lambda a: a.astype(np.float32), "originals.npy: expected shape"),  # float32, not float16
+        (lambda a: a[:-1], "originals.npy: expected shape"),  # a row short of the segment's tokens
+        (lambda a: a[:, :-8], "originals.npy: expected shape"),  # another dim
+        (lambda a: a.reshape(-1), "originals.npy: expected shape"),
+    ],
+)
+def test_originals_of_the_wrong_shape_or_dtype_are_caught(v2, array, match):
+    _rewrite(v2, "originals", array(np.load(_file(v2, "originals"))))
+    with pytest.raises(IndexFormatError, match=match):
+        Index.open(v2)
+
+
+def test_originals_hold_the_documents_vectors_as_float16(v2):
+    m = _manifest(v2)
+    entry = _seg(m)["files"]["originals"]
+    assert entry["dtype"] == "<f2" and entry["shape"] == [_seg(m)["n_tokens"], 64]
+    assert np.load(_file(v2, "originals"), mmap_mode="r").dtype == np.float16
+    assert m["keep_originals"] and "originals" in m["segments"][1]["files"]  # the add followed the build
+
+
+def test_non_finite_originals_in_a_large_file_are_an_error_at_search(v2, monkeypatch):
+    """A file over the checksum threshold is not read at open; a value a flipped bit made inf or NaN is caught
+    when the search reads it (IndexFormatError, never a wrong ranking built on NaN)."""
+    monkeypatch.setattr(manifest, "CHECKSUM_MAX_BYTES", 0)  # as if every file were large
+    f = _file(v2, "originals")
+    rows = np.load(f, mmap_mode="r+")
+    rows[:] = np.inf  # every document of the segment
+    rows.flush()
+    del rows
+    idx = Index.open(v2)
+    q = np.ones((2, 64), np.float32)
+    with pytest.raises(IndexFormatError, match="originals.npy: non-finite"):
+        idx.search_exact(q, k=3)
+    with pytest.raises(IndexFormatError, match="originals.npy: non-finite"):
+        idx.search(q, k=3, params=SearchParams(nprobe=64, ndocs=4096, rerank=100))
+
+
+def test_originals_truncated_after_open_are_an_error_not_a_crash(v2):
+    idx = Index.open(v2)
+    f = _file(v2, "originals")
+    f.write_bytes(f.read_bytes()[:300])  # the open file sees the cut: no memory map to fault on
+    with pytest.raises(IndexFormatError, match="originals.npy: shorter"):
+        idx.search_exact(np.ones((2, 64), np.float32), k=3)
+
+
 def test_string_id_offsets_are_checked(v2):
     offs = np.load(_file(v2, "doc_id_offsets")).copy()
     offs[5] = 10**9
@@ -226,15 +274,18 @@ def test_manifest_not_json(copy):
         Index.open(copy)
 
 
-def test_verify_checks_large_files_too(copy, monkeypatch):
+@pytest.mark.parametrize("name", ["residuals", "originals"])
+def test_verify_checks_large_files_too(copy, monkeypatch, name):
+    if name not in _names(copy):
+        pytest.skip("format 1 keeps no vectors")
     monkeypatch.setattr(manifest, "CHECKSUM_MAX_BYTES", 0)  # as if every file were large
-    f = _file(copy, "residuals")
+    f = _file(copy, name)
     data = bytearray(f.read_bytes())
     data[-5] ^= 0x01
     f.write_bytes(bytes(data))
     n = Index.open(copy).n_docs  # not read at open: the cost of a huge index
     assert n in (12, 62)
-    with pytest.raises(IndexFormatError, match="residuals.npy: checksum mismatch"):
+    with pytest.raises(IndexFormatError, match=f"{name}.npy: checksum mismatch"):
         Index.open(copy, verify=True)
 
 

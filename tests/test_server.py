@@ -31,12 +31,12 @@ def corpus():
 
 @pytest.fixture(scope="module")
 def server(corpus, tmp_path_factory):
-    """An index of 300 documents (ids 0..299, metadata {"lang", "year"}, texts :func:`_text`) served with an API
-    key."""
+    """An index of 300 documents (ids 0..299, metadata {"lang", "year"}, texts :func:`_text`, the vectors kept for the
+    full-precision rerank) served with an API key."""
     path = tmp_path_factory.mktemp("srv") / "index"
     meta = [{"lang": ["en", "de"][i % 2], "year": 2000 + i % 30} for i in range(N_DOCS)]
     texts = [_text(i) for i in range(N_DOCS)]
-    Index.build(path, corpus.documents(), metadata=meta, texts=texts, progress=False)
+    Index.build(path, corpus.documents(), metadata=meta, texts=texts, progress=False, keep_originals=True)
     proc, base = serve(path, "--api-key", KEY, "--max-body-mb", "1", "--refresh-s", "0.1")
     client = httpx.Client(base_url=base, headers=AUTH, timeout=60)
     yield client, path
@@ -115,6 +115,12 @@ def test_search_by_embeddings_with_filters_and_metadata(server, corpus):
     r = client.post("/search", json={"query": _q(corpus, 5), "k": 5, "params": bound})
     want = idx.search(np.asarray(_q(corpus, 5), np.float32), k=5, params=SearchParams(nbound=8, bound_cells=4))
     assert r.status_code == 200 and [h["id"] for h in r.json()["results"]] == list(want.ids[0])
+    for rerank in (0, 50):  # off (stage 4 on decompressed tokens), and 50 candidates on the kept vectors
+        assert server_module._params(server_module.Params(rerank=rerank)) == SearchParams(rerank=rerank)
+        r = client.post("/search", json={"query": _q(corpus, 5), "k": 5, "params": {"rerank": rerank}})
+        want = idx.search(np.asarray(_q(corpus, 5), np.float32), k=5, params=SearchParams(rerank=rerank))
+        assert r.status_code == 200 and [h["id"] for h in r.json()["results"]] == list(want.ids[0])
+        np.testing.assert_allclose([h["score"] for h in r.json()["results"]], want.scores[0], rtol=1e-5)
 
 
 def test_batch_search_equals_single_searches(server, corpus):
@@ -158,6 +164,7 @@ def test_batch_search_equals_single_searches(server, corpus):
         ({"query": [[0.1] * 32], "params": {"nprobe": 0}}, 422, "params.nprobe"),
         ({"query": [[0.1] * 32], "params": {"nbound": 0}}, 422, "params.nbound"),
         ({"query": [[0.1] * 32], "params": {"bound_cells": -1}}, 422, "params.bound_cells"),
+        ({"query": [[0.1] * 32], "params": {"rerank": -1}}, 422, "params.rerank"),
         ({"query": [[0.1] * 32], "params": {"nprob": 2}}, 422, "params.nprob: Extra inputs"),
     ],
 )
@@ -225,7 +232,9 @@ def test_writes(server, corpus):
     r = client.post("/compact", json={})
     assert r.status_code == 200 and client.get("/stats").json()["segments"] == 1
     assert client.post("/compact").status_code == 200  # no body: the defaults
-    assert Index.open(path, verify=True).metadata([5000]) == [{"v": 2}]
+    after = Index.open(path, verify=True)
+    assert after.metadata([5000]) == [{"v": 2}]
+    assert [s["originals"] for s in after.segment_info()] == [True]  # the adds followed the build, compact kept them
 
 
 def test_lexical_and_fused_search_equal_the_library(server, corpus):

@@ -37,6 +37,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         metadata=metadata,
         device=args.build_device,
         pool_factor=args.pool_factor,
+        keep_originals=args.keep_originals,
     )
     print(f"built {idx} in {time.perf_counter() - t0:.1f}s, {idx.disk_bytes() / idx.n_tokens:.2f} bytes/token")
     return 0
@@ -164,7 +165,9 @@ def cmd_info(args: argparse.Namespace) -> int:
         files = list(entry["files"].values()) + ([entry["deleted"]] if entry.get("deleted") else [])
         meta = entry["files"].get("metadata") or {}
         size = sum(int(f["bytes"]) for f in files)
-        segments.append({**seg, "bytes": size, "metadata_rows": meta.get("rows"), "texts": meta.get("texts")})
+        kept = (entry["files"].get("originals") or {}).get("bytes")
+        extra = {"originals_bytes": kept, "metadata_rows": meta.get("rows"), "texts": meta.get("texts")}
+        segments.append({**seg, "bytes": size, **extra})
     info = {
         "path": str(idx.path),
         "valid": True,
@@ -178,6 +181,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         "normalize": idx.codec.normalize,
         "id_type": m["id_type"],
         "pool_factor": m.get("pool_factor", 1),
+        "keep_originals": bool(m.get("keep_originals", False)),
+        "originals_bytes": sum(s["originals_bytes"] or 0 for s in segments),
         "docs": idx.n_docs,
         "deleted": idx.n_deleted,
         "tokens": idx.n_tokens,
@@ -200,12 +205,18 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"disk        {info['bytes'] / 2**20:.2f} MiB ({info['bytes_per_token']} bytes per live token)")
     if info["pool_factor"] != 1:
         print(f"pooling     factor {info['pool_factor']} (about 1 vector kept per {info['pool_factor']} tokens)")
+    if info["keep_originals"] or info["originals_bytes"]:
+        print(
+            f"originals   {'kept' if info['keep_originals'] else 'not kept by new segments'}: float16 vectors, "
+            f"{info['originals_bytes'] / 2**20:.2f} MiB of the disk (the full-precision rerank)"
+        )
     print(f"last write  {info['last_op'] or 'build'}")
     print(f"segments    {len(segments)}")
     for s in segments:
         meta = f", metadata ({s['metadata_rows']} rows)" if s["metadata_rows"] else ""
         meta += f", {s['texts']:,} texts" if s["texts"] is not None else ""
         meta += f", pooled by {s['pool_factor']}" if s["pool_factor"] != 1 else ""
+        meta += f", originals {s['originals_bytes'] / 2**20:.2f} MiB" if s["originals_bytes"] else ""
         print(
             f"  seg {s['id']:>6}  {s['n_docs']:,} docs ({s['n_deleted']:,} deleted), {s['n_tokens']:,} tokens, "
             f"{s['bytes'] / 2**20:.2f} MiB{meta}"

@@ -73,4 +73,4 @@ def parse_filter(text: str | None):
 def search_params(args: argparse.Namespace):
     from colbert_index import SearchParams
 
-    return SearchParams(args.nprobe, args.threshold, args.ndocs, args.nbound, args.bound_cells)
+    return SearchParams(args.nprobe, args.threshold, args.ndocs, args.nbound, args.bound_cells, args.rerank)

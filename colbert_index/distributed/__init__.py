@@ -13,14 +13,19 @@ Ray is imported on first use; :func:`plan` and :func:`shard_of` work without it.
 
 from colbert_index.distributed._ray import connect
 from colbert_index.distributed.build import CorpusPart, build_sharded
-from colbert_index.distributed.cluster import ShardedIndex, ShardServer, merge_topk
+from colbert_index.distributed.cluster import ShardedIndex
+from colbert_index.distributed.commit import ClusterWriteError
+from colbert_index.distributed.fanout import ShardUnavailableError, merge_topk
 from colbert_index.distributed.planner import Plan, plan
 from colbert_index.distributed.routing import shard_of
+from colbert_index.distributed.server import ShardServer
 
 __all__ = [
+    "ClusterWriteError",
     "CorpusPart",
     "Plan",
     "ShardServer",
+    "ShardUnavailableError",
     "ShardedIndex",
     "build_sharded",
     "connect",

@@ -86,8 +86,9 @@ def _partition_part(part: CorpusPart, id_start: int, n_shards: int):
     return (*pieces, counts)
 
 
-def _partition_in_driver(doc_embeddings, doc_ids, doc_lengths, n_shards: int):
-    """Stream in-memory documents into per-shard Ray objects of about ``_PIECE_TOKENS`` tokens each."""
+def _partition_in_driver(doc_embeddings, doc_ids, doc_lengths, n_shards: int, metadata=None, texts=None):
+    """Stream in-memory documents into per-shard Ray objects of about ``_PIECE_TOKENS`` tokens each; with
+    ``metadata`` / ``texts`` (one per document), also each shard's list of them, in its documents' order."""
     ray = _ray.require_ray()
     refs: list[list] = [[] for _ in range(n_shards)]
     counts = np.zeros((n_shards, 2), np.int64)
@@ -95,6 +96,7 @@ def _partition_in_driver(doc_embeddings, doc_ids, doc_lengths, n_shards: int):
     buf_tokens = np.zeros(n_shards, np.int64)
     given = None if doc_ids is None else list(doc_ids)
     kinds = set()
+    extras = {name: [[] for _ in range(n_shards)] for name, v in (("metadata", metadata), ("texts", texts)) if v}
 
     def flush(s: int) -> None:
         docs, ids = zip(*buf[s])
@@ -115,6 +117,11 @@ def _partition_in_driver(doc_embeddings, doc_ids, doc_lengths, n_shards: int):
         if doc.ndim != 2 or len(doc) == 0:
             raise ValueError(f"document {n - 1}: expected a non-empty [n_tokens, dim] array, got shape {doc.shape}")
         buf[s].append((doc.astype(np.float16), doc_id))  # what Index.build spills anyway: no loss
+        for name, per_shard in extras.items():
+            given_extra = metadata if name == "metadata" else texts
+            if n > len(given_extra):
+                raise ValueError(f"{name} has {len(given_extra)} entries for more documents")
+            per_shard[s].append(given_extra[n - 1])
         buf_tokens[s] += len(doc)
         counts[s] += (1, len(doc))
         if buf_tokens[s] >= _PIECE_TOKENS:
@@ -123,10 +130,13 @@ def _partition_in_driver(doc_embeddings, doc_ids, doc_lengths, n_shards: int):
         raise ValueError(f"doc_ids has {len(given)} entries for {n} documents")
     if len(kinds) > 1:
         raise ValueError("doc_ids must be all integers or all strings")
+    for name in extras:
+        if len(metadata if name == "metadata" else texts) != n:
+            raise ValueError(f"{name} has {len(metadata if name == 'metadata' else texts)} entries for {n} documents")
     for s in range(n_shards):
         if buf[s]:
             flush(s)
-    return refs, counts
+    return refs, counts, [{name: per_shard[s] for name, per_shard in extras.items()} for s in range(n_shards)]
 
 
 def _pieces_of(refs: list) -> tuple[list[np.ndarray], list[np.ndarray], list]:
@@ -163,10 +173,11 @@ def _train_codec(n_train: int, K: int, nbits: int, kmeans_iters: int, seed: int,
 
 
 def _build_shard(
-    path: str, codec: ResidualCodec, nbits: int, seed: int, overwrite: bool, keep_originals: bool, *pieces
+    path: str, codec: ResidualCodec, nbits: int, seed: int, overwrite: bool, keep_originals: bool, extras, *pieces
 ) -> dict:
     """Ray task: build one shard's index directory with the shared codebook; its summary for the manifest."""
     from colbert_index import Index
+    from colbert_index.storage.manifest import load_manifest
 
     flats, lens, ids = _pieces_of(pieces)
     all_ids = sum(ids, []) if isinstance(ids[0], list) else np.concatenate(ids)
@@ -182,6 +193,8 @@ def _build_shard(
         overwrite=overwrite,
         progress=False,
         keep_originals=keep_originals,
+        metadata=extras.get("metadata"),
+        texts=extras.get("texts"),
     ) as index:
         return {
             "n_docs": index.n_docs,
@@ -191,6 +204,7 @@ def _build_shard(
             "id_type": index.manifest["id_type"],
             "seconds": round(time.perf_counter() - t0, 3),
             "host": os.uname().nodename,
+            "manifest": load_manifest(path),  # the version cluster generation 0 names
         }
 
 
@@ -219,6 +233,8 @@ def build_sharded(
     train_cpus: int | None = None,
     overwrite: bool = False,
     keep_originals: bool = False,
+    metadata: Sequence[dict | None] | None = None,
+    texts: Sequence[str | None] | None = None,
 ) -> dict:
     """Build a sharded index at ``path`` on the connected Ray cluster (:func:`connect` first); returns the
     cluster manifest it committed (``path/cluster.json``, :mod:`.manifest`).
@@ -237,7 +253,9 @@ def build_sharded(
     ``overwrite``: replace an existing sharded
     index at ``path`` (its shard directories inside ``path`` are removed after the new manifest commits).
     ``keep_originals``: every shard also stores its documents' float16 vectors for the full-precision rerank
-    (:meth:`Index.build`); later adds to a shard follow it.
+    (:meth:`Index.build`); later adds to a shard follow it. ``metadata``, ``texts``: one JSON-able dict, one
+    string (or ``None``) per document of ``doc_embeddings`` (not with ``parts``), stored with it in its shard for
+    filtered and hybrid search, as :meth:`Index.build` stores them.
     """
     ray = _ray.require_ray()
     if not ray.is_initialized():
@@ -270,6 +288,9 @@ def build_sharded(
     if parts is not None:
         if doc_embeddings is not None or doc_ids is not None:
             raise ValueError("pass either doc_embeddings (+ doc_ids) or parts, not both")
+        if metadata is not None or texts is not None:
+            raise ValueError("metadata and texts go with doc_embeddings, not with parts")
+        extras = [{}] * n_shards
         parts = list(parts)
         if not parts:
             raise ValueError("parts is empty")
@@ -280,7 +301,10 @@ def build_sharded(
         refs = [[o[s] for o in outs] for s in range(n_shards)]
         counts = np.sum([np.asarray(c) for c in ray.get([o[-1] for o in outs])], axis=0)
     elif doc_embeddings is not None:
-        refs, counts = _partition_in_driver(doc_embeddings, doc_ids, doc_lengths, n_shards)
+        refs, counts, extras = _partition_in_driver(
+            doc_embeddings, doc_ids, doc_lengths, n_shards, None if metadata is None else list(metadata),
+            None if texts is None else list(texts),
+        )  # fmt: skip
     else:
         raise ValueError("no documents: pass doc_embeddings or parts")
     empty = [s for s in range(n_shards) if counts[s][0] == 0]
@@ -317,7 +341,7 @@ def build_sharded(
     builds = [
         _ray.remote(_build_shard)
         .options(resources=_ray.node_resource(nodes[s]), **opts)
-        .remote(str(dirs[s]), codec_ref, nbits, seed, overwrite, bool(keep_originals), *refs[s])
+        .remote(str(dirs[s]), codec_ref, nbits, seed, overwrite, bool(keep_originals), extras[s], *refs[s])
         for s in range(n_shards)
     ]
     summaries = ray.get(builds)
@@ -328,6 +352,7 @@ def build_sharded(
         )
     manifest = {
         "uuid": build_id,
+        "generation": 0,
         "n_shards": n_shards,
         "hash": HASH_NAME,
         "dim": dim,

@@ -169,6 +169,7 @@ def reader(path: Path, stop: Path) -> None:
     expected = expected_live(0)
     index = Index.open(path)
     seen, checks, errors = set(), 0, []
+    progress = stop.with_suffix(".progress")
     while not stop.exists():
         try:
             index.refresh()
@@ -192,6 +193,7 @@ def reader(path: Path, stop: Path) -> None:
             checks += 1
             if checks == 1:
                 print("ready", flush=True)
+            progress.write_text(f"{checks} {len(seen)}")  # the writer works until enough has been read
         except Exception as e:  # any error is a failure of the test; report it rather than die
             errors.append(f"{type(e).__name__}: {e}")
             time.sleep(0.01)

@@ -108,7 +108,9 @@ def test_a_reader_sees_only_committed_versions_while_a_writer_works(tmp_path, fa
     try:
         assert reader.stdout.readline().strip() == "ready"
         start, steps = time.monotonic(), 0
-        while steps < 45 or time.monotonic() - start < 4:  # adds, deletes, upserts, compactions (some retraining)
+        # adds, deletes, upserts, compactions (some retraining), until the reader has read enough of them: on a
+        # loaded machine it may get few checks into the first 45 writes
+        while steps < 45 or time.monotonic() - start < 4 or not _read_enough(stop, start):
             live_ops.step(writer)
             steps += 1
             time.sleep(0.01)
@@ -119,6 +121,16 @@ def test_a_reader_sees_only_committed_versions_while_a_writer_works(tmp_path, fa
     print({k: v if k != "generations" else len(v) for k, v in summary.items()})
     assert summary["errors"] == []
     assert len(summary["generations"]) >= 3 and summary["checks"] >= 10  # it did read while the writer wrote
+
+
+def _read_enough(stop, start: float, checks: int = 10, generations: int = 3, deadline_s: float = 600) -> bool:
+    """Whether the reader's progress file shows ``checks`` checks over ``generations`` generations (the test's
+    assertions), or the writer has gone on for ``deadline_s``: then the assertions say what is missing."""
+    try:
+        done, seen = map(int, stop.with_suffix(".progress").read_text().split())
+    except (FileNotFoundError, ValueError):  # not written yet, or caught mid-write
+        done, seen = 0, 0
+    return (done >= checks and seen >= generations) or time.monotonic() - start > deadline_s
 
 
 _HANGING_BUILD = """

@@ -261,3 +261,59 @@ def test_upsert_killed_before_the_cluster_commit_is_seen_by_nobody(ray_local, da
         with Index.open(shard_path(root, e)) as direct:
             assert direct.manifest["last_op"] == "rollback"
             np.testing.assert_array_equal(direct.reconstruct(probe[s]), recon[s])
+
+
+# ---------------------------------------------------------------------------- replicas, older manifests
+def test_replicas_fail_over_and_a_shard_with_none_left_fails_by_name(ray_local, data, tmp_path):
+    """Two actors per shard: killing one leaves searches and writes working; killing both makes reads raise
+    ShardUnavailableError naming the shard and writes ClusterWriteError, with nothing of the write visible."""
+    import json
+
+    from colbert_index.distributed import ClusterWriteError, ShardedIndex, ShardUnavailableError, build_sharded
+
+    c, ids, _, _ = data
+    docs = c.documents()
+    m = build_sharded(tmp_path / "sh", docs[:200], ids[:200], n_shards=2)
+    with ShardedIndex.open(tmp_path / "sh", replicas=2, max_restarts=0, retries=1, restart_timeout_s=2) as index:
+        reference = index.search_exact(c.queries, k=10)
+        ray_local.kill(index.actors[1][0], no_restart=True)
+        for _ in range(3):  # the replicas are asked in turn: each search meets the dead one or the live one
+            same_topk(index.search_exact(c.queries, k=10), reference)
+        new_ids = [f"r{i}" for i in range(6)]
+        index.add(docs[300:306], new_ids)
+        assert [len(index.holders(x)) for x in new_ids] == [1] * 6
+        ray_local.kill(index.actors[1][1], no_restart=True)
+        with pytest.raises(ShardUnavailableError, match=r"unavailable: \[1\]") as err:
+            index.search_exact(c.queries, k=10)
+        assert err.value.shards == [1]
+        more = [f"q{i}" for i in range(8)]
+        assert {index.shard_of(x) for x in more} == {0, 1}
+        with pytest.raises(ClusterWriteError, match=r"shard\(s\) \[1\]"):
+            index.upsert(docs[310:318], more)
+        on_disk = json.loads((tmp_path / "sh" / "cluster.json").read_text())
+        assert on_disk["generation"] == index.generation == 1
+        with Index.open(shard_path(tmp_path / "sh", m["shards"][0])) as direct:  # shard 0's part undone
+            assert not any(x in direct for x in more) and direct.manifest["last_op"] == "rollback"
+
+
+def test_a_version_1_cluster_manifest_opens_and_the_first_write_upgrades_it(ray_local, data, tmp_path):
+    import json
+
+    from colbert_index.distributed import ShardedIndex, build_sharded
+
+    c, ids, _, _ = data
+    docs = c.documents()
+    build_sharded(tmp_path / "sh", docs[:150], ids[:150], n_shards=2)
+    path = tmp_path / "sh" / "cluster.json"
+    m = json.loads(path.read_text())
+    del m["generation"]
+    m["version"] = 1
+    for e in m["shards"]:
+        del e["manifest"]
+    path.write_text(json.dumps(m))
+    with ShardedIndex.open(tmp_path / "sh") as index:
+        assert index.generation == 0 and index.n_docs == 150
+        index.add(docs[150:152], ["u1", "u2"])
+    m = json.loads(path.read_text())
+    assert m["version"] == 2 and m["generation"] == 1 and m["n_docs"] == 152
+    assert all(e["manifest"]["checksum"] for e in m["shards"])

@@ -134,6 +134,17 @@ class ShardServer:
             "disk_bytes": ix.disk_bytes(),
         }
 
+    def memory(self) -> dict:
+        """This actor's resident memory (``VmRSS`` of ``/proc/self/status``; None where there is none) and pid."""
+        rss = None
+        try:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    rss = int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return {"pid": os.getpid(), "rss_bytes": rss, "views": sorted(self._views)}
+
     def current_manifest(self) -> dict:
         """The shard's newest committed manifest (to pin a cluster manifest of version 1)."""
         return load_manifest(self.path)

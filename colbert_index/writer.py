@@ -28,7 +28,7 @@ from colbert_index.snapshot import Snapshot, as_id_list
 from colbert_index.storage import metadata as meta_files
 from colbert_index.storage import segments as seg_files
 from colbert_index.storage.files import WriterLock, fsync_path
-from colbert_index.storage.manifest import load_entry, referenced, remove_unreferenced, write_manifest
+from colbert_index.storage.manifest import load_entry, load_manifest, referenced, remove_unreferenced, write_manifest
 
 if TYPE_CHECKING:
     from colbert_index.index import Index
@@ -58,12 +58,31 @@ class CommitInfo:
 
 @contextlib.contextmanager
 def _writing(index: Index):
-    """Hold the writer lock and move to the newest committed version: writes apply to it."""
+    """Hold the writer lock and move to the newest committed version: writes apply to it. A write that fails
+    before it commits (a full disk) leaves no file behind: what it wrote would hold the space until the next
+    commit."""
     if index._snap is None:
         raise ValueError("index is closed")
     with WriterLock(index.path):
         index._snap = index._read_snapshot(index._snap)
-        yield index._snap
+        generation, before = index._snap.generation, {p.name for p in index.path.iterdir()}
+        try:
+            yield index._snap
+        except BaseException:
+            _discard_uncommitted(index, generation, before)
+            raise
+
+
+def _discard_uncommitted(index: Index, generation: int, before: set[str]) -> None:
+    """Remove the files a failed write created (names not in ``before``), unless it committed after all (the
+    manifest on disk moved past ``generation``, e.g. the failure came after the rename); a manifest that cannot
+    be read leaves everything in place."""
+    try:
+        if int(load_manifest(index.path)["generation"]) != generation:
+            return
+    except (OSError, KeyError, TypeError, ValueError):  # IndexFormatError included
+        return
+    remove_unreferenced(index.path, before)
 
 
 def _commit(index: Index, snap: Snapshot, manifest: dict) -> Snapshot:

@@ -228,6 +228,72 @@ def test_a_second_writer_fails_fast(live):
         idx.delete([0])  # two writers in one process exclude each other too
 
 
+def test_a_full_disk_at_the_lock_fails_the_write_and_releases_the_lock(live, monkeypatch):
+    """ENOSPC while the lock records its holder: that write fails with the errno, the index stays at its
+    version, and the next write takes the lock."""
+    import errno
+
+    from colbert_index.storage import files
+
+    idx, docs, rng = live
+    real = files.os.pwrite
+
+    def full(*_args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(files.os, "pwrite", full)
+    with pytest.raises(OSError, match="cannot write write.lock") as info:
+        idx.add(_docs(rng, 1))
+    assert info.value.errno == errno.ENOSPC and idx.generation == 0 and len(Index.open(idx.path)) == 30
+    monkeypatch.setattr(files.os, "pwrite", real)
+    assert idx.add(_docs(rng, 1)).generation == 1
+
+
+@pytest.mark.parametrize("op", ["add", "upsert", "delete", "compact"])
+def test_a_write_that_fails_before_its_commit_leaves_no_file(live, monkeypatch, op):
+    """ENOSPC at the manifest: the write fails, the index stays at its version, and the files it had written
+    (a segment, tombstones) are removed at once instead of holding the space until the next commit."""
+    import errno
+
+    from colbert_index import writer
+
+    idx, docs, rng = live
+    idx.delete([5])  # something for compact to do
+    names = {p.name for p in idx.path.iterdir()}
+
+    def full(*_args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(writer, "write_manifest", full)
+    write = {
+        "add": lambda: idx.add(_docs(rng, 2)),
+        "upsert": lambda: idx.upsert(_docs(rng, 2), [1, 2]),
+        "delete": lambda: idx.delete([3]),
+        "compact": lambda: idx.compact(),
+    }[op]
+    with pytest.raises(OSError, match="No space"):
+        write()
+    assert {p.name for p in idx.path.iterdir()} == names and idx.generation == 1
+    monkeypatch.undo()
+    assert write().generation == 2 and Index.open(idx.path, verify=True).generation == 2
+
+
+def test_a_write_that_fails_after_its_commit_keeps_it(live, monkeypatch):
+    """A failure after the manifest was replaced (here: removing old files) leaves the committed version whole."""
+    from colbert_index import writer
+
+    idx, docs, rng = live
+
+    def broken(*_args):
+        raise OSError("cannot remove")
+
+    monkeypatch.setattr(writer, "remove_unreferenced", broken)
+    with pytest.raises(OSError, match="cannot remove"):
+        idx.add(_docs(rng, 2), doc_ids=[100, 101])
+    reopened = Index.open(idx.path, verify=True)
+    assert reopened.generation == 1 and 100 in reopened and len(reopened) == 32
+
+
 def idx_pid():
     import os
 

@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 LOCK = "write.lock"
 
+
 def sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -162,14 +163,30 @@ class WriterLock:
                 "writer at a time: retry when it has finished (readers are never blocked)"
             ) from None
         info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(info).encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(info).encode(), 0)
+        except OSError as e:  # a full disk: the write cannot be made, and the lock must not outlive this call
+            self._release(fd)
+            raise OSError(e.errno, f"{self.path.parent}: cannot write {self.path.name}: {e.strerror}") from e
         self._fd = fd
         return self
 
     def __exit__(self, *exc) -> None:
         fd, self._fd = self._fd, None
         if fd is not None:
+            self._release(fd)
+
+    @staticmethod
+    def _release(fd: int) -> None:
+        """Empty the holder's record (best effort), unlock and close; the lock is released even when the
+        record cannot be emptied."""
+        try:
             os.ftruncate(fd, 0)
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
+        except OSError:
+            pass
+        finally:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            finally:
+                os.close(fd)

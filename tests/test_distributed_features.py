@@ -317,3 +317,24 @@ def test_a_version_1_cluster_manifest_opens_and_the_first_write_upgrades_it(ray_
     m = json.loads(path.read_text())
     assert m["version"] == 2 and m["generation"] == 1 and m["n_docs"] == 152
     assert all(e["manifest"]["checksum"] for e in m["shards"])
+
+
+def test_a_reader_whose_pinned_version_is_gone_moves_to_the_newest_generation(ray_local, data, tmp_path):
+    """A shard keeps the files of its two newest versions. A reader three writes behind whose actor restarts
+    cannot open its generation any more: the read moves to the newest one instead of failing."""
+    from colbert_index.distributed import ShardedIndex, build_sharded
+
+    c, ids, _, _ = data
+    docs = c.documents()
+    build_sharded(tmp_path / "sh", docs[:200], ids[:200], n_shards=2)
+    on0 = [x for x in ids[:200] if shards_of([x], 2)[0] == 0][:2]
+    with ShardedIndex.open(tmp_path / "sh") as reader, ShardedIndex.open(tmp_path / "sh") as writer:
+        reader.search_exact(c.queries, k=10)
+        writer.delete(on0[:1])
+        writer.compact()  # shard 0's documents move to a new segment
+        writer.delete(on0[1:])  # ... and the segment generation 0 named is removed
+        assert reader.generation == 0 and writer.generation == 3
+        ray_local.kill(reader.actors[0][0], no_restart=False)  # restarts with nothing open
+        got = reader.search_exact(c.queries, k=10)
+        assert reader.generation == 3
+        same_topk(got, writer.search_exact(c.queries, k=10))

@@ -153,11 +153,19 @@ class ShardedIndex:
         """The actors, ``actors[shard][replica]``."""
         return self.replicas.actors
 
-    def _read(self, call: Callable[[object, tuple], object], shards: Sequence[int] | None = None) -> list:
-        """``call(actor, pin)`` on one replica of each shard at the current generation (failover: :class:`Replicas`)."""
-        pins = self._pins
+    def _read(self, call: Callable[[object, tuple, int], object], shards: Sequence[int] | None = None) -> list:
+        """``call(actor, pin, shard)`` on one replica of each shard at the current generation (failover:
+        :class:`Replicas`). A shard that can no longer open the pinned version (its files went with later writes,
+        and its actor was restarted) makes the read move to the newest generation and run once more."""
         shards = range(self.n_shards) if shards is None else shards
-        return self.replicas.call(lambda s, a: call(a, pins[s]), shards)
+        for attempt in (0, 1):
+            pins = self._pins
+            try:
+                return self.replicas.call(lambda s, a, pins=pins: call(a, pins[s], s), shards)
+            except IndexFormatError:
+                if attempt or not self.refresh():
+                    raise
+        raise AssertionError("unreachable")
 
     def refresh(self) -> bool:
         """Move to the newest committed cluster generation (writes made through another :class:`ShardedIndex`
@@ -170,7 +178,7 @@ class ShardedIndex:
 
     def info(self) -> list[dict]:
         """One replica of each shard: :meth:`ShardServer.info` (pid, node, documents, shard generation, bytes)."""
-        return self._read(lambda a, pin: a.info.remote(pin))
+        return self._read(lambda a, pin, _: a.info.remote(pin))
 
     @property
     def n_docs(self) -> int:
@@ -184,7 +192,7 @@ class ShardedIndex:
     def _fan_out(self, queries, k: int, params, mode: str, options: dict) -> list:
         ray = _ray.require_ray()
         ref = ray.put(queries) if queries is not None else None
-        return self._read(lambda a, pin: a.search.remote(pin, ref, k, params, mode, options))
+        return self._read(lambda a, pin, _: a.search.remote(pin, ref, k, params, mode, options))
 
     def search(
         self,
@@ -256,13 +264,13 @@ class ShardedIndex:
 
     def holders(self, doc_id) -> list[int]:
         """The shards where ``doc_id`` is live (one, or none; more would mean misrouted writes)."""
-        return [s for s, live in enumerate(self._read(lambda a, pin: a.live.remote(pin, [doc_id]))) if live[0]]
+        return [s for s, live in enumerate(self._read(lambda a, pin, _: a.live.remote(pin, [doc_id]))) if live[0]]
 
     def _by_owner(self, ids: list, call: Callable[[object, tuple, list], object]) -> list:
         """``call(actor, pin, ids of the shard)`` on the shards that own ``ids``; the answers in the order of ids."""
-        groups, pins = group_by_shard(ids, self.n_shards), self._pins
+        groups = group_by_shard(ids, self.n_shards)
         shards = list(groups)
-        answers = self.replicas.call(lambda s, a: call(a, pins[s], [ids[i] for i in groups[s]]), shards)
+        answers = self._read(lambda a, pin, s: call(a, pin, [ids[i] for i in groups[s]]), shards)
         out: list = [None] * len(ids)
         for s, ans in zip(shards, answers):
             for i, v in zip(groups[s], ans):

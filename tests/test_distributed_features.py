@@ -282,6 +282,12 @@ def test_replicas_fail_over_and_a_shard_with_none_left_fails_by_name(ray_local, 
         new_ids = [f"r{i}" for i in range(6)]
         index.add(docs[300:306], new_ids)
         assert [len(index.holders(x)) for x in new_ids] == [1] * 6
+        ray_local.kill(index.actors[0][0], no_restart=True)  # writes fail over too: the replicas are asked in turn
+        on0 = [x for x in (f"w{i}" for i in range(40)) if index.shard_of(x) == 0][:2]
+        for i, x in enumerate(on0):
+            index.upsert(docs[320 + i : 321 + i], [x])
+        assert 0 in index.replicas._down[0]  # one of the two writes met the dead replica first
+        assert [index.holders(x) for x in on0] == [[0], [0]]
         ray_local.kill(index.actors[1][1], no_restart=True)
         with pytest.raises(ShardUnavailableError, match=r"unavailable: \[1\]") as err:
             index.search_exact(c.queries, k=10)
@@ -291,7 +297,7 @@ def test_replicas_fail_over_and_a_shard_with_none_left_fails_by_name(ray_local, 
         with pytest.raises(ClusterWriteError, match=r"shard\(s\) \[1\]"):
             index.upsert(docs[310:318], more)
         on_disk = json.loads((tmp_path / "sh" / "cluster.json").read_text())
-        assert on_disk["generation"] == index.generation == 1
+        assert on_disk["generation"] == index.generation == 3
         with Index.open(shard_path(tmp_path / "sh", m["shards"][0])) as direct:  # shard 0's part undone
             assert not any(x in direct for x in more) and direct.manifest["last_op"] == "rollback"
 

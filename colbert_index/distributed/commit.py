@@ -56,12 +56,14 @@ def _write_parts(index: ShardedIndex, parts: dict[int, tuple[str, dict]]) -> tup
         refs = {}
         for s, (op, payload) in pending.items():
             r = order[s].pop(0)
-            refs[s] = index.replicas.actors[s][r].write.remote(index._pins[s], op, payload)
+            refs[s] = (r, index.replicas.actors[s][r].write.remote(index._pins[s], op, payload))
         pending = {}
-        for s, ref in refs.items():
+        for s, (r, ref) in refs.items():
             try:
                 results[s] = ray.get(ref)
+                index.replicas.mark(s, r, ok=True)
             except actor_errors as e:
+                index.replicas.mark(s, r, ok=False)
                 if order[s]:
                     pending[s] = parts[s]
                 else:
@@ -79,11 +81,13 @@ def transact(index: ShardedIndex, op: str, parts: dict[int, tuple[str, dict]]) -
         base = index.manifest
         results, errors = _write_parts(index, parts)
         if errors:
-            for s in results:  # best effort: the next write rolls back whatever this leaves
-                try:
-                    ray.get(index.replicas.actors[s][index.replicas.order(s)[0]].abort.remote(index._pins[s]))
-                except Exception:  # noqa: BLE001, S110 - see above
-                    pass
+            for s in results:  # best effort, on the first replica that answers: the next write rolls back the rest
+                for r in index.replicas.order(s):
+                    try:
+                        ray.get(index.replicas.actors[s][r].abort.remote(index._pins[s]))
+                        break
+                    except Exception:  # noqa: BLE001 - see above
+                        index.replicas.mark(s, r, ok=False)
             detail = "; ".join(
                 f"shard {s}: {type(e).__name__}: {str(e).splitlines()[0][:200]}" for s, e in errors.items()
             )

@@ -62,6 +62,13 @@ class Replicas:
         turn = [(start + i) % n for i in range(n)]
         return sorted(turn, key=lambda r: now - self._down[shard].get(r, -1e18) < DOWN_FOR_S)
 
+    def mark(self, shard: int, replica: int, ok: bool) -> None:
+        """Record that a replica answered (``ok``) or failed: a failed one is asked last for a while."""
+        if ok:
+            self._down[shard].pop(replica, None)
+        else:
+            self._down[shard][replica] = time.monotonic()
+
     def call(self, make: Callable[[int, object], object], shards: Sequence[int]) -> list:
         """``make(shard, actor)`` (a Ray call) on one replica of each shard, in parallel; the results in the
         order of ``shards``."""
@@ -81,7 +88,7 @@ class Replicas:
             now = time.monotonic()
             st = state[s]
             st["error"] = error
-            self._down[s][r] = now
+            self.mark(s, r, ok=False)
             if st["left"]:
                 send(s)
                 return
@@ -112,7 +119,7 @@ class Replicas:
                 s, r, _ = inflight.pop(ref)
                 try:
                     out[s] = ray.get(ref)
-                    self._down[s].pop(r, None)
+                    self.mark(s, r, ok=True)
                 except errors as e:
                     fail(s, r, e)
             if self.call_timeout_s is not None:

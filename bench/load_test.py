@@ -84,11 +84,20 @@ async def run_load(base: str, bodies: list[bytes], docs: list[list], args) -> di
     stop_at = time.monotonic() + args.duration
     sent = 0
 
+    def running() -> bool:
+        """Until ``--duration`` and ``--max-requests``; past the duration (for at most ``--min-wait`` s more) until
+        ``--min-searches`` searches and ``--min-writes`` writes are done: a loaded machine may get few in."""
+        if sent >= args.max_requests:
+            return False
+        now = time.monotonic()
+        short = len(latencies) < args.min_searches or len(writes) < args.min_writes
+        return now < stop_at or (short and now < stop_at + args.min_wait)
+
     async def client(i: int) -> None:
         nonlocal sent
         rng = np.random.default_rng(i)
         async with httpx.AsyncClient(base_url=base, headers=headers, timeout=60) as http:
-            while time.monotonic() < stop_at and sent < args.max_requests:
+            while running():
                 sent += 1
                 body = bodies[int(rng.integers(len(bodies)))]
                 t0 = time.perf_counter()
@@ -103,7 +112,7 @@ async def run_load(base: str, bodies: list[bytes], docs: list[list], args) -> di
     async def writer() -> None:
         next_id, previous, cycle = 1_000_000, [], 0
         async with httpx.AsyncClient(base_url=base, headers=headers, timeout=60) as http:
-            while time.monotonic() < stop_at and sent < args.max_requests:
+            while running():
                 await asyncio.sleep(args.write_every)
                 cycle += 1
                 new = list(range(next_id, next_id + 4))
@@ -153,12 +162,15 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--duration", type=float, default=60.0, help="seconds (the run stops at this or --max-requests)")
     p.add_argument("--max-requests", type=int, default=200_000, help="searches (the run stops at this or --duration)")
+    p.add_argument("--min-searches", type=int, default=0, help="go on past --duration until this many searches")
+    p.add_argument("--min-writes", type=int, default=0, help="go on past --duration until this many writes")
+    p.add_argument("--min-wait", type=float, default=600.0, help="at most this long past --duration for them")
     p.add_argument("--write-every", type=float, default=1.0, help="seconds between the writer's add + delete")
-    p.add_argument("--quick", action="store_true", help="600 docs, 3 s (smoke run)")
+    p.add_argument("--quick", action="store_true", help="600 docs, 3 s, >= 8 searches, >= 2 writes (smoke)")
     p.add_argument("--out", type=Path, default=BENCH_DIR / "results")
     args = p.parse_args(argv)
     if args.quick:
-        args.n_docs, args.duration = 600, 3.0
+        args.n_docs, args.duration, args.min_searches, args.min_writes = 600, 3.0, 8, 2
     sources = source_hash()
     corpus = make_corpus(args.n_docs, dim=64, n_queries=100, seed=0)
     bucket = np.random.default_rng(0).permutation(args.n_docs) % 1000

@@ -19,6 +19,7 @@ import numpy as np
 from colbert_index import filters, hybrid
 from colbert_index.backend import get_backend
 from colbert_index.distributed.manifest import check_shard_manifest, same_data
+from colbert_index.errors import IndexFormatError
 from colbert_index.index import Index
 from colbert_index.search import SearchParams
 from colbert_index.snapshot import _load_snapshot
@@ -55,6 +56,9 @@ def roll_back(path: str | os.PathLike, base: dict) -> bool:
         current = load_manifest(path)
         if same_data(current, base):
             return False
+        gone = sorted(n for n in referenced(base) if not (path / n).exists())
+        if gone:
+            raise IndexFormatError(f"{path}: cannot roll back to generation {base.get('generation')}: {gone} are gone")
         m = {k: v for k, v in base.items() if k != CHECKSUM_FIELD}
         m["generation"] = int(current["generation"]) + 1
         m["next_segment"] = max(int(current.get("next_segment", 0)), int(base.get("next_segment", 0)))

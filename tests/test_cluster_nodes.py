@@ -117,14 +117,22 @@ def test_replicas_on_two_nodes_answer_through_the_loss_of_one(cluster, sharded_d
         worker = threading.Thread(target=searching)
         worker.start()
         wait_until(lambda: len(answered) >= 2, "searches before the node loss")
+        during = noise(6, seed=5)
+        written = {}
+        writer = threading.Thread(target=lambda: written.update(index.add(during, [f"m{i}" for i in range(6)])))
+        writer.start()  # a write on both shards, in flight when the node goes (or just before)
         c.remove_node(nodes["zone_b"])
         n_at_loss = len(answered)
         wait_until(lambda: len(answered) >= n_at_loss + 3 or errors, "searches after the node loss")
         stop.set()
         worker.join(DEADLINE_S)
+        writer.join(DEADLINE_S)
         assert not errors, errors[:1]
         for res in answered:  # every answer, before, during and after the loss, is right
             same(res, reference)
+        assert set(written) == {0, 1} and index.generation == 1  # the write failed over where it had to
+        assert index.search_exact(during, k=1).ids.ravel().tolist() == [f"m{i}" for i in range(6)]
+        index.delete([f"m{i}" for i in range(6)])
 
         new = noise(4, seed=1)
         index.add(new, [f"n{i}" for i in range(4)])  # written through the replicas left on zone_a
@@ -137,7 +145,7 @@ def test_replicas_on_two_nodes_answer_through_the_loss_of_one(cluster, sharded_d
                 lambda s=s, r=r: ray.get(index.actors[s][r].info.remote(index._pins[s]), timeout=30),
                 f"shard {s}'s replica on zone_b back with its node",
             )
-            assert info["cluster_generation"] == index.generation == 1 and info["n_docs"] == want[s]
+            assert info["cluster_generation"] == index.generation == 3 and info["n_docs"] == want[s]
         same(index.search_exact(corpus.queries, k=10), reference)
 
 

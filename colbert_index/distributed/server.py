@@ -19,7 +19,7 @@ import numpy as np
 from colbert_index import filters, hybrid
 from colbert_index.backend import get_backend
 from colbert_index.distributed.manifest import check_shard_manifest, same_data
-from colbert_index.errors import IndexFormatError
+from colbert_index.errors import IndexFormatError, IndexLockedError
 from colbert_index.index import Index
 from colbert_index.search import SearchParams
 from colbert_index.snapshot import _load_snapshot
@@ -34,6 +34,7 @@ from colbert_index.storage.manifest import (
 from colbert_index.writer import CommitInfo
 
 KEEP_VIEWS = 2  # cluster generations an actor keeps open: the newest and the one searches may still name
+LOCK_WAIT_S = 30.0  # how long a write part waits for a shard's writer lock (held by a replica that is dying)
 
 
 def open_pinned(path: str | os.PathLike, manifest: dict, backend: str = "auto", previous: Index | None = None) -> Index:
@@ -183,12 +184,24 @@ class ShardServer:
     def write(self, pin: tuple, op: str, payload: dict) -> tuple[CommitInfo, dict]:
         """The shard's part of a cluster write, built on the pinned version (the shard is rolled back to it
         first if a later version was committed and never named by the cluster); returns the commit and the
-        new shard manifest. The actor keeps serving the pinned versions until the cluster commits."""
-        generation, base = pin
+        new shard manifest. The actor keeps serving the pinned versions until the cluster commits. The shard's
+        writer lock is waited for up to :data:`LOCK_WAIT_S` (the cluster's writer lock is held, so its holder
+        can only be a replica of this shard that failed mid-write and has not exited yet)."""
+        _, base = pin
         if not isinstance(base, dict):
             import ray
 
             base = ray.get(base)
+        waited = time.monotonic()
+        while True:
+            try:
+                return self._apply(base, op, payload)
+            except IndexLockedError:  # a replica on a lost node may still hold the lock until its process exits
+                if time.monotonic() - waited > LOCK_WAIT_S:
+                    raise
+                time.sleep(0.5)
+
+    def _apply(self, base: dict, op: str, payload: dict) -> tuple[CommitInfo, dict]:
         roll_back(self.path, base)
         if self._writer is None:
             self._writer = Index.open(self.path, backend=self.backend_name)

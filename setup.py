@@ -37,6 +37,8 @@ setup(
             # a hung test fails with a traceback of every thread instead of eating CI's time
             "pytest-timeout>=2.2",
             "hypothesis>=6",
+            # tests/test_api_fuzz.py and bench/fuzz_api.py: the HTTP API fuzzed from its OpenAPI schema
+            "schemathesis>=4.0",
             "ruff>=0.4",
             "transformers>=4.48",
             "tokenizers>=0.20",

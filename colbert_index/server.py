@@ -21,161 +21,58 @@ search the server picks up versions other processes committed (``Index.refresh``
 
 Bad input gets a 4xx whose ``detail`` names the field (``400`` malformed JSON, ``401`` missing or wrong API
 key, ``404`` unknown ids, ``409`` another writer holds the index, ``413`` body too large, ``422`` invalid
-field). With ``api_key`` set, every endpoint but ``/health`` requires ``Authorization: Bearer KEY``.
+field). With ``api_key`` set, every endpoint but ``/health`` requires ``Authorization: Bearer KEY``. The request,
+answer and error bodies are the pydantic models of :mod:`colbert_index.server_models`; the OpenAPI schema
+(``/openapi.json``) declares each endpoint's error statuses and gives embedding rows the index's dim.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import hmac
+import math
 import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated
 
 import numba
 import numpy as np
 
 try:
-    from fastapi import Depends, FastAPI, Header, HTTPException, Request
+    from fastapi import Depends, FastAPI, HTTPException, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
-    from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
+    from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 except ImportError as e:  # pragma: no cover - the extra is missing
     raise ImportError(f'the server needs the "server" extra: pip install -e ".[server]" ({e})') from e
 
 from colbert_index.errors import IndexFormatError, IndexLockedError
 from colbert_index.index import Index
-from colbert_index.search import SearchParams
+from colbert_index.server_models import (
+    MAX_BODY_BYTES,
+    AddAnswer,
+    BatchSearchAnswer,
+    BatchSearchRequest,
+    CompactAnswer,
+    CompactRequest,
+    DeleteAnswer,
+    DeleteRequest,
+    DocumentsRequest,
+    Health,
+    SearchAnswer,
+    SearchRequest,
+    Stats,
+    error_responses,
+    pin_row_length,
+)
 
-MAX_K = 1000
-MAX_QUERY_TOKENS = 512
-MAX_BATCH = 256  # queries in one batch request
-MAX_DOCS = 1000  # documents in one add / upsert request
-MAX_DOC_TOKENS = 8192
-MAX_TEXT = 100_000  # characters of one text
-MAX_IDS = 100_000  # ids in one delete request or id-list filter
-MAX_BODY_BYTES = 64 << 20
-
-Id = StrictInt | StrictStr
-Vectors = Annotated[list[Annotated[list[float], Field(min_length=1, max_length=4096)]], Field(min_length=1)]
-Text = Annotated[str, Field(min_length=1, max_length=MAX_TEXT)]
-Batch = Field(min_length=1, max_length=MAX_BATCH)
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-
-class Params(_Model):
-    """:class:`colbert_index.SearchParams`; unset fields follow the defaults for ``k``."""
-
-    nprobe: int | None = Field(None, ge=1, le=1 << 16)
-    ndocs: int | None = Field(None, ge=1, le=1 << 20)
-    centroid_score_threshold: float | None = None
-    nbound: int | None = Field(None, ge=1, le=1 << 20)
-    bound_cells: int = Field(16, ge=0, le=1 << 10)
-    rerank: int | None = Field(None, ge=0, le=1 << 20)
-
-
-class _SearchOptions(_Model):
-    k: int = Field(10, ge=1, le=MAX_K)
-    filter: dict[str, Any] | Annotated[list[Id], Field(max_length=MAX_IDS)] | None = None
-    params: Params | None = None
-    include_metadata: bool = False
-    text_mode: Literal["any", "all", "fts5"] = "any"
-    fusion: Literal["rrf", "relative"] = "rrf"
-    alpha: float = Field(0.5, ge=0.0, le=1.0)
-    fusion_depth: int | None = Field(None, ge=1, le=10 * MAX_K)
-    hybrid: bool = False
-
-    def _check(self, dense: tuple, text, text_query, names: tuple[str, str, str]) -> None:
-        """One dense kind at most; some query; ``hybrid`` with a text and no separate text query."""
-        if all(x is not None for x in dense):
-            raise ValueError(f"give {names[0]} (embeddings) or {names[1]}, not both")
-        if self.hybrid and (text is None or text_query is not None):
-            raise ValueError(f"hybrid: true searches the {names[1]} by BM25 too: give {names[1]}, no {names[2]}")
-        if not self.hybrid and all(x is None for x in dense) and text_query is None:
-            raise ValueError(f"give {names[0]} (embeddings), {names[1]} (with a model) or {names[2]} (BM25)")
-
-    def lexical(self, text_query) -> dict:
-        """The keyword arguments of ``Index.search`` for the text query (none without one)."""
-        keys = {"text_mode", "fusion", "alpha", "fusion_depth"}
-        return {} if text_query is None else {"text_query": text_query, **self.model_dump(include=keys)}
-
-
-class SearchRequest(_SearchOptions):
-    """One query: ``query`` (token embeddings ``[q_len, dim]``) or ``text`` (needs a model), and/or ``text_query``
-    (BM25 over the stored texts; with a dense query, fused)."""
-
-    query: Annotated[Vectors, Field(max_length=MAX_QUERY_TOKENS)] | None = None
-    text: Text | None = None
-    text_query: Text | None = None
-
-    @model_validator(mode="after")
-    def _one_query(self) -> SearchRequest:
-        self._check((self.query, self.text), self.text, self.text_query, ("query", "text", "text_query"))
-        return self
-
-
-class BatchSearchRequest(_SearchOptions):
-    """Many queries, all with the same options: ``queries`` (embeddings) or ``texts``, and/or ``text_queries``."""
-
-    queries: Annotated[list[Annotated[Vectors, Field(max_length=MAX_QUERY_TOKENS)]], Batch] | None = None
-    texts: Annotated[list[Text], Batch] | None = None
-    text_queries: Annotated[list[Text], Batch] | None = None
-
-    @model_validator(mode="after")
-    def _one_kind(self) -> BatchSearchRequest:
-        self._check((self.queries, self.texts), self.texts, self.text_queries, ("queries", "texts", "text_queries"))
-        dense = self.queries if self.queries is not None else self.texts
-        if dense is not None and self.text_queries is not None and len(dense) != len(self.text_queries):
-            raise ValueError(f"text_queries: {len(self.text_queries)} text queries for {len(dense)} queries")
-        return self
-
-
-class Document(_Model):
-    """A document to add: ``embeddings`` (``[n_tokens, dim]``) or ``text`` (encoded by the model), or both (the
-    embeddings are indexed), an optional ``id`` (required for string-id indexes and upserts) and optional
-    ``metadata``. A ``text`` is stored with the document (for lexical search) unless the request says
-    ``store_text: false``."""
-
-    id: Id | None = None
-    embeddings: Annotated[Vectors, Field(max_length=MAX_DOC_TOKENS)] | None = None
-    text: Text | None = None
-    metadata: dict[str, Any] | None = None
-
-    @model_validator(mode="after")
-    def _some_content(self) -> Document:
-        if self.embeddings is None and self.text is None:
-            raise ValueError("give embeddings or text (or both: the text is then stored, not encoded)")
-        return self
-
-
-class DocumentsRequest(_Model):
-    documents: list[Document] = Field(min_length=1, max_length=MAX_DOCS)
-    store_text: bool = True
-
-
-class DeleteRequest(_Model):
-    """``ids`` (``missing_ok``: ignore those not in the index) or a metadata ``filter``."""
-
-    ids: list[Id] | None = Field(None, min_length=1, max_length=MAX_IDS)
-    filter: dict[str, Any] | None = None
-    missing_ok: bool = False
-
-    @model_validator(mode="after")
-    def _ids_or_filter(self) -> DeleteRequest:
-        if (self.ids is None) == (self.filter is None):
-            raise ValueError("give ids or filter (a metadata filter), not both")
-        return self
-
-
-class CompactRequest(_Model):
-    retrain: bool = False
+_BEARER = HTTPBearer(auto_error=False, description="the server's API key (--api-key)")
+UNAUTHORIZED = "missing or wrong API key: send Authorization: Bearer KEY"
 
 
 class _BodyLimit:
@@ -279,10 +176,15 @@ class _Service:
             return self.encoder.encode_documents(texts, progress=False)
 
     def hits(self, res, include_metadata: bool) -> list[list[dict]]:
+        """The answer's hits per query: a lexical row's padding dropped, 422 for scores JSON cannot carry."""
         out = []
         for ids, scores in zip(res.ids.tolist(), res.scores.tolist()):
-            n = int(np.isfinite(scores).sum())  # a short row of a lexical search is padded with -inf
+            n = len(scores)
+            while n and scores[n - 1] == -math.inf:  # a short row of a lexical search is padded with -inf
+                n -= 1
             ids, scores = ids[:n], scores[:n]
+            if not all(map(math.isfinite, scores)):
+                raise ValueError("query: the scores are not finite (NaN or inf): the vectors' values are too large")
             # as of now: a document deleted since the search ran gets None
             metas = self.index.metadata(ids, missing_ok=True) if include_metadata else None
             out.append(
@@ -292,10 +194,6 @@ class _Service:
                 ]
             )
         return out
-
-
-def _params(p: Params | None) -> SearchParams | None:
-    return None if p is None else SearchParams(**p.model_dump())  # the same field names
 
 
 def _error_detail(exc: RequestValidationError) -> tuple[int, dict]:
@@ -346,19 +244,37 @@ def create_app(
     app = FastAPI(title="colbert_index", lifespan=lifespan)
     app.state.service = service
 
-    def authorize(authorization: Annotated[str | None, Header()] = None) -> None:
+    def has_key(request: Request) -> bool:
+        """The request carries ``Authorization: Bearer KEY`` (compared in constant time), or no key is set."""
         if expected is None:
-            return
-        scheme, _, token = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
-            raise HTTPException(
-                401, "missing or wrong API key: send Authorization: Bearer KEY", headers={"WWW-Authenticate": "Bearer"}
-            )
+            return True
+        scheme, _, token = (request.headers.get("authorization") or "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), expected)
 
-    auth = [Depends(authorize)]
+    def authorize(request: Request, _bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]) -> None:
+        """The dependency of every endpoint but /health (``_BEARER`` puts the scheme in the OpenAPI schema)."""
+        if not has_key(request):
+            raise HTTPException(401, UNAUTHORIZED, headers={"WWW-Authenticate": "Bearer"})
+
+    # what each endpoint may answer besides 200 (the OpenAPI schema declares it: docs/server.md, "Errors")
+    auth, keyed = ([Depends(authorize)], (401,)) if expected is not None else ([], ())
+    reads = error_responses(*keyed, 500)
+    searches = error_responses(400, *keyed, 413, 422, 500)
+    writes = error_responses(400, *keyed, 409, 413, 422, 500, 507)
+    deletes = error_responses(400, *keyed, 404, 409, 413, 422, 500, 507)
+
+    def openapi() -> dict:
+        """FastAPI's schema, with the index's dim as the length of every embedding row."""
+        if app.openapi_schema is None:
+            app.openapi_schema = pin_row_length(FastAPI.openapi(app), service.index.dim)
+        return app.openapi_schema
+
+    app.openapi = openapi
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_request: Request, exc: RequestValidationError):
+    async def _invalid(request: Request, exc: RequestValidationError):
+        if not has_key(request):  # the body was parsed before the key was checked: say nothing about it
+            return JSONResponse({"detail": UNAUTHORIZED}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
         status, body = _error_detail(exc)
         return JSONResponse(body, status_code=status)
 
@@ -376,12 +292,21 @@ def create_app(
     app.add_exception_handler(IndexLockedError, _error(409))
     app.add_exception_handler(IndexFormatError, _error(500))  # a damaged index is not the client's fault
 
+    @app.exception_handler(OSError)
+    async def _storage(_request: Request, exc: OSError):
+        """A failed read or write of the index: JSON (the connection stays open); a full disk is 507, since the
+        write left the index at its last commit and can be retried once space is freed."""
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            detail = f"no space left on the index's device; the write was not committed: {exc}"
+            return JSONResponse({"detail": detail}, status_code=507)
+        return JSONResponse({"detail": f"storage error: {exc}"}, status_code=500)
+
     @app.get("/health")
-    async def health() -> dict:
+    async def health() -> Health:
         return {"status": "ok", "generation": service.index.generation}
 
-    @app.get("/stats", dependencies=auth)
-    async def stats() -> dict:
+    @app.get("/stats", dependencies=auth, responses=reads)
+    async def stats() -> Stats:
         def collect():
             idx = service.index
             return {
@@ -408,7 +333,8 @@ def create_app(
             Q = [_matrix(q, dim, f"queries[{i}]" if batch else "query") for i, q in enumerate(queries)]
         elif texts is not None:
             Q, lengths = await service.search(lambda: service.encode_queries(texts))
-        params, lexical = _params(req.params), req.lexical(texts if req.hybrid else text_queries)
+        params = None if req.params is None else req.params.search_params()
+        lexical = req.lexical(texts if req.hybrid else text_queries)
 
         def run():
             res = service.index.search(Q, k=req.k, params=params, query_lengths=lengths, filter=req.filter, **lexical)
@@ -417,13 +343,13 @@ def create_app(
         results = await service.search(run, parallel=batch)
         return {"results": results if batch else results[0], "generation": service.index.generation}
 
-    @app.post("/search", dependencies=auth)
-    async def search(req: SearchRequest) -> dict:
+    @app.post("/search", dependencies=auth, responses=searches, response_model_exclude_unset=True)
+    async def search(req: SearchRequest) -> SearchAnswer:
         one = [None if x is None else [x] for x in (req.query, req.text, req.text_query)]
         return await _search(req, *one, batch=False)
 
-    @app.post("/search/batch", dependencies=auth)
-    async def search_batch(req: BatchSearchRequest) -> dict:
+    @app.post("/search/batch", dependencies=auth, responses=searches, response_model_exclude_unset=True)
+    async def search_batch(req: BatchSearchRequest) -> BatchSearchAnswer:
         return await _search(req, req.queries, req.texts, req.text_queries, batch=True)
 
     async def _documents(req: DocumentsRequest, upsert: bool) -> dict:
@@ -463,16 +389,16 @@ def create_app(
             "seconds": round(info.seconds, 4),
         }
 
-    @app.post("/documents", dependencies=auth)
-    async def add(req: DocumentsRequest) -> dict:
+    @app.post("/documents", dependencies=auth, responses=writes)
+    async def add(req: DocumentsRequest) -> AddAnswer:
         return await _documents(req, upsert=False)
 
-    @app.post("/documents/upsert", dependencies=auth)
-    async def upsert(req: DocumentsRequest) -> dict:
+    @app.post("/documents/upsert", dependencies=auth, responses=writes)
+    async def upsert(req: DocumentsRequest) -> AddAnswer:
         return await _documents(req, upsert=True)
 
-    @app.post("/documents/delete", dependencies=auth)
-    async def delete(req: DeleteRequest) -> dict:
+    @app.post("/documents/delete", dependencies=auth, responses=deletes)
+    async def delete(req: DeleteRequest) -> DeleteAnswer:
         idx = service.index
         if req.filter is not None:
             info = await service.write(lambda: idx.delete(filter=req.filter))
@@ -480,8 +406,8 @@ def create_app(
             info = await service.write(lambda: idx.delete(req.ids, missing_ok=req.missing_ok))
         return {"generation": info.generation, "deleted": info.docs_deleted, "seconds": round(info.seconds, 4)}
 
-    @app.post("/compact", dependencies=auth)
-    async def compact(req: CompactRequest | None = None) -> dict:
+    @app.post("/compact", dependencies=auth, responses=writes)
+    async def compact(req: CompactRequest | None = None) -> CompactAnswer:
         retrain = req.retrain if req is not None else False
         info = await service.write(lambda: service.index.compact(retrain=retrain, progress=False))
         return {"generation": info.generation, "removed": info.docs_deleted, "seconds": round(info.seconds, 3)}

@@ -16,8 +16,8 @@ pytest.importorskip("uvicorn")
 from serving import serve, stop  # noqa: E402
 
 from colbert_index import Index, SearchParams  # noqa: E402
-from colbert_index import server as server_module  # noqa: E402
 from colbert_index.datasets.synthetic import make_corpus  # noqa: E402
+from colbert_index.server_models import Params  # noqa: E402
 
 KEY = "s3cret-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -111,12 +111,12 @@ def test_search_by_embeddings_with_filters_and_metadata(server, corpus):
     r = client.post("/search", json={"query": _q(corpus, 3), "k": 3, "params": params})
     assert r.status_code == 200 and r.json()["results"][0]["id"] == 3
     bound = {"nbound": 8, "bound_cells": 4}
-    assert server_module._params(server_module.Params(**bound)) == SearchParams(nbound=8, bound_cells=4)
+    assert Params(**bound).search_params() == SearchParams(nbound=8, bound_cells=4)
     r = client.post("/search", json={"query": _q(corpus, 5), "k": 5, "params": bound})
     want = idx.search(np.asarray(_q(corpus, 5), np.float32), k=5, params=SearchParams(nbound=8, bound_cells=4))
     assert r.status_code == 200 and [h["id"] for h in r.json()["results"]] == list(want.ids[0])
     for rerank in (0, 50):  # off (stage 4 on decompressed tokens), and 50 candidates on the kept vectors
-        assert server_module._params(server_module.Params(rerank=rerank)) == SearchParams(rerank=rerank)
+        assert Params(rerank=rerank).search_params() == SearchParams(rerank=rerank)
         r = client.post("/search", json={"query": _q(corpus, 5), "k": 5, "params": {"rerank": rerank}})
         want = idx.search(np.asarray(_q(corpus, 5), np.float32), k=5, params=SearchParams(rerank=rerank))
         assert r.status_code == 200 and [h["id"] for h in r.json()["results"]] == list(want.ids[0])
@@ -384,3 +384,31 @@ def test_app_refuses_a_model_of_another_dim_and_an_empty_key(text_server, tmp_pa
         create_app(tmp_path / "i64", model=text_server[-1])
     with pytest.raises(ValueError, match="api_key must not be empty"):
         create_app(tmp_path / "i64", api_key="")
+
+
+def test_a_full_disk_is_507_and_the_connection_stays_usable(tmp_path, monkeypatch):
+    """A write failing with ENOSPC answers 507 with a JSON detail naming the lack of space (the index stays at its
+    last commit), another storage error a JSON 500; searches keep being answered."""
+    import errno
+
+    from fastapi.testclient import TestClient
+
+    from colbert_index.server import create_app
+
+    docs = [np.random.default_rng(i).standard_normal((4, 8)).astype(np.float32) for i in range(20)]
+    Index.build(tmp_path / "idx", docs, progress=False)
+    with TestClient(create_app(tmp_path / "idx")) as client:
+        generation = client.get("/health").json()["generation"]
+
+        def full(*_args, **_kwargs):
+            raise OSError(errno.ENOSPC, "No space left on device", "manifest.json.tmp")
+
+        monkeypatch.setattr(Index, "add", full)
+        r = client.post("/documents", json={"documents": [{"embeddings": docs[0].tolist()}]})
+        assert r.status_code == 507 and "no space left" in r.json()["detail"]
+        monkeypatch.setattr(Index, "add", lambda *a, **k: (_ for _ in ()).throw(OSError(errno.EIO, "I/O error")))
+        r = client.post("/documents", json={"documents": [{"embeddings": docs[0].tolist()}]})
+        assert r.status_code == 500 and r.json()["detail"].startswith("storage error")
+        r = client.post("/search", json={"query": docs[3].tolist(), "k": 1})
+        assert r.status_code == 200 and r.json()["results"][0]["id"] == 3
+        assert client.get("/health").json()["generation"] == generation

@@ -315,15 +315,18 @@ class Index:
             self.search([q, q[:1]], k=min(10, self.n_docs))
         return time.perf_counter() - t0
 
-    def _search_one(self, snap: Snapshot, Q: np.ndarray, k: int, p: SearchParams, how=None):
+    def _search_one(self, snap: Snapshot, Q: np.ndarray, k: int, p: SearchParams, how=None, trace=None):
         """All segments as one index: each stage keeps its best candidates across them (their tombstones
-        applied right after the probe). ``how``: the :class:`~colbert_index.filters.FilterPlan` of a filter."""
+        applied right after the probe). ``how``: the :class:`~colbert_index.filters.FilterPlan` of a filter;
+        ``trace``: a dict for what the search did (``explain``)."""
         if not snap.segments:
             return np.zeros(0, np.float32), np.zeros(0, np.int64)
         if how is not None:
+            if trace is not None:
+                trace["filter"] = type(how).__name__
             return filters.search_filtered(Q, k, how, [s.data for s in snap.segments], self.backend)
         datas, deleted = [s.data for s in snap.segments], [s.deleted for s in snap.segments]
-        return staged_search(Q, k, p, datas, self.backend, deleted=deleted)
+        return staged_search(Q, k, p, datas, self.backend, deleted=deleted, trace=trace)
 
     def search(
         self,
@@ -338,6 +341,7 @@ class Index:
         fusion: str | None = "rrf",
         alpha: float = 0.5,
         fusion_depth: int | None = None,
+        explain: bool = False,
     ) -> SearchResult:
         """Top-``k`` live documents by approximate-then-exact MaxSim (PLAID's four stages), by BM25 over their
         stored texts, or by both fused.
@@ -362,6 +366,9 @@ class Index:
                 scores), ``alpha`` the dense list's weight; scores are then the fused ones. Rows with fewer matches
                 than the longest are padded with score ``-inf``. A query without searchable words, or FTS5 syntax
                 errors, raise ``ValueError``.
+            explain: also fill ``SearchResult.explain``, one dict per query: the parameters the search used (the
+                defaults for ``k`` and the index's size filled in) and each stage's candidates kept and
+                milliseconds (docs/search.md).
 
         All segments are searched as one index: each stage keeps its best candidates across them.
         A batch runs its queries in parallel, one per Numba thread (``numba.set_num_threads``), each
@@ -377,25 +384,31 @@ class Index:
         how = None
         if filter is not None:
             how = filters.plan(filters.allowed(snap, filter), [s.doclens for s in snap.segments], snap.n_live, p)
-        return snap.result(self._dense(snap, queries, k, p, how))
+        traces = [{} for _ in queries] if explain else [None] * len(queries)
+        res = snap.result(self._dense(snap, queries, k, p, how, traces))
+        res.explain = traces if explain else None
+        return res
 
-    def _dense(self, snap: Snapshot, queries: list[np.ndarray], k: int, p: SearchParams, how) -> list[tuple]:
+    def _dense(self, snap: Snapshot, queries: list, k: int, p: SearchParams, how, traces=None) -> list[tuple]:
         """``(scores, positions)`` of each query by the staged search (on the device when there is one and no filter
-        plan ``how``), a batch in parallel over the Numba threads."""
+        plan ``how``), a batch in parallel over the Numba threads; ``traces``: a dict or None per query."""
+        traces = traces or [None] * len(queries)
         if self._device is not None and how is None:  # the whole batch on the device (filters stay on CPU)
+            for t in filter(None, traces):  # no per-stage trace there
+                t["device"] = True
             return self._device.search(snap, queries, k, p)
         n_workers = min(len(queries), numba.get_num_threads()) if self.backend.name == "numba" else 1
         if n_workers <= 1:  # BLAS limited once per call, not once per BLAS kernel (each entry resets the libraries)
             with one_blas_thread():
-                return [self._search_one(snap, q, k, p, how) for q in queries]
+                return [self._search_one(snap, q, k, p, how, t) for q, t in zip(queries, traces)]
 
-        def one(q: np.ndarray):
+        def one(qt: tuple):
             numba.set_num_threads(1)  # thread-local: this worker's kernels stay on its own core
-            return self._search_one(snap, q, k, p, how)
+            return self._search_one(snap, qt[0], k, p, how, qt[1])
 
         # the kernels release the GIL (nogil=True); BLAS (the numpy backend's products) on one thread per worker
         with one_blas_thread(), ThreadPoolExecutor(n_workers) as pool:
-            return list(pool.map(one, queries))
+            return list(pool.map(one, zip(queries, traces)))
 
     def search_exact(
         self, Q, k: int = 10, query_lengths=None, filter: dict | list | None = None, *, originals: bool | None = None

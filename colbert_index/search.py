@@ -4,6 +4,7 @@ keeps them), and brute-force exact MaxSim."""
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -146,10 +147,14 @@ class SearchResult:
     """Top-k per query, best first: ``ids [n_q, k]`` (external ids) and ``scores [n_q, k]`` float32.
 
     When the index holds fewer than ``k`` documents, ``k`` columns shrink to the number of documents.
+    ``explain``: with ``search(..., explain=True)``, one dict per query: ``"params"`` (what the search used:
+    ``nprobe``, ``centroid_score_threshold``, ``ndocs`` and ``n_exact``, the candidates stages 2 and 3 kept) and
+    ``"stages"`` (per stage: ``stage``, ``candidates`` kept, ``ms``).
     """
 
     ids: np.ndarray
     scores: np.ndarray
+    explain: list[dict] | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -168,6 +173,7 @@ def staged_search(
     data,
     backend,
     deleted: np.ndarray | None = None,
+    trace: dict | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One query through the four stages; returns ``(scores, slots)`` of length ``min(k, live docs)``.
 
@@ -175,8 +181,10 @@ def staged_search(
     searched as one index: every stage keeps its best candidates across all of them, and slot ``s`` of
     segment ``i`` is returned as ``s`` plus the documents of segments ``0..i-1``. ``deleted``: bool
     ``[n_docs]`` (a list of such or ``None`` with segments), slots that must never be returned; they are
-    dropped right after the probe, so they never take a candidate's place in a later stage.
+    dropped right after the probe, so they never take a candidate's place in a later stage. ``trace``: a dict
+    that receives the parameters used (``"params"``) and each stage's candidates and milliseconds (``"stages"``).
     """
+    t0 = time.perf_counter() if trace is not None else 0.0
     segs = list(data) if isinstance(data, (list, tuple)) else [data]
     dels = [deleted] if not isinstance(data, (list, tuple)) else (deleted or [None] * len(segs))
     codec = segs[0].codec
@@ -187,6 +195,7 @@ def staged_search(
         return np.zeros(0, np.float32), np.zeros(0, np.int64)
     tables3 = backend.refined_interaction_tables(Q, codec.table, score_bound(codec, Q))  # stage 0 may need them
     S, rows3, first_cells, stage2 = query_tables(codec, Q, backend, params, tables3)
+    t0 = _mark(trace, "tables", None, t0)
     nprobe = params.nprobe
     while True:  # stage 1; widen the probe in the rare case it finds fewer than k documents
         if params.nbound is None:
@@ -206,18 +215,22 @@ def staged_search(
         if sum(map(len, cands)) >= k or nprobe >= codec.n_centroids:
             break
         nprobe *= 2
-    ndocs = params.ndocs if params.ndocs is not None else SearchParams.default_ndocs(k, int(bases[-1]))
+    n_probed = sum(map(len, cands))
+    t0 = _mark(trace, "probe", n_probed, t0)
     originals = params.uses_originals and any(d.originals is not None for d in segs)
+    ndocs = params.ndocs if params.ndocs is not None else SearchParams.default_ndocs(k, int(bases[-1]))
     n_exact = n_final(k, ndocs, params, originals)
     ndocs = max(ndocs, k)
     nbound = None if bounds is None else max(params.nbound, ndocs)
     if nbound is not None and sum(map(len, cands)) > nbound:  # the best by the bound (sorted: memory order)
         cands = [np.sort(c) for c in _best_across(backend, bounds, cands, bases, nbound)]
+        t0 = _mark(trace, "bound", sum(map(len, cands)), t0)
     if sum(map(len, cands)) > ndocs:  # stage 2: centroid interaction with pruning
         if stage2 is None:  # once for every segment
             stage2 = backend.centroid_interaction_tables(S, params.centroid_score_threshold)
         approx = [backend.centroid_interaction_from(stage2, d.codes, d.offsets, c) for d, c in zip(segs, cands)]
         cands = _best_across(backend, approx, cands, bases, ndocs)
+        t0 = _mark(trace, "stage2", sum(map(len, cands)), t0)
     if sum(map(len, cands)) > n_exact:  # stage 3: every token with its residual, not normalised
         if rows3 is None:  # once for every segment
             rows3 = backend.refined_interaction_scores(tables3, S)
@@ -226,8 +239,31 @@ def staged_search(
             for d, c in zip(segs, cands)
         ]
         cands = _best_across(backend, approx, cands, bases, n_exact)
+        t0 = _mark(trace, "stage3", sum(map(len, cands)), t0)
     scores = [final_scores(Q, d, c, backend, originals) for d, c in zip(segs, cands)]
-    return backend.top_k(np.concatenate(scores), np.concatenate([c + b for c, b in zip(cands, bases)]), k)  # stage 4
+    out = backend.top_k(np.concatenate(scores), np.concatenate([c + b for c, b in zip(cands, bases)]), k)  # stage 4
+    if trace is not None:
+        _mark(trace, "rerank" if originals else "stage4", sum(map(len, cands)), t0)
+        trace["params"] = _used(nprobe, params, min(ndocs, n_probed), sum(map(len, cands)))
+    return out
+
+
+def _used(nprobe: int, params: SearchParams, ndocs: int, n_exact: int) -> dict:
+    """What ``explain`` reports as the parameters a search used (the probe widened, ``ndocs`` sized to the index)."""
+    threshold = float(params.centroid_score_threshold)
+    return {"nprobe": int(nprobe), "centroid_score_threshold": threshold, "ndocs": int(ndocs), "n_exact": int(n_exact)}
+
+
+def _mark(trace: dict | None, stage: str, candidates: int | None, t0: float) -> float:
+    """Record a stage's candidates and the milliseconds since ``t0`` in ``trace``; the time now."""
+    if trace is None:
+        return 0.0
+    now = time.perf_counter()
+    row = {"stage": stage, "ms": round((now - t0) * 1e3, 4)}
+    if candidates is not None:
+        row["candidates"] = int(candidates)
+    trace.setdefault("stages", []).append(row)
+    return now
 
 
 def n_final(k: int, ndocs: int, params: SearchParams, originals: bool) -> int:

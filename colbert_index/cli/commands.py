@@ -124,6 +124,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise ValueError('text search takes query texts after the options: --model DIR --index PATH "query"')
     if args.exact and text is not None:
         raise ValueError("--exact is brute-force MaxSim; it takes no --text or --hybrid")
+    if args.explain and (args.exact or text is not None):
+        raise ValueError("--explain describes the staged search; it takes no --exact, --text or --hybrid")
     idx = Index.open(index)
     Q, lengths = None, None
     flt = parse_filter(args.filter)
@@ -136,8 +138,13 @@ def cmd_search(args: argparse.Namespace) -> int:
     else:
         hybrid = {"text_mode": args.text_mode, "fusion": args.fusion, "alpha": args.alpha}
         hybrid = {"text_query": text, **hybrid, "fusion_depth": args.fusion_depth} if text is not None else {}
-        res = idx.search(Q, k=args.k, params=search_params(args), query_lengths=lengths, filter=flt, **hybrid)
+        explain = {"explain": True} if args.explain else {}
+        res = idx.search(
+            Q, k=args.k, params=search_params(args), query_lengths=lengths, filter=flt, **hybrid, **explain
+        )
     for qi in range(len(res)):
+        if res.explain is not None:
+            print(f"# explain {json.dumps(res.explain[qi])}")
         hits = [(i, s) for i, s in zip(res.ids[qi], res.scores[qi]) if np.isfinite(s)]  # short rows are padded
         if args.model is None and args.queries is not None:
             print("\t".join(f"{i}:{s:.4f}" for i, s in hits))

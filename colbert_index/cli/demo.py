@@ -54,6 +54,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         width = min(args.k, exact.shape[1]) if exact.size else 0
         rec = recall_at(np.stack(found[:n_exact]), exact, width) if n_exact and width else float("nan")
         p50, p95, p99 = np.percentile(times, [50, 95, 99])
+        explained = idx.search(Q[:n_exact], k=args.k, params=params, filter=flt, explain=True).explain or []
         result = {
             "queries": len(Q),
             "k": args.k,
@@ -64,9 +65,24 @@ def cmd_bench(args: argparse.Namespace) -> int:
             "batch_qps": round(batch_qps, 1),
             f"recall@{args.k}_vs_exact": round(rec, 4),
             "exact_queries": n_exact,
+            **kept_per_stage(explained),
         }
         print(json.dumps(result) if args.json else "\n".join(f"{k:>16}  {v}" for k, v in result.items()))
     return 0
+
+
+def kept_per_stage(explained: list[dict]) -> dict:
+    """Means over queries of what ``search(..., explain=True)`` reports: the candidates each stage kept and the
+    ``ndocs`` / ``n_exact`` the search used (the defaults for the index's size unless set)."""
+    stages: dict[str, list] = {}
+    for e in explained:
+        for row in e.get("stages", []):
+            if "candidates" in row:
+                stages.setdefault(f"mean_kept_{row['stage']}", []).append(row["candidates"])
+        for name in ("nprobe", "ndocs", "n_exact"):
+            if name in e.get("params", {}):
+                stages.setdefault(f"mean_{name}", []).append(e["params"][name])
+    return {name: round(float(np.mean(v)), 1) for name, v in stages.items()}
 
 
 def cmd_demo_texts(args: argparse.Namespace) -> int:

@@ -182,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
         "search",
         "search an index with query embeddings (.npy), query texts and a model, or words (BM25), or both fused",
         "  colbert-index search my-index --queries Q.npy -k 10\n"
+        "  colbert-index search my-index --queries Q.npy --explain\n"
         '  colbert-index search my-index --queries Q.npy --filter \'{"lang": "en", "year": {"$gte": 2020}}\'\n'
         '  colbert-index search --model models/colbert --index my-index "what does PLAID do?"\n'
         '  colbert-index search my-index --text "centroid pruning" -k 5\n'
@@ -202,6 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="cpu", help="device of the model")
     _add_search_options(s)
     s.add_argument("--exact", action="store_true", help="brute-force exact MaxSim instead")
+    s.add_argument(
+        "--explain",
+        action="store_true",
+        help="also print, per query, the parameters used and each stage's candidates and milliseconds (JSON lines "
+        "starting with '# explain')",
+    )
     s.add_argument("--text", action="append", metavar="WORDS", help="words searched by BM25 (once per query)")
     s.add_argument("--hybrid", action="store_true", help="with --model: each query text also searched by BM25")
     s.add_argument("--text-mode", choices=("any", "all", "fts5"), default="any", help="any / all words, or FTS5 syntax")

@@ -43,7 +43,7 @@ def train_codec(spill, K: int, nbits: int, kmeans_iters: int, seed: int, normali
     codec = ResidualCodec.train(
         train, heldout, K, nbits, kmeans_iters=kmeans_iters, seed=seed, normalize=normalize, device=device
     )
-    return codec, drift_stats.outlier_norm(codec, heldout)
+    return codec, drift_stats.figures(codec, heldout)
 
 
 def _given_codec(codec: ResidualCodec, spill, nbits: int, n_centroids: int | None, seed: int) -> tuple[int, float]:
@@ -59,7 +59,7 @@ def _given_codec(codec: ResidualCodec, spill, nbits: int, n_centroids: int | Non
     rng = np.random.default_rng(seed)
     n_tokens = spill.shape[0]
     (heldout,) = spill.rows(np.sort(rng.choice(n_tokens, min(n_tokens, _HELDOUT_TOKENS), replace=False)))
-    return codec.n_centroids, drift_stats.outlier_norm(codec, heldout)
+    return codec.n_centroids, drift_stats.figures(codec, heldout)
 
 
 def check_keep_originals(keep_originals) -> bool:
@@ -128,9 +128,9 @@ def build_index(
             K = check_k_centroids(
                 default_n_centroids(n_tokens, dim, nbits) if n_centroids is None else int(n_centroids), n_tokens
             )
-            codec, outlier_norm = train_codec(spill, K, nbits, kmeans_iters, seed, device=on_device)
+            codec, figures = train_codec(spill, K, nbits, kmeans_iters, seed, device=on_device)
         else:  # a codebook trained elsewhere (colbert_index.distributed: one codebook for all shards)
-            K, outlier_norm = _given_codec(codec, spill, nbits, n_centroids, seed)
+            K, figures = _given_codec(codec, spill, nbits, n_centroids, seed)
         t_train = time.perf_counter() - t0
         codebook = seg_files.save_codebook(tmp, seg_files.codebook_name(0), codec)
         # Pass 2 compresses the spilled tokens chunk by chunk into the memory-mapped outputs.
@@ -164,7 +164,7 @@ def build_index(
                 "next_id": next_id,
                 "next_segment": 1,
                 "codebook": codebook,
-                "outlier_norm": outlier_norm,
+                **figures,  # outlier_norm, drift_expected
                 "pool_factor": pool_factor,
                 "keep_originals": keep_originals,
                 "segments": [segment],

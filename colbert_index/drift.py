@@ -3,8 +3,8 @@
 Two measures, both relative to what the codebook was trained on:
 
 * ``outside``: of the residual coordinates (token minus its centroid, per dimension), the fraction beyond
-  the codebook's outermost bucket weights, the medians of the lowest and highest buckets of the training
-  residuals: ``1 / 2**nbits`` on data like the training data, by construction.
+  the codebook's outermost bucket weights; the manifest's ``drift_expected`` is that fraction on held-out
+  training tokens (``1 / 2**nbits`` for an index that predates it: its weights were the outer buckets' medians).
 * ``outliers``: of the tokens, the fraction whose residual norm exceeds the ``OUTLIER_QUANTILE`` quantile
   of the training tokens' (the manifest's ``outlier_norm``): about 1% on data like the training data.
 
@@ -32,6 +32,23 @@ def outside_count(x: np.ndarray, codes: np.ndarray, codec: ResidualCodec) -> int
     """Residual coordinates of ``x`` (assigned ``codes``) beyond the outermost bucket weights."""
     r = x - codec.centroids[codes]
     return int(np.count_nonzero((r < codec.weights[:, 0]) | (r > codec.weights[:, -1])))
+
+
+def figures(codec: ResidualCodec, heldout: np.ndarray) -> dict:
+    """The manifest's reference figures of a codebook, from held-out training tokens: ``outlier_norm`` and
+    ``drift_expected`` (the ``outside`` fraction on them)."""
+    x = np.ascontiguousarray(heldout, dtype=np.float32)
+    codes = codec.assign(x)
+    norms = np.linalg.norm(x - codec.centroids[codes], axis=1)
+    return {
+        "outlier_norm": float(np.quantile(norms, OUTLIER_QUANTILE)),
+        "drift_expected": round(outside_count(x, codes, codec) / max(1, x.size), 6),
+    }
+
+
+def expected_outside(manifest: dict, nbits: int) -> float:
+    """The ``outside`` fraction on data like the training data (``1 / 2**nbits`` before it was recorded)."""
+    return float(manifest.get("drift_expected", 1 / 2**nbits))
 
 
 def residual_norms(codec: ResidualCodec, tokens: np.ndarray) -> np.ndarray:

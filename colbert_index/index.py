@@ -12,6 +12,7 @@ from pathlib import Path
 import numba
 import numpy as np
 
+from colbert_index import drift as drift_stats
 from colbert_index import exact, filters, hybrid, writer
 from colbert_index.backend import get_backend, one_blas_thread
 from colbert_index.build import build_index
@@ -248,7 +249,8 @@ class Index:
         ]
         tokens = sum(t for _, t in measured)
         outside = sum(o * t for o, t in measured) / tokens if tokens else None
-        return {"outside": outside, "expected": 1 / 2**self.nbits, "tokens": tokens}
+        expected = drift_stats.expected_outside(self.manifest, self.nbits)
+        return {"outside": outside, "expected": expected, "tokens": tokens}
 
     def doc_ids(self) -> np.ndarray:
         """External ids of the live documents (int64, or an object array of str), segment by segment."""

@@ -41,8 +41,8 @@ class CommitInfo:
     tokens farther from their nearest centroid than 99% of the training tokens were (about 0.01 on data like
     the training data); above 0.05 the codebook was extended by ``centroids_added`` centroids trained on
     them. ``drift``: of the new tokens' residual coordinates, the fraction beyond the outermost bucket
-    weights of the codebook they were encoded with; ``drift_expected`` (``1 / 2**nbits``) is that fraction
-    on the training data, so a ratio well above 1 means the documents sit far from the codebook."""
+    weights of the codebook they were encoded with; ``drift_expected`` is that fraction on held-out training
+    tokens, so a ratio well above 1 means the documents sit far from the codebook."""
 
     op: str
     generation: int
@@ -259,7 +259,7 @@ def add(
         tokens_added=entry["n_tokens"],
         seconds=time.perf_counter() - t0,
         drift=entry["drift"]["outside"],
-        drift_expected=1 / 2**snap.codec.nbits,
+        drift_expected=drift_stats.expected_outside(snap.manifest, snap.codec.nbits),
         **info,
     )
 
@@ -322,11 +322,11 @@ def compact(
                 spill, doclens, ids = seg_files.spill_live(segs, index.backend, seg_dir / "spill.f16")
                 n_tok = spill.shape[0]
                 K = default_n_centroids(n_tok, index.dim, index.nbits) if n_centroids is None else int(n_centroids)
-                codec, outlier_norm = train_codec(
+                codec, figures = train_codec(
                     spill, check_k_centroids(K, n_tok), index.nbits, kmeans_iters, seed, index.codec.normalize
                 )
                 codebook = seg_files.save_codebook(index.path, seg_files.codebook_name(gen), codec)
-                changes.update(n_centroids=K, codebook=codebook, outlier_norm=outlier_norm)
+                changes.update(n_centroids=K, codebook=codebook, **figures)
                 meta, texts = seg_files.live_metadata(segs), seg_files.live_texts(segs)
                 entry = seg_files.write_segment(
                     index.path, seg_id, spill, doclens, ids, codec, index.backend, show_progress(progress), meta,

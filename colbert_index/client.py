@@ -214,20 +214,30 @@ class Client:
         k: int = 10,
         *,
         text: str | None = None,
+        text_query: str | None = None,
+        hybrid: bool = False,
         filter: dict | Sequence | None = None,
         params: SearchParams | dict | None = None,
         include_metadata: bool = False,
+        **lexical: Any,
     ) -> RemoteSearchResult:
         """Top-``k`` documents for one query: ``query`` (``[q_len, dim]`` embeddings) or ``text`` (the server needs
-        ``--model``). ``filter``: a list of allowed ids or a metadata filter; ``params``: a
-        :class:`colbert_index.SearchParams` or a dict of its fields. The result has one row."""
-        if (query is None) == (text is None):
-            raise ValueError("give exactly one of query (embeddings) or text")
-        body = self._options(k, filter, params, include_metadata)
+        ``--model``), and/or ``text_query`` (BM25 over the stored texts; with a dense query, fused). ``hybrid``: the
+        ``text`` is searched by BM25 too and fused. ``filter``: a list of allowed ids or a metadata filter;
+        ``params``: a :class:`colbert_index.SearchParams` or a dict of its fields; ``lexical``: ``text_mode``
+        (``"any"``, ``"all"``, ``"fts5"``), ``fusion`` (``"rrf"``, ``"relative"``), ``alpha``, ``fusion_depth``, as
+        ``Index.search`` takes them. The result has one row."""
+        if query is not None and text is not None:
+            raise ValueError("give query (embeddings) or text, not both")
+        if query is None and text is None and text_query is None:
+            raise ValueError("give query (embeddings), text or text_query")
+        body = self._options(k, filter, params, include_metadata, hybrid, lexical)
         if query is not None:
             body["query"] = _rows(query, "query (one [q_len, dim] query; search_batch takes several)")
-        else:
+        if text is not None:
             body["text"] = text
+        if text_query is not None:
+            body["text_query"] = text_query
         answer = self._request("POST", "/search", body)
         return self._result([answer["results"]], answer["generation"], include_metadata)
 
@@ -237,27 +247,39 @@ class Client:
         k: int = 10,
         *,
         texts: Sequence[str] | None = None,
+        text_queries: Sequence[str] | None = None,
+        hybrid: bool = False,
         filter: dict | Sequence | None = None,
         params: SearchParams | dict | None = None,
         include_metadata: bool = False,
+        **lexical: Any,
     ) -> RemoteSearchResult:
         """Top-``k`` documents for each of several queries, all with the same options: ``queries`` (a list of
-        ``[q_len_i, dim]`` arrays or a ``[n_q, q_len, dim]`` array) or ``texts``. One row per query."""
-        if (queries is None) == (texts is None):
-            raise ValueError("give exactly one of queries (embeddings) or texts")
-        body = self._options(k, filter, params, include_metadata)
+        ``[q_len_i, dim]`` arrays or a ``[n_q, q_len, dim]`` array) or ``texts``, and/or ``text_queries`` (BM25,
+        one per query); ``hybrid`` and ``lexical`` as in :meth:`search`. One row per query."""
+        if queries is not None and texts is not None:
+            raise ValueError("give queries (embeddings) or texts, not both")
+        if queries is None and texts is None and text_queries is None:
+            raise ValueError("give queries (embeddings), texts or text_queries")
+        body = self._options(k, filter, params, include_metadata, hybrid, lexical)
         if queries is not None:
             body["queries"] = _queries(queries)
-        else:
-            if isinstance(texts, str):
-                raise TypeError("texts: a list of strings (search takes one text)")
-            body["texts"] = list(texts)
+        for name, values in (("texts", texts), ("text_queries", text_queries)):
+            if values is not None:
+                if isinstance(values, str):
+                    raise TypeError(f"{name}: a list of strings (search takes one)")
+                body[name] = list(values)
         answer = self._request("POST", "/search/batch", body)
         return self._result(answer["results"], answer["generation"], include_metadata)
 
     @staticmethod
-    def _options(k: int, flt, params, include_metadata: bool) -> dict:
-        body: dict[str, Any] = {"k": k, "include_metadata": include_metadata}
+    def _options(k: int, flt, params, include_metadata: bool, hybrid: bool, lexical: dict) -> dict:
+        unknown = set(lexical) - {"text_mode", "fusion", "alpha", "fusion_depth"}
+        if unknown:
+            raise TypeError(f"unknown search options: {sorted(unknown)}")
+        body: dict[str, Any] = {"k": k, "include_metadata": include_metadata, **lexical}
+        if hybrid:
+            body["hybrid"] = True
         if flt is not None:
             body["filter"] = _filter(flt)
         if params is not None:
@@ -280,16 +302,21 @@ class Client:
 
     # ------------------------------------------------------------------ writes
     def _documents(self, path: str, doc_embeddings, doc_ids, texts, metadata) -> dict:
-        if (doc_embeddings is None) == (texts is None):
-            raise ValueError("give exactly one of doc_embeddings or texts")
-        if texts is not None:
-            if isinstance(texts, str):
-                raise TypeError("texts: a list of strings")
-            docs = [{"text": t} for t in texts]
-        else:
+        if doc_embeddings is None and texts is None:
+            raise ValueError("give doc_embeddings, texts, or both (the embeddings indexed, the texts stored)")
+        if isinstance(texts, str):
+            raise TypeError("texts: a list of strings")
+        if doc_embeddings is not None:
             if isinstance(doc_embeddings, np.ndarray) or hasattr(doc_embeddings, "detach"):
                 raise ValueError("doc_embeddings: a list of [n_tokens, dim] arrays, one per document")
             docs = [{"embeddings": _rows(d, f"doc_embeddings[{i}]")} for i, d in enumerate(doc_embeddings)]
+            if texts is not None:
+                if len(texts) != len(docs):
+                    raise ValueError(f"{len(texts)} texts for {len(docs)} documents")
+                for d, t in zip(docs, texts):
+                    d["text"] = t
+        else:
+            docs = [{"text": t} for t in texts]
         if doc_ids is not None:
             ids = _jsonable_ids(doc_ids)
             if len(ids) != len(docs):
@@ -313,8 +340,9 @@ class Client:
         metadata: Sequence[dict | None] | None = None,
     ) -> dict:
         """Add documents in one commit: ``doc_embeddings`` (a list of ``[n_tokens, dim]`` arrays) or ``texts`` (the
-        server needs ``--model``), ids (needed for string-id indexes; an integer-id index hands out the next ones
-        when none are given) and optional metadata. Returns ``generation``, ``added``, ``replaced``, ``tokens``,
+        server needs ``--model``), or both (the embeddings are indexed and the texts stored for BM25), ids (needed
+        for string-id indexes; an integer-id index hands out the next ones when none are given) and optional
+        metadata. Returns ``generation``, ``added``, ``replaced``, ``tokens``,
         ``seconds``. Ids already in the index: :class:`ValidationError` (use :meth:`upsert`)."""
         return self._documents("/documents", doc_embeddings, doc_ids, texts, metadata)
 
@@ -332,9 +360,14 @@ class Client:
             raise ValueError("upsert needs doc_ids")
         return self._documents("/documents/upsert", doc_embeddings, doc_ids, texts, metadata)
 
-    def delete(self, doc_ids: Any, *, missing_ok: bool = False) -> dict:
-        """Delete documents by id (one or a list); returns ``generation``, ``deleted``, ``seconds``. Ids not in the
-        index raise :class:`NotFoundError` naming them, unless ``missing_ok``."""
+    def delete(self, doc_ids: Any = None, *, filter: dict | None = None, missing_ok: bool = False) -> dict:
+        """Delete documents by id (one or a list) or every document a metadata ``filter`` matches; returns
+        ``generation``, ``deleted``, ``seconds``. Ids not in the index raise :class:`NotFoundError` naming them,
+        unless ``missing_ok``."""
+        if (doc_ids is None) == (filter is None):
+            raise ValueError("give doc_ids or filter (a metadata filter), not both")
+        if filter is not None:
+            return self._request("POST", "/documents/delete", {"filter": _filter(filter)})
         return self._request("POST", "/documents/delete", {"ids": _jsonable_ids(doc_ids), "missing_ok": missing_ok})
 
     def compact(self, *, retrain: bool = False) -> dict:

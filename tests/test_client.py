@@ -195,15 +195,20 @@ def test_local_validation():
     client = Client("http://127.0.0.1:9")  # never reached: the errors come first
     Q = np.ones((4, DIM), np.float32)
     cases = [
-        (lambda: client.search(), ValueError, "exactly one of query"),
-        (lambda: client.search(Q, text="x"), ValueError, "exactly one of query"),
+        (lambda: client.search(), ValueError, "query .embeddings., text or text_query"),
+        (lambda: client.search(Q, text="x"), ValueError, "not both"),
+        (lambda: client.search(Q, text_query="x", fusoin="rrf"), TypeError, "unknown search options"),
+        (lambda: client.search_batch(text_queries="one text"), TypeError, "list of strings"),
         (lambda: client.search(np.ones((2, 4, DIM))), ValueError, "search_batch takes several"),
         (lambda: client.search(np.full((2, DIM), np.nan)), ValueError, "NaN"),
         (lambda: client.search([["a"] * DIM]), ValueError, "float array"),
         (lambda: client.search_batch(Q), ValueError, r"\[n_q, q_len, dim\]"),
         (lambda: client.search_batch(texts="one text"), TypeError, "list of strings"),
         (lambda: client.search(Q, params=3), TypeError, "SearchParams"),
-        (lambda: client.add(), ValueError, "exactly one of doc_embeddings or texts"),
+        (lambda: client.add(), ValueError, "doc_embeddings, texts, or both"),
+        (lambda: client.add([Q], texts=["a", "b"]), ValueError, "2 texts for 1 documents"),
+        (lambda: client.delete(), ValueError, "doc_ids or filter"),
+        (lambda: client.delete([1], filter={"lang": "en"}), ValueError, "doc_ids or filter"),
         (lambda: client.add(np.ones((3, 4, DIM))), ValueError, "one per document"),
         (lambda: client.add([Q], [1, 2]), ValueError, "2 doc_ids for 1 documents"),
         (lambda: client.add([Q], metadata=[None, None]), ValueError, "2 metadata entries"),
@@ -260,5 +265,35 @@ def test_text_queries_and_documents(tmp_path):
             assert client.upsert(texts=[texts[41]], doc_ids=["new"])["replaced"] == 1
             with pytest.raises(ValidationError, match="string ids"):
                 client.add(texts=[texts[42]])
+    finally:
+        stop(proc)
+
+
+def test_hybrid_search_and_delete_by_filter(tmp_path):
+    """Documents added with embeddings and texts: BM25 alone, fused with the embeddings (as ``Index.search`` fuses
+    them), and a delete by metadata filter."""
+    corpus = make_corpus(60, dim=DIM, n_queries=2, q_len=8, seed=5)
+    docs = corpus.documents()
+    texts = [f"passage {i} about {['cats', 'ranking', 'pruning'][i % 3]}" for i in range(60)]
+    meta = [{"lang": ["en", "de"][i % 2]} for i in range(60)]
+    path = tmp_path / "index"
+    Index.build(path, docs[:40], metadata=meta[:40], texts=texts[:40], progress=False)
+    proc, base = serve(path, "--refresh-s", "0.1")
+    try:
+        with Client(base, timeout=60) as client:
+            added = client.add(docs[40:], list(range(40, 60)), texts=texts[40:], metadata=meta[40:])
+            assert added["added"] == 20
+            lexical = client.search(text_query="pruning", k=5)
+            assert all(int(i) % 3 == 2 for i in lexical.ids[0])
+            fused = client.search(docs[44][:8], text_query="ranking", k=5, fusion="rrf", alpha=0.5)
+            with Index.open(path) as idx:
+                want = idx.search(docs[44][:8], k=5, text_query="ranking", fusion="rrf", alpha=0.5)
+            _same(fused, want)
+            batch = client.search_batch([docs[1][:8], docs[2][:8]], text_queries=["cats", "pruning"], k=3)
+            assert batch.ids.shape == (2, 3)
+            gone = client.delete(filter={"lang": "de"})
+            assert gone["deleted"] == 30
+            left = client.search(text_query="passage", k=60)
+            assert len(left.ids[0]) == 30 and all(int(i) % 2 == 0 for i in left.ids[0])
     finally:
         stop(proc)

@@ -92,18 +92,25 @@ def torch_index(index_2k_2bit):
     return Index.open(index_2k_2bit.path, backend="torch")
 
 
+@pytest.fixture(scope="module")
+def float_index(index_2k_2bit):
+    """The same index on the numpy backend: float stage 0 as the device pipeline computes it. Numba's int8 stage 0
+    (AVX2 / VNNI) rounds the query tokens, so its stage-2 ranking may differ at the ``ndocs`` cut."""
+    return Index.open(index_2k_2bit.path, backend="numpy")
+
+
 @pytest.mark.parametrize("k, params", PARAMS)
-def test_torch_pipeline_matches_numba(index_2k_2bit, torch_index, corpus_2k, k, params):
+def test_torch_pipeline_matches_the_float_pipeline(float_index, torch_index, corpus_2k, k, params):
     assert torch_index._device.kernel_name == "torch"
-    want = index_2k_2bit.search(corpus_2k.queries, k=k, params=params)
+    want = float_index.search(corpus_2k.queries, k=k, params=params)
     got = torch_index.search(corpus_2k.queries, k=k, params=params)
     assert got.ids.shape == want.ids.shape == (len(corpus_2k.queries), k) and got.scores.dtype == np.float32
     _same_results(got, want)
 
 
-def test_torch_pipeline_ragged_queries_in_one_batch(index_2k_2bit, torch_index, corpus_2k):
+def test_torch_pipeline_ragged_queries_in_one_batch(float_index, torch_index, corpus_2k):
     queries = [q[:n] for q, n in zip(corpus_2k.queries[:6], (1, 5, 32, 17, 2, 32))]
-    _same_results(torch_index.search(queries, k=10), index_2k_2bit.search(queries, k=10))
+    _same_results(torch_index.search(queries, k=10), float_index.search(queries, k=10))
 
 
 def test_torch_pipeline_segments_deletes_and_refresh(tmp_path, corpus_2k):
@@ -183,11 +190,11 @@ def test_missing_triton_falls_back_to_torch_with_a_log_line(monkeypatch, caplog)
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
 @pytest.mark.parametrize("backend", ("auto", "torch"))
 @pytest.mark.parametrize("k, params", PARAMS)
-def test_cuda_search_matches_cpu(index_2k_2bit, corpus_2k, backend, k, params):
+def test_cuda_search_matches_cpu(index_2k_2bit, float_index, corpus_2k, backend, k, params):
     dev = Index.open(index_2k_2bit.path, device="cuda", backend=backend)
     data = dev._device.prepare(dev._s)
     assert data.codes.is_cuda and data.residuals.is_cuda and data.ivf_docs.is_cuda
-    want = index_2k_2bit.search(corpus_2k.queries, k=k, params=params)
+    want = float_index.search(corpus_2k.queries, k=k, params=params)
     _same_results(dev.search(corpus_2k.queries, k=k, params=params), want, atol=2e-4)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import colbert_index.kernels
@@ -27,6 +28,10 @@ def _drop_stale_kernel_cache() -> None:
 
 
 _drop_stale_kernel_cache()
+
+# Ray starts its worker processes at niceness 15, so beside any other CPU-bound process (another job on a shared
+# machine) its actors get a few percent of a core and the distributed tests crawl. Before any Ray node starts.
+os.environ.setdefault("RAY_worker_niceness", "0")
 
 
 @pytest.fixture(scope="session")

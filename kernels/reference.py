@@ -223,7 +223,7 @@ def byte_table_int8(
     step = np.maximum(peak / limit, bound).astype(np.float32)
     used = step >= np.finfo(np.float32).tiny  # a column whose step underflows float32 is all zeros, scale 1
     scale = np.where(used, step, np.float32(1.0)).astype(np.float32)
-    ints = np.clip(np.rint(lut / scale.astype(np.float64)), -limit, limit) * used
+    ints = np.clip(np.rint(lut * (1.0 / scale.astype(np.float64))), -limit, limit) * used
     return ints.astype(np.int8), scale
 
 

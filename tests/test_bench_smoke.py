@@ -79,3 +79,13 @@ def test_soak_quick_run_loses_nothing_across_a_kill(tmp_path):
     assert kills["kills"] >= 1 and kills["writes"]["acknowledged"] > 0 and kills["searches"]["answers"] > 0
     assert kills["checks"]["writes_acknowledged_found"] == kills["checks"]["writes_acknowledged_checked"] > 0
     assert results["failures"] == [], results["failures"]
+
+
+def test_fixed_costs_quick_run(tmp_path):
+    """bench/fixed_costs.py --quick: a query's time split into kernel and Python, and per stage."""
+    _quick_run("fixed_costs.py", tmp_path)
+    shapes = json.loads((tmp_path / "fixed_costs_quick.json").read_text())["shapes"]
+    assert set(shapes) == {"as encoded", "first 12 tokens"}
+    for shape in shapes.values():
+        assert 0 < shape["mean_kernel_ms"] < shape["mean_ms"] and 0 < shape["python_share"] < 1
+        assert {"tables", "probe", "stage4"} <= set(shape["stages"])

@@ -236,6 +236,22 @@ def single_query_latency(
     return stats, np.stack(ids)
 
 
+def stage_figures(explained: list[dict]) -> dict:
+    """Per stage of ``search(..., explain=True)``'s traces (one dict per query): ``p50_ms``, and ``mean_candidates``
+    where the stage keeps candidates (the query tables keep none)."""
+    ms: dict[str, list] = {}
+    kept: dict[str, list] = {}
+    for trace in explained:
+        for stage in trace["stages"]:
+            ms.setdefault(stage["stage"], []).append(stage["ms"])
+            if "candidates" in stage:
+                kept.setdefault(stage["stage"], []).append(stage["candidates"])
+    out = {s: {"p50_ms": round(float(np.median(v)), 3)} for s, v in ms.items()}
+    for s, v in kept.items():
+        out[s]["mean_candidates"] = round(float(np.mean(v)), 1)
+    return out
+
+
 def parse_sweep(text: str) -> list[tuple[int, int]]:
     """``"1:256,2:1024"`` -> ``[(1, 256), (2, 1024)]`` (nprobe, ndocs pairs)."""
     return [tuple(int(x) for x in pair.split(":")) for pair in text.split(",") if pair]

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import BENCH_DIR, environment, log, recall, source_hash, split_flat, thread_count
+from common import BENCH_DIR, environment, log, recall, source_hash, split_flat, stage_figures, thread_count
 
 from colbert_index import Index
 from colbert_index.datasets.family import VARIANTS
@@ -96,12 +96,8 @@ def measure(index: Index, queries: list, exact: np.ndarray, rounds: int) -> dict
             times.append(time.perf_counter() - t0)
             if r == 0:
                 found.append(res.ids[0])
-    kept: dict[str, list] = {}
     explained = index.search(queries, k=10, explain=True).explain
-    for e in explained:
-        for stage in e["stages"]:
-            if "candidates" in stage:  # the query tables keep none
-                kept.setdefault(stage["stage"], []).append(stage["candidates"])
+    stages = stage_figures(explained)
     return {
         "n_docs": index.n_docs,
         "n_tokens": index.n_tokens,
@@ -111,7 +107,7 @@ def measure(index: Index, queries: list, exact: np.ndarray, rounds: int) -> dict
         "recall10_vs_exact": recall(np.stack(found), exact, 10),
         "p50_ms": round(float(np.median(times) * 1e3), 3),
         "params": {name: explained[0]["params"][name] for name in ("nprobe", "ndocs", "n_exact")},
-        "mean_candidates": {s: round(float(np.mean(v)), 1) for s, v in kept.items()},
+        "mean_candidates": {s: f["mean_candidates"] for s, f in stages.items() if "mean_candidates" in f},
     }
 
 

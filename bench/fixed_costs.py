@@ -25,7 +25,17 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import BENCH_DIR, environment, gc_paused, log, others_load, source_hash, thread_count, wait_for_quiet
+from common import (
+    BENCH_DIR,
+    environment,
+    gc_paused,
+    log,
+    others_load,
+    source_hash,
+    stage_figures,
+    thread_count,
+    wait_for_quiet,
+)
 
 from colbert_index import Index
 from colbert_index.datasets.family import VARIANTS
@@ -82,20 +92,8 @@ def split(index: Index, queries: list, acc: dict, rounds: int) -> dict:
 
 
 def stages(index: Index, queries: list) -> dict:
-    """Median milliseconds and candidates of each stage (``explain=True``)."""
-    ms: dict[str, list] = {}
-    kept: dict[str, list] = {}
-    for q in queries:
-        for st in index.search(q, k=10, explain=True).explain[0]["stages"]:
-            ms.setdefault(st["stage"], []).append(st["ms"])
-            if "candidates" in st:
-                kept.setdefault(st["stage"], []).append(st["candidates"])
-    return {
-        s: {"p50_ms": round(float(np.median(v)), 3), "mean_candidates": round(float(np.mean(kept[s])), 1)}
-        if s in kept
-        else {"p50_ms": round(float(np.median(v)), 3)}
-        for s, v in ms.items()
-    }
+    """Median milliseconds and mean candidates of each stage (``explain=True``), each query alone."""
+    return stage_figures([index.search(q, k=10, explain=True).explain[0] for q in queries])
 
 
 def main(argv: list[str] | None = None) -> dict:

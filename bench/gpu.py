@@ -315,7 +315,7 @@ def _speedups(rows: list[dict]) -> None:
 
 
 def render(rows: list[dict]) -> str:
-    lines = ["| dim | docs | tokens | K | build s (of which read + k-means) | built on |", "|---|---|---|---|---|---|"]
+    lines = ["| dim | docs | tokens | K | build s (of which k-means) | built on |", "|---|---|---|---|---|---|"]
     for r in {r["dim"]: r for r in rows}.values():  # one row per dim
         b = r["build"]
         lines.append(f"| {r['dim']} | {r['n_docs']:,} | {r['n_tokens']:,} | {r['K']} | {b.get('seconds')} "

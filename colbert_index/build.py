@@ -121,6 +121,7 @@ def build_index(
         spill, doclens = spill_documents(
             doc_embeddings, doc_lengths, seg_dir / "spill.f16", show_progress(progress), pooling(pool_factor, kernels)
         )
+        t_spill = time.perf_counter() - t0
         n_tokens, dim = spill.shape
         check_nbits_dim(nbits, dim)
         ids = normalize_doc_ids(doc_ids, len(doclens))
@@ -131,7 +132,7 @@ def build_index(
             codec, figures = train_codec(spill, K, nbits, kmeans_iters, seed, device=on_device)
         else:  # a codebook trained elsewhere (colbert_index.distributed: one codebook for all shards)
             K, figures = _given_codec(codec, spill, nbits, n_centroids, seed)
-        t_train = time.perf_counter() - t0
+        t_train = time.perf_counter() - t0 - t_spill
         codebook = seg_files.save_codebook(tmp, seg_files.codebook_name(0), codec)
         # Pass 2 compresses the spilled tokens chunk by chunk into the memory-mapped outputs.
         # read after the documents, so that both may be lists a generator of batches fills as it goes
@@ -172,7 +173,10 @@ def build_index(
                     "seed": seed,
                     "kmeans_iters": kmeans_iters,
                     "device": "cpu" if on_device is None else f"{on_device} (torch)",
+                    # the input read and spilled, k-means and tables, then compression and the segment's files
+                    "spill_seconds": round(t_spill, 3),
                     "train_seconds": round(t_train, 3),
+                    "compress_seconds": round(time.perf_counter() - t0 - t_spill - t_train, 3),
                     "seconds": round(time.perf_counter() - t0, 3),
                 },
             },

@@ -13,12 +13,15 @@ from colbert_index.kernels.reference import decode_table
 
 NBITS = (2, 4)
 # Up to this K, tokens are assigned to their exact nearest centroid (a BLAS product, ~K*dim flops per
-# token). Beyond it that is too slow on a CPU (60M tokens x 65536 centroids: hours), so k-means assigns
-# through an HNSW graph and compression through coarse cells over the centroids, each row scored
-# against the centroids of its ASSIGN_NPROBE nearest cells; `assignment_agreement` measures what that
-# gives up.
+# token). Beyond it that is too slow on a CPU (60M tokens x 65536 centroids: hours), so k-means runs in
+# two levels (`two_level_kmeans`) and compression goes through coarse cells over the centroids, each row
+# scored against the centroids of its ASSIGN_NPROBE nearest cells; `assignment_agreement` measures what
+# that gives up.
 FLAT_ASSIGN_MAX_K = 16384
-ASSIGN_NPROBE = 16
+ASSIGN_NPROBE = 8
+ASSIGN_BLOCK = 1 << 18
+# Lloyd steps over all centroids after `two_level_kmeans` fits them cell by cell.
+GLOBAL_STEPS = 2
 # Lloyd-Max steps of the per-dimension bucket tables (0: PLAID's quantile cutoffs and median weights).
 LLOYD_STEPS = 30
 
@@ -85,6 +88,125 @@ def bucket_tables(residuals: np.ndarray, nbits: int, steps: int | None = None) -
     return np.ascontiguousarray(cutoffs, np.float32), np.ascontiguousarray(weights, np.float32)
 
 
+def spherical_kmeans(sample: np.ndarray, k: int, niter: int, seed: int) -> np.ndarray:
+    """``k`` unit centroids of ``sample`` rows (faiss spherical k-means with exact assignment), float32 ``[k, dim]``."""
+    if k == 1:
+        c = sample.mean(axis=0, keepdims=True)
+        return (c / max(float(np.linalg.norm(c)), 1e-12)).astype(np.float32)
+    km = faiss.Clustering(sample.shape[1], k)
+    km.niter, km.seed, km.spherical = niter, seed, True
+    km.max_points_per_centroid, km.min_points_per_centroid = len(sample) // k + 1, 1
+    km.train(sample, faiss.IndexFlatIP(sample.shape[1]))
+    return faiss.vector_to_array(km.centroids).reshape(k, sample.shape[1])
+
+
+def share_by_count(counts: np.ndarray, k: int) -> np.ndarray:
+    """``k`` split among groups in proportion to ``counts`` (largest remainders), no group above its count.
+
+    >>> share_by_count(np.array([50, 30, 20]), 10).tolist()
+    [5, 3, 2]
+    >>> share_by_count(np.array([1, 99]), 50).tolist()
+    [1, 49]
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    if k > counts.sum():
+        raise ValueError(f"cannot split {k} centroids among {int(counts.sum())} points")
+    exact = counts * (k / max(int(counts.sum()), 1))
+    share = np.minimum(np.floor(exact).astype(np.int64), counts)
+    while share.sum() < k:  # hand out the rest by largest remainder among groups with room
+        room = share < counts
+        gap = np.where(room, exact - share, -np.inf)
+        take = np.argsort(-gap, kind="stable")[: min(k - int(share.sum()), int(room.sum()))]
+        share[take] += 1
+    return share
+
+
+def two_level_kmeans(sample: np.ndarray, k: int, niter: int, seed: int) -> np.ndarray:
+    """``k`` unit centroids in two levels: ``~sqrt(k)`` coarse k-means cells over ``sample``, then each cell split
+    by a k-means of its own points into a share of ``k`` in proportion to them.
+
+    Flat k-means with ``k`` in the tens of thousands costs ``k`` dot products per point and iteration (minutes
+    even through an HNSW graph); here a point meets ``sqrt(k)`` coarse and ``~sqrt(k)`` fine centroids. Each
+    centroid is fitted to the points of its own cell, then :data:`GLOBAL_STEPS` Lloyd steps over all of them
+    (assigning through :class:`CoarseCells`) smooth the seams between cells.
+    """
+    n, dim = sample.shape
+    nlist = min(2 ** round(math.log2(math.sqrt(k))), k)
+    owner = np.zeros(n, dtype=np.int64)
+    if nlist > 1:
+        owner = _flat_ip(spherical_kmeans(sample, nlist, niter, seed)).search(sample, 1)[1][:, 0]
+    order = np.argsort(owner, kind="stable")
+    bounds = np.searchsorted(owner[order], np.arange(nlist + 1))
+    share = share_by_count(np.diff(bounds), k)
+    parts = [
+        spherical_kmeans(sample[np.sort(order[bounds[c] : bounds[c + 1]])], int(share[c]), niter, seed + c)
+        for c in range(nlist)
+        if share[c]
+    ]
+    centroids = np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
+    # Cells fitted apart leave seams where they meet; Lloyd steps over all of them (each point to its nearest
+    # centroid as compression will find it) smooth them: fewer documents missed by the search's probe.
+    for _ in range(GLOBAL_STEPS):
+        owner = CoarseCells(centroids).assign(sample)
+        sums = np.stack([np.bincount(owner, weights=sample[:, j], minlength=k) for j in range(dim)], axis=1)
+        norms = np.linalg.norm(sums, axis=1, keepdims=True)
+        centroids = np.where(norms > 0, sums / np.maximum(norms, 1e-30), centroids).astype(np.float32)
+    return centroids
+
+
+def _flat_ip(rows: np.ndarray) -> faiss.IndexFlatIP:
+    index = faiss.IndexFlatIP(rows.shape[1])
+    index.add(np.ascontiguousarray(rows, dtype=np.float32))
+    return index
+
+
+class CoarseCells:
+    """Approximate nearest-centroid assignment for large K: the centroids clustered into ``nlist ~ sqrt(K)`` coarse
+    cells (a flat index over them), each cell's centroid ids and a flat index over their rows. A row is scored
+    against the centroids of its ``ASSIGN_NPROBE`` nearest cells, as an inverted file would probe them, but cell by
+    cell: the rows probing a cell in one flat search (BLAS blocks, the best member kept in cache), which beats
+    faiss's row-by-row IndexIVFFlat for the same choices (docs/design-notes.md)."""
+
+    def __init__(self, centroids: np.ndarray) -> None:
+        self.centroids = centroids
+        nlist = 2 ** round(math.log2(math.sqrt(len(centroids))))
+        km = faiss.Kmeans(centroids.shape[1], nlist, niter=10, seed=0, spherical=True, min_points_per_centroid=1)
+        km.train(centroids)
+        self.coarse = _flat_ip(km.centroids)
+        owner = self.coarse.search(centroids, 1)[1][:, 0]
+        self.members = [np.flatnonzero(owner == j) for j in range(nlist)]
+        self.member_index = [_flat_ip(centroids[m]) for m in self.members]
+
+    def assign(self, x: np.ndarray) -> np.ndarray:
+        """Each float32 row's nearest centroid among those of its nearest cells, as int64."""
+        # in blocks: the probe lists cost ~50 bytes per row and probe
+        return np.concatenate(
+            [self._assign(x[lo : lo + ASSIGN_BLOCK]) for lo in range(0, len(x), ASSIGN_BLOCK)]
+            or [np.zeros(0, np.int64)]
+        )
+
+    def _assign(self, x: np.ndarray) -> np.ndarray:
+        nprobe = min(ASSIGN_NPROBE, len(self.members))
+        cells = self.coarse.search(x, nprobe)[1].ravel()  # BLAS and a heap: faster than argpartition
+        row_of = np.repeat(np.arange(len(x)), nprobe)
+        order = np.argsort(cells.astype(np.uint16 if len(self.members) <= 65536 else np.int64), kind="stable")  # radix
+        bounds = np.searchsorted(cells[order], np.arange(len(self.members) + 1))
+        best = np.full(len(x), -np.inf, dtype=np.float32)
+        out = np.zeros(len(x), dtype=np.int64)
+        for j in np.flatnonzero(np.diff(bounds)):
+            if not len(self.members[j]):
+                continue
+            rows = row_of[order[bounds[j] : bounds[j + 1]]]
+            value, top = (a[:, 0] for a in self.member_index[j].search(x[rows], 1))
+            better = value > best[rows]
+            best[rows[better]] = value[better]
+            out[rows[better]] = self.members[j][top[better]]
+        missed = np.flatnonzero(best == -np.inf)  # every probed cell empty: cannot happen with k-means cells
+        if len(missed):
+            out[missed] = _flat_ip(self.centroids).search(x[missed], 1)[1][:, 0]
+        return out
+
+
 @dataclass(frozen=True)
 class ResidualCodec:
     """Centroids ``[K, dim]`` plus per-dimension bucket ``cutoffs [dim, 2**nbits-1]`` and
@@ -134,19 +256,9 @@ class ResidualCodec:
             from colbert_index.gpu import build as gpu_build
 
             centroids = gpu_build.kmeans(sample, n_centroids, kmeans_iters, seed, device)
-        elif n_centroids > 1:
-            km = faiss.Clustering(dim, n_centroids)
-            km.niter, km.seed, km.spherical = kmeans_iters, seed, True
-            km.max_points_per_centroid = max(1, len(sample) // n_centroids + 1)
-            if n_centroids > FLAT_ASSIGN_MAX_K:
-                assigner = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
-            else:
-                assigner = faiss.IndexFlatIP(dim)
-            km.train(sample, assigner)
-            centroids = faiss.vector_to_array(km.centroids).reshape(n_centroids, dim)
         else:
-            centroids = sample.mean(axis=0, keepdims=True)
-            centroids /= max(float(np.linalg.norm(centroids)), 1e-12)
+            kmeans = two_level_kmeans if n_centroids > FLAT_ASSIGN_MAX_K else spherical_kmeans
+            centroids = kmeans(sample, n_centroids, kmeans_iters, seed)
         # Round to the stored int8 form now: residuals must be computed against exactly the
         # centroids that decompression will use.
         centroids = dequantize_centroids(*quantize_centroids(centroids))
@@ -162,57 +274,21 @@ class ResidualCodec:
 
     @cached_property
     def _flat_index(self) -> faiss.IndexFlatIP:
-        index = faiss.IndexFlatIP(self.dim)
-        index.add(self.centroids)
-        return index
+        return _flat_ip(self.centroids)
 
     @cached_property
-    def _coarse_cells(self) -> tuple[faiss.IndexFlatIP, list[np.ndarray], list[np.ndarray]]:
-        """``(coarse, members, member_rows)`` for :meth:`assign` above ``FLAT_ASSIGN_MAX_K``: the centroids
-        clustered into ``nlist ~ sqrt(K)`` coarse cells (a flat index over them), each cell's centroid ids
-        and their rows transposed (``[dim, n_members]``, the right operand of one BLAS product)."""
-        nlist = 2 ** round(math.log2(math.sqrt(self.n_centroids)))
-        km = faiss.Kmeans(self.dim, nlist, niter=10, seed=0, spherical=True, min_points_per_centroid=1)
-        km.train(self.centroids)
-        index = faiss.IndexFlatIP(self.dim)
-        index.add(np.ascontiguousarray(km.centroids, dtype=np.float32))
-        owner = index.search(self.centroids, 1)[1][:, 0]
-        members = [np.flatnonzero(owner == j) for j in range(nlist)]
-        return index, members, [np.ascontiguousarray(self.centroids[m].T) for m in members]
+    def _coarse_cells(self) -> CoarseCells:
+        return CoarseCells(self.centroids)
 
     def assign(self, embeddings: np.ndarray, exact: bool | None = None) -> np.ndarray:
         """Nearest centroid (max inner product) of each row, as int64.
 
-        ``exact`` defaults to ``K <= FLAT_ASSIGN_MAX_K``; otherwise each row is scored against the
-        centroids of its ``ASSIGN_NPROBE`` nearest coarse cells (:attr:`_coarse_cells`), as an inverted
-        file would probe them, but cell by cell: the rows probing a cell in one BLAS product, which beats faiss's
-        row-by-row IndexIVFFlat for the same choices (docs/design-notes.md).
+        ``exact`` defaults to ``K <= FLAT_ASSIGN_MAX_K``; otherwise through :class:`CoarseCells`.
         """
         x = np.ascontiguousarray(embeddings, dtype=np.float32)
         if exact if exact is not None else self.n_centroids <= FLAT_ASSIGN_MAX_K:
             return self._flat_index.search(x, 1)[1][:, 0]
-        coarse, members, member_rows = self._coarse_cells
-        nprobe = min(ASSIGN_NPROBE, len(members))
-        cells = coarse.search(x, nprobe)[1].ravel()  # BLAS and a heap: faster than argpartition
-        row_of = np.repeat(np.arange(len(x)), nprobe)
-        order = np.argsort(cells, kind="stable")
-        bounds = np.searchsorted(cells[order], np.arange(len(members) + 1))
-        best = np.full(len(x), -np.inf, dtype=np.float32)
-        out = np.zeros(len(x), dtype=np.int64)
-        for j in np.flatnonzero(np.diff(bounds)):
-            if not len(members[j]):
-                continue
-            rows = row_of[order[bounds[j] : bounds[j + 1]]]
-            scores = x[rows] @ member_rows[j]
-            top = np.argmax(scores, axis=1)
-            value = scores[np.arange(len(rows)), top]
-            better = value > best[rows]
-            best[rows[better]] = value[better]
-            out[rows[better]] = members[j][top[better]]
-        missed = np.flatnonzero(best == -np.inf)  # every probed cell empty: cannot happen with k-means cells
-        if len(missed):
-            out[missed] = self._flat_index.search(x[missed], 1)[1][:, 0]
-        return out
+        return self._coarse_cells.assign(x)
 
     def assignment_agreement(self, embeddings: np.ndarray) -> tuple[float, float]:
         """(fraction of rows assigned their exact nearest centroid, mean relative increase of the

@@ -216,7 +216,7 @@ def test_float16_overflow_is_refused(tmp_path):
 
 
 def test_large_k_assignment_path(tmp_path, corpus_2k, monkeypatch):
-    """Above FLAT_ASSIGN_MAX_K, k-means assigns through HNSW and compression through coarse cells over the
+    """Above FLAT_ASSIGN_MAX_K, k-means runs in two levels and compression assigns through coarse cells over the
     centroids (ASSIGN_NPROBE probed); the fraction of tokens that miss their exact nearest centroid stays small."""
     from colbert_index import codec
 

@@ -131,7 +131,7 @@ def two_level_kmeans(sample: np.ndarray, k: int, niter: int, seed: int) -> np.nd
     (assigning through :class:`CoarseCells`) smooth the seams between cells.
     """
     n, dim = sample.shape
-    nlist = min(2 ** round(math.log2(math.sqrt(k))), k)
+    nlist = min(coarse_cell_count(k), k)
     owner = np.zeros(n, dtype=np.int64)
     if nlist > 1:
         owner = _flat_ip(spherical_kmeans(sample, nlist, niter, seed)).search(sample, 1)[1][:, 0]
@@ -154,6 +154,12 @@ def two_level_kmeans(sample: np.ndarray, k: int, niter: int, seed: int) -> np.nd
     return centroids
 
 
+def coarse_cell_count(k: int) -> int:
+    """Coarse cells over ``k`` centroids (two-level k-means, :class:`CoarseCells`): the power of two nearest
+    ``sqrt(k)``."""
+    return 2 ** round(math.log2(math.sqrt(k)))
+
+
 def _flat_ip(rows: np.ndarray) -> faiss.IndexFlatIP:
     index = faiss.IndexFlatIP(rows.shape[1])
     index.add(np.ascontiguousarray(rows, dtype=np.float32))
@@ -169,7 +175,7 @@ class CoarseCells:
 
     def __init__(self, centroids: np.ndarray) -> None:
         self.centroids = centroids
-        nlist = 2 ** round(math.log2(math.sqrt(len(centroids))))
+        nlist = coarse_cell_count(len(centroids))
         km = faiss.Kmeans(centroids.shape[1], nlist, niter=10, seed=0, spherical=True, min_points_per_centroid=1)
         km.train(centroids)
         self.coarse = _flat_ip(km.centroids)

@@ -19,6 +19,12 @@ _NDOCS_SCALE_FROM = 62_500  # documents up to which the default ndocs is PLAID's
 # query token keeps too little of the exact top 10 (docs/search.md; bench/RESULTS.md, Scale). Larger k keep PLAID's
 # table.
 _WIDE_PROBE_FROM = 500_000
+# A search with ``ndocs`` unset sizes stages 2-4 per query (docs/search.md): stage 3 goes on down stage 2's ranking,
+# half an ``ndocs`` at a time, while one of its k best sits in the deeper half of what it scored, up to DEEPEN_CAP
+# times ``ndocs``; the last stage takes every candidate within STAGE3_MARGIN of stage 3's k-th best score (relative
+# to it), from ``n_exact`` up to DEEPEN_CAP times that.
+DEEPEN_CAP = 4
+STAGE3_MARGIN = 0.03
 
 
 def _wide_probe(k: int, n_docs: int) -> bool:
@@ -35,7 +41,10 @@ class SearchParams:
         query token.
     ndocs: candidates kept after stage 2; stage 3 keeps :meth:`n_exact` of them for the exact rerank. Unset,
         it is PLAID's value for ``k`` up to 62,500 documents and grows with the square root of the number
-        of documents beyond (:meth:`default_ndocs`): the probe reaches that many more candidates.
+        of documents beyond (:meth:`default_ndocs`): the probe reaches that many more candidates. Unset, the
+        search also sizes itself per query: stage 3 goes further down stage 2's ranking while that ranking put one
+        of stage 3's k best low, and the last stage takes every candidate close to stage 3's k-th best score
+        (``DEEPEN_CAP``, ``STAGE3_MARGIN``; docs/search.md). Set, exactly ``ndocs`` and :meth:`n_exact`.
     nbound: unset, stage 1 is PLAID's probe. Set, stage 1 also bounds each candidate's centroid interaction
         from above, from the IVF lists alone (``reference.probe_bound``), and keeps the best ``nbound``; stage
         2 then runs only if more than ``ndocs`` remain. More robust to documents unlike the training data,
@@ -218,34 +227,98 @@ def staged_search(
     n_probed = sum(map(len, cands))
     t0 = _mark(trace, "probe", n_probed, t0)
     originals = params.uses_originals and any(d.originals is not None for d in segs)
-    ndocs = params.ndocs if params.ndocs is not None else SearchParams.default_ndocs(k, int(bases[-1]))
+    sized = params.ndocs is None  # the search sizes stages 2-4 itself (SearchParams: "ndocs")
+    ndocs = SearchParams.default_ndocs(k, int(bases[-1])) if sized else params.ndocs
     n_exact = n_final(k, ndocs, params, originals)
     ndocs = max(ndocs, k)
     nbound = None if bounds is None else max(params.nbound, ndocs)
     if nbound is not None and sum(map(len, cands)) > nbound:  # the best by the bound (sorted: memory order)
         cands = [np.sort(c) for c in _best_across(backend, bounds, cands, bases, nbound)]
         t0 = _mark(trace, "bound", sum(map(len, cands)), t0)
-    if sum(map(len, cands)) > ndocs:  # stage 2: centroid interaction with pruning
+    ranked = np.concatenate([c.astype(np.int64) + b for c, b in zip(cands, bases)])  # global positions
+    deeper = None  # stage 2's scores of every candidate, kept while stage 3 may go on down its ranking
+    if len(ranked) > ndocs:  # stage 2: centroid interaction with pruning
         if stage2 is None:  # once for every segment
             stage2 = backend.centroid_interaction_tables(S, params.centroid_score_threshold)
-        approx = [backend.centroid_interaction_from(stage2, d.codes, d.offsets, c) for d, c in zip(segs, cands)]
-        cands = _best_across(backend, approx, cands, bases, ndocs)
-        t0 = _mark(trace, "stage2", sum(map(len, cands)), t0)
-    if sum(map(len, cands)) > n_exact:  # stage 3: every token with its residual, not normalised
+        approx = np.concatenate(
+            [backend.centroid_interaction_from(stage2, d.codes, d.offsets, c) for d, c in zip(segs, cands)]
+        )
+        deeper = (approx, ranked) if sized else None
+        ranked = backend.top_k(approx, ranked, ndocs)[1]
+        t0 = _mark(trace, "stage2", len(ranked), t0)
+    n_scored = len(ranked)
+    if len(ranked) > n_exact:  # stage 3: every token with its residual, not normalised
         if rows3 is None:  # once for every segment
             rows3 = backend.refined_interaction_scores(tables3, S)
-        approx = [
-            backend.refined_interaction_from(tables3, rows3, d.codes, d.residuals, d.offsets, c)
-            for d, c in zip(segs, cands)
-        ]
-        cands = _best_across(backend, approx, cands, bases, n_exact)
-        t0 = _mark(trace, "stage3", sum(map(len, cands)), t0)
-    scores = [final_scores(Q, d, c, backend, originals) for d, c in zip(segs, cands)]
-    out = backend.top_k(np.concatenate(scores), np.concatenate([c + b for c, b in zip(cands, bases)]), k)  # stage 4
+
+        def refined(ids: np.ndarray) -> np.ndarray:
+            return _per_segment(ids, bases, segs, lambda d, c: backend.refined_interaction_from(
+                tables3, rows3, d.codes, d.residuals, d.offsets, c))  # fmt: skip
+
+        approx = refined(ranked)
+        if sized:
+            if deeper is not None:  # go on down stage 2's ranking while it ranked one of stage 3's k best low
+                ranked, approx = _deepen(backend, deeper, ranked, approx, refined, k, ndocs)
+                if trace is not None:
+                    trace["stages"][-1]["candidates"] = len(ranked)  # stage 2 kept what stage 3 scored
+            if not (originals and params.rerank is not None):
+                n_exact = _within_margin(approx, k, n_exact)
+        n_scored = len(ranked)
+        ranked = backend.top_k(approx, ranked, n_exact)[1]
+        t0 = _mark(trace, "stage3", len(ranked), t0)
+    scores = _per_segment(ranked, bases, segs, lambda d, c: final_scores(Q, d, c, backend, originals))
+    out = backend.top_k(scores, ranked, k)  # stage 4
     if trace is not None:
-        _mark(trace, "rerank" if originals else "stage4", sum(map(len, cands)), t0)
-        trace["params"] = _used(nprobe, params, min(ndocs, n_probed), sum(map(len, cands)))
+        _mark(trace, "rerank" if originals else "stage4", len(ranked), t0)
+        trace["params"] = _used(nprobe, params, n_scored, len(ranked))
     return out
+
+
+def _per_segment(ids: np.ndarray, bases: np.ndarray, segs: list, score) -> np.ndarray:
+    """``score(segment data, local slots)`` of global positions ``ids``, segment by segment, in ``ids``' order."""
+    if len(segs) == 1:
+        return score(segs[0], ids.astype(np.int32) if segs[0].n_docs < 2**31 else ids)
+    which = np.searchsorted(bases, ids, side="right") - 1
+    out = np.empty(len(ids), dtype=np.float32)
+    for i, d in enumerate(segs):
+        mine = which == i
+        if mine.any():
+            out[mine] = score(d, (ids[mine] - bases[i]).astype(np.int32))
+    return out
+
+
+def _deepen(backend, stage2: tuple, ranked: np.ndarray, approx: np.ndarray, refined, k: int, ndocs: int) -> tuple:
+    """Stage 3 further down stage 2's ranking (``stage2``: its scores and the candidates), half an ``ndocs`` at a
+    time, while one of the ``k`` best of stage 3's scores sits in the deeper half of the candidates it scored (stage
+    2 ranked a document of the top k low), up to :data:`DEEPEN_CAP` times ``ndocs``. Returns the candidates scored
+    and their stage-3 scores, in stage 2's order."""
+    pool = None
+    while _deeper_half(approx, k):
+        if pool is None:  # the ranking past ndocs, only for a query that needs it
+            pool = backend.top_k(*stage2, DEEPEN_CAP * ndocs)[1][len(ranked) :]
+        if not len(pool):
+            break
+        more, pool = pool[: max(1, ndocs // 2)], pool[max(1, ndocs // 2) :]
+        ranked, approx = np.concatenate([ranked, more]), np.concatenate([approx, refined(more)])
+    return ranked, approx
+
+
+def _deeper_half(stage3: np.ndarray, k: int) -> bool:
+    """Whether one of the ``k`` best of stage 3's scores (in stage 2's order) sits in the deeper half of them, or
+    stage 3 scored no more than ``k`` (nothing to judge stage 2's ranking by)."""
+    if len(stage3) <= k:
+        return True
+    return int(np.argpartition(-stage3, k - 1)[:k].max()) >= len(stage3) // 2
+
+
+def _within_margin(stage3: np.ndarray, k: int, floor: int) -> int:
+    """Candidates for the last stage: those within :data:`STAGE3_MARGIN` of stage 3's ``k``-th best score (relative
+    to it), at least ``floor`` and at most ``DEEPEN_CAP * floor``."""
+    if len(stage3) <= floor:
+        return len(stage3)
+    kth = float(np.partition(stage3, len(stage3) - k)[len(stage3) - k])
+    close = int(np.count_nonzero(stage3 >= kth - STAGE3_MARGIN * abs(kth)))
+    return min(max(close, floor), DEEPEN_CAP * floor)
 
 
 def _used(nprobe: int, params: SearchParams, ndocs: int, n_exact: int) -> dict:

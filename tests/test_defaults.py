@@ -16,8 +16,9 @@ from colbert_index.cli import main
 from colbert_index.datasets.family import VARIANTS
 from colbert_index.datasets.synthetic import CorpusShape, SyntheticStream, make_corpus
 from colbert_index.metrics import recall_at
+from colbert_index.search import DEEPEN_CAP, STAGE3_MARGIN, _deeper_half, _within_margin
 
-HELD_OUT = "mixed"
+HELD_OUT = "crowded64"
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +74,9 @@ def test_cli_search_explain_and_bench(held_out, tmp_path, capsys):
     explained = [json.loads(x.removeprefix("# explain ")) for x in lines if x.startswith("# explain ")]
     want = SearchParams.default_ndocs(10, index.n_docs)
     assert len(explained) == 4
-    assert all(e["params"]["ndocs"] == min(want, e["stages"][1]["candidates"]) for e in explained)
+    for e in explained:  # sized per query: from the default up to DEEPEN_CAP times it, never past the probe
+        probed = e["stages"][1]["candidates"]
+        assert min(want, probed) <= e["params"]["ndocs"] <= min(DEEPEN_CAP * want, probed)
     assert main(["search", str(index.path), "--queries", str(tmp_path / "q.npy"), "--explain", "--exact"]) == 2
     capsys.readouterr()
     args = ["bench", str(index.path), "--queries", str(tmp_path / "q.npy"), "--json", "--threads", "1"]
@@ -105,3 +108,28 @@ def test_the_family_holds_held_out_variants_of_every_dim():
     for v in VARIANTS.values():
         c = v.corpus(60, n_queries=2, seed=0)
         assert c.queries.shape == (2, v.q_len, v.dim) and c.doclens.min() >= v.min_doc_len
+
+
+def test_stage3_goes_deeper_only_when_one_of_its_best_sits_in_the_deeper_half():
+    head = np.array([9, 8, 7, 1, 1, 1, 1, 1], dtype=np.float32)  # stage 2's order agrees with stage 3's
+    assert not _deeper_half(head, 3)
+    assert _deeper_half(np.array([9, 8, 1, 1, 1, 1, 1, 7], dtype=np.float32), 3)  # a top-3 at position 7 of 8
+    assert _deeper_half(head[:3], 3)  # no more than k scored: nothing to judge by, go on
+
+
+def test_the_last_stage_takes_the_candidates_close_to_the_kth_score():
+    scores = np.array([10.0, 9.0, 8.0, 8.0 * (1 - STAGE3_MARGIN / 2), 8.0 * (1 - 2 * STAGE3_MARGIN), 1.0], np.float32)
+    assert _within_margin(scores, 3, 2) == 4  # the k best and the one within the margin of the k-th
+    assert _within_margin(scores, 3, 5) == 5  # never below the floor
+    assert _within_margin(np.full(100, 5.0, np.float32), 3, 4) == DEEPEN_CAP * 4  # nor past the cap
+    assert _within_margin(scores[:2], 1, 3) == 2  # fewer than the floor: all of them
+
+
+def test_a_set_ndocs_turns_the_sizing_off(held_out):
+    index, queries = held_out
+    fixed = SearchParams(ndocs=SearchParams.default_ndocs(10, index.n_docs))
+    for q in queries[:8]:
+        p = index.search(q, k=10, params=fixed, explain=True).explain[0]["params"]
+        assert (p["ndocs"], p["n_exact"]) == (fixed.ndocs, SearchParams.n_exact(10, fixed.ndocs))
+        sized = index.search(q, k=10, explain=True).explain[0]["params"]
+        assert sized["ndocs"] >= p["ndocs"] and sized["n_exact"] >= p["n_exact"]

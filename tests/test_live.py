@@ -164,9 +164,12 @@ def test_drift_is_reported_and_new_topics_extend_the_codebook(tmp_path):
     assert same.drift < fixed.drift()["outside"] < drifted.drift
     q = other.queries
     exact = fixed.search_exact(q, k=10).ids
-    # PLAID's stages (the default) lose them; the stage 1 bound, reading 16 cells per query token, still
-    # finds them (measured 0.12 and 1.0)
-    assert recall_at(fixed.search(q, k=10).ids, exact, 10) < 0.5
+    # PLAID's stages at fixed sizes lose them; the default search, which goes further down stage 2's ranking when
+    # that ranking puts one of stage 3's best low, and the stage 1 bound, reading 16 cells per query token, find
+    # them (measured 0.12, 0.99 and 1.0)
+    plaid = SearchParams(ndocs=SearchParams.default_ndocs(10, fixed.n_docs))
+    assert recall_at(fixed.search(q, k=10, params=plaid).ids, exact, 10) < 0.5
+    assert recall_at(fixed.search(q, k=10).ids, exact, 10) >= 0.9
     assert recall_at(fixed.search(q, k=10, params=SearchParams(nbound=256)).ids, exact, 10) >= 0.9
 
     index = Index.open(tmp_path / "extended")

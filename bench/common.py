@@ -271,6 +271,7 @@ def param_sweep(
                 {
                     "nprobe": nprobe,
                     "ndocs": ndocs,
+                    # the sizes the default search starts from; the default itself sizes stages 2-4 per query
                     "is_default": (nprobe, ndocs)
                     == (SearchParams.default_nprobe(10, index.n_docs), SearchParams.default_ndocs(10, index.n_docs)),
                     "p50_ms": stats["p50_ms"],

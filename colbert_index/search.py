@@ -19,10 +19,11 @@ _NDOCS_SCALE_FROM = 62_500  # documents up to which the default ndocs is PLAID's
 # query token keeps too little of the exact top 10 (docs/search.md; bench/RESULTS.md, Scale). Larger k keep PLAID's
 # table.
 _WIDE_PROBE_FROM = 500_000
-# A search with ``ndocs`` unset sizes stages 2-4 per query (docs/search.md): stage 3 goes on down stage 2's ranking,
-# half an ``ndocs`` at a time, while one of its k best sits in the deeper half of what it scored, up to DEEPEN_CAP
-# times ``ndocs``; the last stage takes every candidate within STAGE3_MARGIN of stage 3's k-th best score (relative
-# to it), from ``n_exact`` up to DEEPEN_CAP times that.
+# A search with ``ndocs`` unset and k <= 10 sizes stages 2-4 per query (docs/search.md): stage 3 goes on down stage
+# 2's ranking, half an ``ndocs`` at a time, while one of its k best sits in the deeper half of what it scored, up to
+# DEEPEN_CAP times ``ndocs``; the last stage (stage 4, or the full-precision rerank when ``rerank`` is unset) takes
+# every candidate within STAGE3_MARGIN of stage 3's k-th best score (relative to it), from ``n_exact`` up to
+# DEEPEN_CAP times that. Larger k keep the fixed sizes: the deeper-half test fires on most queries there.
 DEEPEN_CAP = 4
 STAGE3_MARGIN = 0.03
 
@@ -41,10 +42,11 @@ class SearchParams:
         query token.
     ndocs: candidates kept after stage 2; stage 3 keeps :meth:`n_exact` of them for the exact rerank. Unset,
         it is PLAID's value for ``k`` up to 62,500 documents and grows with the square root of the number
-        of documents beyond (:meth:`default_ndocs`): the probe reaches that many more candidates. Unset, the
-        search also sizes itself per query: stage 3 goes further down stage 2's ranking while that ranking put one
-        of stage 3's k best low, and the last stage takes every candidate close to stage 3's k-th best score
-        (``DEEPEN_CAP``, ``STAGE3_MARGIN``; docs/search.md). Set, exactly ``ndocs`` and :meth:`n_exact`.
+        of documents beyond (:meth:`default_ndocs`): the probe reaches that many more candidates. Unset and for
+        k <= 10, the search also sizes itself per query: stage 3 goes further down stage 2's ranking (up to 4x
+        ``ndocs``) while that ranking put one of stage 3's k best low, and the last stage takes every candidate
+        close to stage 3's k-th best score (``DEEPEN_CAP``, ``STAGE3_MARGIN``; docs/search.md). Set, exactly
+        ``ndocs`` and :meth:`n_exact`: to go past the sized search, set it to several times the default.
     nbound: unset, stage 1 is PLAID's probe. Set, stage 1 also bounds each candidate's centroid interaction
         from above, from the IVF lists alone (``reference.probe_bound``), and keeps the best ``nbound``; stage
         2 then runs only if more than ``ndocs`` remain. More robust to documents unlike the training data,
@@ -54,8 +56,8 @@ class SearchParams:
         centroid's score otherwise.
     rerank: on an index that keeps its documents' vectors (``keep_originals=True``), the candidates stage 3
         passes to the full-precision rerank, exact MaxSim on those float16 vectors, which takes stage 4's place.
-        Unset, :meth:`default_rerank`; 0 turns the rerank off (stage 4 on decompressed tokens, as on an index
-        without the vectors, which ignores this field).
+        Unset, :meth:`default_rerank`, more where the search sizes itself (as stage 4's count); 0 turns the rerank
+        off (stage 4 on decompressed tokens, as on an index without the vectors, which ignores this field).
     """
 
     nprobe: int | None = None
@@ -227,8 +229,9 @@ def staged_search(
     n_probed = sum(map(len, cands))
     t0 = _mark(trace, "probe", n_probed, t0)
     originals = params.uses_originals and any(d.originals is not None for d in segs)
-    sized = params.ndocs is None  # the search sizes stages 2-4 itself (SearchParams: "ndocs")
-    ndocs = SearchParams.default_ndocs(k, int(bases[-1])) if sized else params.ndocs
+    # the search sizes stages 2-4 itself (SearchParams: "ndocs"); measured for k up to PLAID's first row only
+    sized = params.ndocs is None and k <= _DEFAULTS[0][0]
+    ndocs = SearchParams.default_ndocs(k, int(bases[-1])) if params.ndocs is None else params.ndocs
     n_exact = n_final(k, ndocs, params, originals)
     ndocs = max(ndocs, k)
     nbound = None if bounds is None else max(params.nbound, ndocs)
@@ -277,7 +280,7 @@ def staged_search(
 def _per_segment(ids: np.ndarray, bases: np.ndarray, segs: list, score) -> np.ndarray:
     """``score(segment data, local slots)`` of global positions ``ids``, segment by segment, in ``ids``' order."""
     if len(segs) == 1:
-        return score(segs[0], ids.astype(np.int32) if segs[0].n_docs < 2**31 else ids)
+        return score(segs[0], ids.astype(np.int32))  # slots fit: top_k keeps them below 2**32, the probe's int32
     which = np.searchsorted(bases, ids, side="right") - 1
     out = np.empty(len(ids), dtype=np.float32)
     for i, d in enumerate(segs):

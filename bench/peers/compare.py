@@ -456,7 +456,8 @@ def render_markdown(res: dict) -> str:
         stages = " · ".join(f"{name} {ms}" for name, ms in prof["stages_p50_ms"].items())
         lines += [
             "",
-            f"Stages of {label(e)}, p50 CPU ms per query ({c['threads']} thread; same ids as "
+            f"Stages of {label(e)}, p50 ms per query (CPU time per step; ours: wall time per stage from "
+            f"`search(explain=True)`; {c['threads']} thread; same ids as "
             f"`search` for {prof['same_ids_as_search']:.0%} of queries; other load {prof['others_cpu_cores']}): "
             f"{stages}.",
         ]

@@ -11,7 +11,6 @@ Usage (see common.py): ``python run_ours.py build|search --data D --index I --ou
 from __future__ import annotations
 
 import shutil
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,8 +21,6 @@ from threadpoolctl import threadpool_limits
 
 import colbert_index
 from colbert_index import Index, SearchParams
-from colbert_index.backend import one_blas_thread
-from colbert_index.search import query_tables, score_bound
 
 
 def build(corpus: Corpus, index_dir: Path, nbits: int) -> dict:
@@ -67,75 +64,30 @@ def open_search(corpus: Corpus, index_dir: Path, k: int, threads: int, params: d
     return search_one, facts
 
 
-def profile(corpus: Corpus, index_dir: Path, k: int, threads: int, params: dict | None = None):
-    """``colbert_index.search.staged_search`` for one query, step by step, CPU time (``process_time``) per stage.
+# explain's stage names -> the profile's, numbered like the peers' step-by-step profiles
+_STAGES = {
+    "tables": "0 centroid scores",
+    "probe": "1 probe IVF",
+    "stage2": "2 pruned interaction",
+    "stage3": "3 refined interaction",
+    "stage4": "4 exact maxsim",
+    "rerank": "4 rerank originals",
+}
 
-    Mirrors ``staged_search`` at the commit it was written for; ``same_ids_as_search`` in the output tells
-    whether it still returns what ``Index.search`` does.
-    """
+
+def profile(corpus: Corpus, index_dir: Path, k: int, threads: int, params: dict | None = None):
+    """Per-stage milliseconds of ``Index.search(..., explain=True)`` for one query (wall time inside the search,
+    stage by stage: the search itself, so it returns what ``Index.search`` does by construction)."""
     numba.set_num_threads(threads)
     threadpool_limits(limits=threads)
     index = Index.open(index_dir)
-    data, be, p = index._d, index.backend, _resolved(SearchParams(**(params or {})), k, index.n_docs)
-    if p.nbound is not None:
-        raise SystemExit("ours: the per-stage profile mirrors the plain probe; it has no nbound path")
-    codec = data.codec
-    top_k = _top_k(be)
+    sp = SearchParams(**(params or {}))
 
     def one(q: np.ndarray) -> tuple[dict, list]:
-        with one_blas_thread():  # as Index.search holds it: once per call, not per BLAS kernel
-            return stages(np.ascontiguousarray(q, dtype=np.float32))
-
-    def stages(Q: np.ndarray) -> tuple[dict, list]:
-        t0 = time.process_time()
-        tables3 = be.refined_interaction_tables(Q, codec.table, score_bound(codec, Q))
-        S, rows3, first_cells, stage2 = query_tables(codec, Q, be, p, tables3)  # with VNNI: one pass for 0-3
-        t1 = time.process_time()
-        nprobe = p.nprobe
-        while True:
-            if first_cells is not None and nprobe == p.nprobe:
-                cells = first_cells
-            else:
-                S = be.centroid_scores(codec.centroids, Q) if S is None else S
-                cells = be.probe_cells(S, nprobe)
-            cands = be.probe(cells, data.ivf_offsets, data.ivf_docs, data.n_docs)
-            if len(cands) >= k or nprobe >= codec.n_centroids:
-                break
-            nprobe *= 2
-        t2 = time.process_time()
-        if len(cands) > max(p.ndocs, k):
-            if stage2 is None:
-                stage2 = be.centroid_interaction_tables(S, p.centroid_score_threshold)
-            approx = be.centroid_interaction_from(stage2, data.codes, data.offsets, cands)
-            cands = top_k(approx, cands, max(p.ndocs, k))[1]
-        t3 = time.process_time()
-        n_exact = SearchParams.n_exact(k, p.ndocs)
-        if len(cands) > n_exact:
-            rows3 = be.refined_interaction_scores(tables3, S) if rows3 is None else rows3
-            approx = be.refined_interaction_from(tables3, rows3, data.codes, data.residuals, data.offsets, cands)
-            cands = top_k(approx, cands, n_exact)[1]
-        t4 = time.process_time()
-        scores = be.exact_maxsim(
-            Q, data.codes, data.residuals, data.offsets, cands, codec.centroids, codec.table, codec.normalize
-        )
-        _, slots = top_k(scores, cands, min(k, data.n_docs))
-        ids = index.ids_of(slots)
-        t5 = time.process_time()
-        ms = [(b - a) * 1e3 for a, b in zip((t0, t1, t2, t3, t4), (t1, t2, t3, t4, t5))]
-        names = ("0 centroid scores", "1 probe IVF", "2 pruned interaction", "3 refined interaction", "4 exact maxsim")
-        return dict(zip(names, ms)), list(ids)
+        res = index.search(q, k=k, params=sp, explain=True)
+        return {_STAGES.get(st["stage"], st["stage"]): st["ms"] for st in res.explain[0]["stages"]}, list(res.ids[0])
 
     return one
-
-
-def _top_k(backend):
-    """The backend's top-k kernel; ``colbert_index.search.top_k`` at the commits (``--ours-ref``) from before
-    top-k selection became a backend kernel."""
-    if hasattr(backend, "top_k"):
-        return backend.top_k
-    from colbert_index.search import top_k
-
-    return top_k
 
 
 def versions() -> dict:

@@ -68,7 +68,12 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--nprobe", type=int)
     p.add_argument("--threshold", type=float, help="centroid_score_threshold")
-    p.add_argument("--ndocs", type=int)
+    p.add_argument(
+        "--ndocs",
+        type=int,
+        help="candidates stage 2 keeps, fixed (unset: the default, which the search raises per query where its "
+        "scores call for it, up to 4x; docs/search.md)",
+    )
     p.add_argument(
         "--nbound",
         type=int,

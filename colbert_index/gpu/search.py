@@ -7,7 +7,9 @@ matrix product, the probe, per-query top-n), the hot loops are the ``*_batched``
 namespace (:mod:`colbert_index.kernels.triton_scoring` or :mod:`colbert_index.kernels.torch_scoring`).
 
 Differences from the CPU path: probe ties between exactly equal centroid scores may pick another centroid
-(``torch.topk`` does not promise the lower id), and scores are summed in another order (float tolerance).
+(``torch.topk`` does not promise the lower id), scores are summed in another order (float tolerance), and stages
+2-4 keep the sizes ``ndocs`` and ``n_exact`` give, as the CPU path does only when ``ndocs`` is set (it sizes them
+per query otherwise).
 """
 
 from __future__ import annotations

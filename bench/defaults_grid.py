@@ -6,8 +6,9 @@ from the tuning) at the sizes asked, plus the real-text prose corpus of bench/re
 dim 128, 300 queries; read from its cached embeddings in bench/data/).
 
 For each index, in one process and one thread, the search runs at default parameters (``SearchParams()``: PLAID's
-``nprobe`` and ``ndocs`` by ``k`` and index size, stages 2-4 sized per query) and, query by query beside it, at the
-fixed sizes the default starts from (``ndocs`` set, which turns the sizing off). Reported: recall@10 vs
+``nprobe`` and ``ndocs`` by ``k`` and index size, the agreement probe beyond 62,500 documents, stages 2-4 sized per
+query) and, query by query beside it, as PLAID's stages at the sizes the default starts from (``ndocs`` set, which
+turns the sizing off, and ``agree_cells`` 0). Reported: recall@10 vs
 ``search_exact`` (every query) and p50 of both, and the candidates the default kept (``explain=True``).
 
 Built indexes, queries and exact top-10s are cached under bench/indexes/defaults_grid/ (one directory per
@@ -86,10 +87,11 @@ def exact_top10(index: Index, queries: list, path: Path) -> np.ndarray:
 
 
 def measure(index: Index, queries: list, exact: np.ndarray, rounds: int) -> dict:
-    """The default search (sized per query), one thread, and beside it, query by query in the same passes, the
-    fixed sizes it starts from (``ndocs`` set to its default, which turns the sizing off): recall vs
-    ``search_exact``, p50 over ``rounds`` passes of each and their ratio, the candidates the default kept."""
-    fixed = SearchParams(ndocs=SearchParams.default_ndocs(10, index.n_docs))
+    """The default search (sized per query), one thread, and beside it, query by query in the same passes, PLAID's
+    stages at the sizes it starts from (``ndocs`` set to its default, which turns the sizing off, and no agreement
+    probe): recall vs ``search_exact``, p50 over ``rounds`` passes of each and their ratio, the candidates the
+    default kept."""
+    fixed = SearchParams(ndocs=SearchParams.default_ndocs(10, index.n_docs), agree_cells=0)
     for q in queries[:3]:  # compile, warm the caches
         index.search(q, k=10)
         index.search(q, k=10, params=fixed)
@@ -117,7 +119,7 @@ def measure(index: Index, queries: list, exact: np.ndarray, rounds: int) -> dict
         "p50_ms": round(p50["sized"], 3),
         "p50_ms_fixed": round(p50["fixed"], 3),
         "p50_ratio": round(p50["sized"] / p50["fixed"], 3),
-        "params": {name: explained[0]["params"][name] for name in ("nprobe", "ndocs", "n_exact")},
+        "params": {name: explained[0]["params"][name] for name in ("nprobe", "agree_cells", "ndocs", "n_exact")},
         "default_ndocs": fixed.ndocs,
         "mean_ndocs": round(float(np.mean([e["params"]["ndocs"] for e in explained])), 1),
         "mean_n_exact": round(float(np.mean([e["params"]["n_exact"] for e in explained])), 1),

@@ -86,6 +86,7 @@ def _numba_kernels() -> dict:
         "probe_cells": numba_ivf.probe_cells,
         "probe": numba_ivf.probe,
         "probe_bound": numba_ivf.probe_bound,
+        "probe_agreed": numba_ivf.probe_agreed,
         "centroid_interaction": numba_scoring.centroid_interaction,
         "centroid_interaction_tables": numba_scoring.centroid_interaction_tables,
         "centroid_interaction_from": numba_scoring.centroid_interaction_from,

@@ -15,10 +15,9 @@ from colbert_index.errors import IndexFormatError
 # PLAID's defaults by k: (max k, nprobe, centroid_score_threshold, ndocs)
 _DEFAULTS = ((10, 1, 0.5, 256), (100, 2, 0.45, 1024))
 _NDOCS_SCALE_FROM = 62_500  # documents up to which the default ndocs is PLAID's
-# Documents beyond which the default probe for k <= 10 is doubled and ndocs taken 1.5x: there PLAID's one cell per
-# query token keeps too little of the exact top 10 (docs/search.md; bench/RESULTS.md, Scale). Larger k keep PLAID's
-# table.
-_WIDE_PROBE_FROM = 500_000
+# Documents beyond which the default ndocs for k <= 10 is taken 1.5x: there stage 2's ranking of the wider candidate
+# list keeps too little of the exact top 10 (docs/search.md; bench/RESULTS.md, Scale). Larger k keep PLAID's table.
+_WIDER_NDOCS_FROM = 500_000
 # A search with ``ndocs`` unset and k <= 10 sizes stages 2-4 per query (docs/search.md): stage 3 goes on down stage
 # 2's ranking, half an ``ndocs`` at a time, while one of its k best sits in the deeper half of what it scored, up to
 # DEEPEN_CAP times ``ndocs``; the last stage (stage 4, or the full-precision rerank when ``rerank`` is unset) takes
@@ -26,18 +25,20 @@ _WIDE_PROBE_FROM = 500_000
 # DEEPEN_CAP times that. Larger k keep the fixed sizes: the deeper-half test fires on most queries there.
 DEEPEN_CAP = 4
 STAGE3_MARGIN = 0.03
+# For k <= 10 beyond _NDOCS_SCALE_FROM documents, stage 1 also takes the documents that the best AGREE_CELLS centroids
+# of two query tokens or more both list (``SearchParams.agree_cells``; docs/search.md).
+AGREE_CELLS = 6
 
 
-def _wide_probe(k: int, n_docs: int) -> bool:
-    return k <= _DEFAULTS[0][0] and n_docs > _WIDE_PROBE_FROM
+def _wider_ndocs(k: int, n_docs: int) -> bool:
+    return k <= _DEFAULTS[0][0] and n_docs > _WIDER_NDOCS_FROM
 
 
 @dataclass(frozen=True)
 class SearchParams:
     """Knobs of the staged search. ``None`` fields take the default for the requested ``k``.
 
-    nprobe: centroids probed per query token (stage 1). Unset, PLAID's value for ``k``, doubled for k <= 10
-        beyond 500,000 documents (:meth:`default_nprobe`).
+    nprobe: centroids probed per query token (stage 1). Unset, PLAID's value for ``k`` (:meth:`default_nprobe`).
     centroid_score_threshold: stage 2 ignores doc tokens whose centroid scores below this for every
         query token.
     ndocs: candidates kept after stage 2; stage 3 keeps :meth:`n_exact` of them for the exact rerank. Unset,
@@ -54,6 +55,9 @@ class SearchParams:
     bound_cells: with ``nbound``, centroids per query token whose lists the bound reads (at least
         ``nprobe``): exact where a document's best centroid for a token is among them, the next
         centroid's score otherwise.
+    agree_cells: stage 1 also takes the documents listed by the best ``agree_cells`` centroids of two query tokens or
+        more (``probe_agreed``): a document several query tokens point to, though no token's best cell holds it.
+        Unset, :meth:`default_agree_cells`; 0 turns it off. Ignored with ``nbound`` and on the GPU path.
     rerank: on an index that keeps its documents' vectors (``keep_originals=True``), the candidates stage 3
         passes to the full-precision rerank, exact MaxSim on those float16 vectors, which takes stage 4's place.
         Unset, :meth:`default_rerank`, more where the search sizes itself (as stage 4's count); 0 turns the rerank
@@ -66,6 +70,7 @@ class SearchParams:
     nbound: int | None = None
     bound_cells: int = 16
     rerank: int | None = None
+    agree_cells: int | None = None
 
     @staticmethod
     def defaults(k: int) -> SearchParams:
@@ -77,24 +82,30 @@ class SearchParams:
 
     @staticmethod
     def default_nprobe(k: int, n_docs: int) -> int:
-        """PLAID's ``nprobe`` for ``k``, doubled for ``k <= 10`` beyond 500,000 documents.
+        """PLAID's ``nprobe`` for ``k`` at every size (``n_docs``: kept for callers that size by the index).
 
-        K grows only with the square root of the tokens, so every cell holds more tokens as the corpus grows,
-        and a probe of one cell per query token keeps less of the exact top 10 (docs/search.md).
+        On large indexes stage 1 reaches further by agreement instead (:meth:`default_agree_cells`): it finds as
+        much of the exact top 10 as a doubled probe with fewer candidates for stage 2 (docs/search.md).
         """
-        nprobe = SearchParams.defaults(k).nprobe
-        return 2 * nprobe if _wide_probe(k, n_docs) else nprobe
+        return SearchParams.defaults(k).nprobe
+
+    @staticmethod
+    def default_agree_cells(k: int, n_docs: int) -> int:
+        """:data:`AGREE_CELLS` for ``k <= 10`` beyond 62,500 documents (where :meth:`default_ndocs` starts to grow),
+        else 0. K grows only with the square root of the tokens, so every cell holds more tokens as the corpus grows,
+        and one cell per query token misses documents close to several query tokens (docs/search.md)."""
+        return AGREE_CELLS if k <= _DEFAULTS[0][0] and n_docs > _NDOCS_SCALE_FROM else 0
 
     @staticmethod
     def default_ndocs(k: int, n_docs: int) -> int:
-        """PLAID's ``ndocs`` for ``k``, times ``sqrt(n_docs / 62,500)`` when that is above 1, and 1.5x more
-        where :meth:`default_nprobe` doubles the probe.
+        """PLAID's ``ndocs`` for ``k``, times ``sqrt(n_docs / 62,500)`` when that is above 1, and 1.5x more for
+        ``k <= 10`` beyond 500,000 documents.
 
         The default K grows with the square root of the corpus, so one probed cell, and the candidate
         list, grows with it too: keeping PLAID's fixed ``ndocs`` of them loses recall on large indexes
         (docs/search.md).
         """
-        scale = max(1.0, math.sqrt(n_docs / _NDOCS_SCALE_FROM)) * (1.5 if _wide_probe(k, n_docs) else 1.0)
+        scale = max(1.0, math.sqrt(n_docs / _NDOCS_SCALE_FROM)) * (1.5 if _wider_ndocs(k, n_docs) else 1.0)
         return int(round(SearchParams.defaults(k).ndocs * scale / 32)) * 32
 
     @staticmethod
@@ -124,8 +135,8 @@ class SearchParams:
         return self.rerank != 0
 
     def resolved(self, k: int, n_docs: int = 0) -> SearchParams:
-        """A copy with ``nprobe`` (:meth:`default_nprobe` for an index of ``n_docs`` documents) and the threshold
-        filled from :meth:`defaults` (never mutates ``self``).
+        """A copy with ``nprobe`` and ``agree_cells`` (:meth:`default_nprobe`, :meth:`default_agree_cells` for an
+        index of ``n_docs`` documents) and the threshold filled from :meth:`defaults` (never mutates ``self``).
 
         ``ndocs`` stays ``None`` when unset: the search sizes it for the index it searches. ``nbound`` stays
         ``None`` when unset: no bound.
@@ -138,11 +149,14 @@ class SearchParams:
             self.nbound,
             self.bound_cells,
             self.rerank,
+            SearchParams.default_agree_cells(k, n_docs) if self.agree_cells is None else self.agree_cells,
         )
         if int(p.nprobe) < 1:
             raise ValueError(f"nprobe must be >= 1, got {p.nprobe}")
         if int(p.bound_cells) < 0:
             raise ValueError(f"bound_cells must be >= 0, got {p.bound_cells}")
+        if int(p.agree_cells) < 0:
+            raise ValueError(f"agree_cells must be >= 0 (0: off), got {p.agree_cells}")
         for name in ("ndocs", "nbound"):
             if getattr(p, name) is not None and int(getattr(p, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(p, name)}")
@@ -159,8 +173,8 @@ class SearchResult:
 
     When the index holds fewer than ``k`` documents, ``k`` columns shrink to the number of documents.
     ``explain``: with ``search(..., explain=True)``, one dict per query: ``"params"`` (what the search used:
-    ``nprobe``, ``centroid_score_threshold``, ``ndocs`` and ``n_exact``, the candidates stages 2 and 3 kept) and
-    ``"stages"`` (per stage: ``stage``, ``candidates`` kept, ``ms``).
+    ``nprobe``, ``agree_cells``, ``centroid_score_threshold``, ``ndocs`` and ``n_exact``, the candidates stages 2
+    and 3 kept) and ``"stages"`` (per stage: ``stage``, ``candidates`` kept, ``ms``).
     """
 
     ids: np.ndarray
@@ -214,9 +228,9 @@ def staged_search(
                 cells = first_cells
             else:
                 S = backend.centroid_scores(codec.centroids, Q) if S is None else S  # the fused pass keeps none
-                cells = backend.probe_cells(S, nprobe)
+                cells = backend.probe_cells(S, probe_width(params, len(Q), nprobe))
             bounds = None
-            cands = [backend.probe(cells, d.ivf_offsets, d.ivf_docs, d.n_docs) for d in segs]
+            cands = [_probe(backend, cells, nprobe, d) for d in segs]
             cands = [c if x is None else c[~x[c]] for c, x in zip(cands, dels)]
         else:
             cells, floor = _cells_and_floor(backend, S, max(nprobe, int(params.bound_cells)))
@@ -273,8 +287,24 @@ def staged_search(
     out = backend.top_k(scores, ranked, k)  # stage 4
     if trace is not None:
         _mark(trace, "rerank" if originals else "stage4", len(ranked), t0)
-        trace["params"] = _used(nprobe, params, n_scored, len(ranked))
+        agreed = probe_width(params, len(Q), nprobe) > nprobe
+        trace["params"] = _used(nprobe, params, n_scored, len(ranked), int(params.agree_cells) if agreed else 0)
     return out
+
+
+def probe_width(params: SearchParams, q_len: int, nprobe: int) -> int:
+    """Centroids stage 0 ranks per query token: ``nprobe``, or ``agree_cells`` where the agreement probe runs
+    (``probe_agreed`` tags documents with a 16-bit token number: queries of up to 65,535 tokens)."""
+    agree = int(params.agree_cells or 0) if params.nbound is None and q_len <= 65_535 else 0
+    return max(nprobe, agree)
+
+
+def _probe(backend, cells: np.ndarray, nprobe: int, data) -> np.ndarray:
+    """Stage 1 on one segment: the documents of each query token's first ``nprobe`` cells, and with more columns in
+    ``cells``, those the cells of two query tokens list (``probe_agreed``)."""
+    if cells.shape[1] > nprobe:
+        return backend.probe_agreed(cells, nprobe, data.ivf_offsets, data.ivf_docs, data.n_docs)
+    return backend.probe(cells, data.ivf_offsets, data.ivf_docs, data.n_docs)
 
 
 def _per_segment(ids: np.ndarray, bases: np.ndarray, segs: list, score) -> np.ndarray:
@@ -324,10 +354,11 @@ def _within_margin(stage3: np.ndarray, k: int, floor: int) -> int:
     return min(max(close, floor), DEEPEN_CAP * floor)
 
 
-def _used(nprobe: int, params: SearchParams, ndocs: int, n_exact: int) -> dict:
+def _used(nprobe: int, params: SearchParams, ndocs: int, n_exact: int, agree_cells: int = 0) -> dict:
     """What ``explain`` reports as the parameters a search used (the probe widened, ``ndocs`` sized to the index)."""
     threshold = float(params.centroid_score_threshold)
-    return {"nprobe": int(nprobe), "centroid_score_threshold": threshold, "ndocs": int(ndocs), "n_exact": int(n_exact)}
+    used = {"nprobe": int(nprobe), "agree_cells": int(agree_cells), "centroid_score_threshold": threshold}
+    return used | {"ndocs": int(ndocs), "n_exact": int(n_exact)}
 
 
 def _mark(trace: dict | None, stage: str, candidates: int | None, t0: float) -> float:
@@ -386,10 +417,12 @@ def query_tables(codec, Q: np.ndarray, backend, params: SearchParams, tables3) -
     fused = backend.query_tables_int8
     if fused is not None and params.nbound is None:
         u8, scales = codec.centroids_u8
-        rows3, cells, stage2 = fused(u8, scales, Q, params.nprobe, params.centroid_score_threshold, tables3)
+        width = probe_width(params, len(Q), params.nprobe)
+        rows3, cells, stage2 = fused(u8, scales, Q, width, params.centroid_score_threshold, tables3)
         return None, rows3, cells, stage2
     S = backend.centroid_scores(codec.centroids, Q)
-    return S, None, backend.probe_cells(S, params.nprobe) if params.nbound is None else None, None
+    cells = backend.probe_cells(S, probe_width(params, len(Q), params.nprobe)) if params.nbound is None else None
+    return S, None, cells, None
 
 
 def _cells_and_floor(backend, S: np.ndarray, nprobe: int) -> tuple[np.ndarray, np.ndarray]:

@@ -55,6 +55,7 @@ class Params(_Model):
     nbound: Annotated[int, Field(ge=1, le=1 << 20), INTEGRAL] | None = None
     bound_cells: Annotated[int, Field(ge=0, le=1 << 10), INTEGRAL] = 16
     rerank: Annotated[int, Field(ge=0, le=1 << 20), INTEGRAL] | None = None
+    agree_cells: Annotated[int, Field(ge=0, le=1 << 10), INTEGRAL] | None = None
 
     def search_params(self) -> SearchParams:
         """The engine's :class:`colbert_index.SearchParams` (the same field names)."""

@@ -65,6 +65,17 @@ CPU_KERNELS: tuple[Kernel, ...] = (
         "sorted int32 slots of the documents in the probed cells (stage 1)",
     ),
     Kernel(
+        "probe_agreed",
+        (
+            ("cells", "[q_len <= 65535, c] int32"),
+            ("n_any", "int, the columns whose cells give all their documents"),
+            ("ivf_offsets", "[K + 1] int64"),
+            ("ivf_docs", "int32"),
+            ("n_docs", "int"),
+        ),
+        "sorted int32 slots: the probe of the first n_any columns, and documents the cells of two tokens list",
+    ),
+    Kernel(
         "probe_bound",
         (
             _S,

@@ -157,6 +157,46 @@ def probe(cells, ivf_offsets, ivf_docs, n_docs):
     return _read_off(*_mark(cells, ivf_offsets, ivf_docs, n_docs))
 
 
+@njit(cache=True, nogil=True)
+def probe_agreed(cells, n_any, ivf_offsets, ivf_docs, n_docs):
+    # A cell in some token's first n_any columns, or among the cells of two tokens, gives all its documents (read
+    # once into the bitmap, as the probe does). A cell of one token only gives the documents that another token's
+    # cells list too: ``first`` tags each document with 1 + the first such token that listed it (q_len <= 65535).
+    q_len, n_cells = cells.shape
+    owner = np.full(ivf_offsets.shape[0] - 1, -1, dtype=np.int32)  # -1 unseen, q: token q's alone, -2: all docs
+    for q in range(q_len):
+        for j in range(n_cells):
+            c = cells[q, j]
+            if j < n_any or (owner[c] >= 0 and owner[c] != q):
+                owner[c] = -2
+            elif owner[c] == -1:
+                owner[c] = q
+    words = np.zeros((n_docs + 63) // 64, dtype=np.uint64)
+    first = np.zeros(n_docs, dtype=np.uint16)
+    one, six = np.uint64(1), np.uint64(6)
+    total = 0
+    for q in range(q_len):
+        tag = np.uint16(q + 1)
+        for j in range(n_cells):
+            c = cells[q, j]
+            if owner[c] == -3:  # read already
+                continue
+            total += ivf_offsets[c + 1] - ivf_offsets[c]
+            if owner[c] == -2:
+                owner[c] = -3
+                for p in range(ivf_offsets[c], ivf_offsets[c + 1]):
+                    d = np.uint64(ivf_docs[p])
+                    words[d >> six] |= one << (d & np.uint64(63))
+                continue
+            for p in range(ivf_offsets[c], ivf_offsets[c + 1]):
+                d = ivf_docs[p]
+                if first[d] == 0:
+                    first[d] = tag
+                elif first[d] != tag:
+                    words[np.uint64(d) >> six] |= one << (np.uint64(d) & np.uint64(63))
+    return _read_off(words, min(total, n_docs))
+
+
 @njit(cache=True, nogil=True, fastmath=True)
 def probe_bound(centroid_scores, cells, nprobe, floor, ivf_offsets, ivf_docs, n_docs):
     # A candidate gains S[c, q] - floor[q] from the first (best) cell c of q that lists it; last_q marks

@@ -405,6 +405,19 @@ def probe(cells: np.ndarray, ivf_offsets: np.ndarray, ivf_docs: np.ndarray, n_do
     return np.unique(np.concatenate(parts)).astype(np.int32) if parts else np.zeros(0, np.int32)
 
 
+def probe_agreed(
+    cells: np.ndarray, n_any: int, ivf_offsets: np.ndarray, ivf_docs: np.ndarray, n_docs: int
+) -> np.ndarray:
+    """Stage 1 by agreement: the documents in some token's first ``n_any`` cells (:func:`probe`'s), and those listed
+    by the cells (every column) of two query tokens or more; sorted int32."""
+    tokens = np.zeros(n_docs, dtype=np.int64)  # query tokens whose cells list the document
+    for row in cells:
+        listed = [ivf_docs[ivf_offsets[c] : ivf_offsets[c + 1]] for c in row]
+        tokens[np.unique(np.concatenate(listed)) if listed else []] += 1
+    agreed = np.flatnonzero(tokens >= 2).astype(np.int32)
+    return np.union1d(probe(cells[:, :n_any], ivf_offsets, ivf_docs, n_docs), agreed).astype(np.int32)
+
+
 def segment_max_sum(token_scores: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     """``[n_tokens, q_len]`` token scores + doc ``offsets`` -> per-doc sum of per-query-token maxima."""
     out = np.zeros(len(offsets) - 1, dtype=np.float32)

@@ -841,6 +841,32 @@ def test_probe(q_len, K, nprobe, ties):
         assert got.tolist() == list(range(n_docs))
 
 
+@pytest.mark.parametrize("n_any, n_cells", ((0, 3), (1, 1), (1, 4), (2, 6), (3, 70)))
+@pytest.mark.parametrize("K", (5, 64))
+@pytest.mark.parametrize("q_len", Q_LENS)
+def test_probe_agreed(q_len, K, n_any, n_cells):
+    """The probe of the first n_any columns, plus every document that the cells of two query tokens or more list
+    (counted by brute force over each token's cells); cells shared by tokens and repeated within a token's row."""
+    rng = np.random.default_rng(1130 + q_len + K + n_any + n_cells)
+    S = rng.standard_normal((K, q_len)).astype(np.float32)
+    S[:, : q_len // 2] = S[:, :1]  # tokens with the same cells: their documents agree
+    codes, _, offsets = _collection(rng, [1, 41, 41] + rng.integers(1, 6, 120).tolist(), K, 64, 2)
+    n_docs = len(offsets) - 1
+    ivf = reference.build_ivf(codes, offsets, K)
+    cells = reference.probe_cells(S, n_cells)
+    ref = reference.probe_agreed(cells, n_any, *ivf, n_docs)
+    got = numba_ivf.probe_agreed(cells, n_any, *ivf, n_docs)
+    assert ref.dtype == got.dtype == np.int32
+    np.testing.assert_array_equal(got, ref)
+    tokens = np.zeros(n_docs, int)
+    for q in range(q_len):
+        tokens[sorted(set(_probe_expected(S[:, q : q + 1], n_cells, *ivf)))] += 1
+    first = set(_probe_expected(S, n_any, *ivf)) if n_any else set()
+    assert got.tolist() == sorted(first | set(np.flatnonzero(tokens >= 2).tolist()))
+    if n_any:  # never fewer than the probe of its first columns
+        assert set(reference.probe(cells[:, :n_any], *ivf, n_docs).tolist()) <= set(got.tolist())
+
+
 @pytest.mark.parametrize("nprobe, n_cells", ((1, 1), (1, 4), (2, 2), (2, 8), (3, 70)))
 @pytest.mark.parametrize("K", (5, 64))
 @pytest.mark.parametrize("q_len", Q_LENS)

@@ -8,7 +8,7 @@ import pytest
 from colbert_index import Index, SearchParams, maxsim
 from colbert_index.backend import get_backend
 from colbert_index.metrics import found_at, recall_at
-from colbert_index.search import brute_force
+from colbert_index.search import AGREE_CELLS, brute_force
 
 
 @pytest.fixture(scope="module")
@@ -150,23 +150,42 @@ def test_search_params_defaults_follow_plaid_table():
     assert SearchParams.defaults(10) == SearchParams(1, 0.5, 256)
     assert SearchParams.defaults(100) == SearchParams(2, 0.45, 1024)
     assert SearchParams.defaults(1000) == SearchParams(4, 0.4, 4096)
-    assert SearchParams(ndocs=64).resolved(10) == SearchParams(1, 0.5, 64)
-    assert SearchParams().resolved(10) == SearchParams(1, 0.5, None)  # sized per index at search time
+    assert SearchParams(ndocs=64).resolved(10) == SearchParams(1, 0.5, 64, agree_cells=0)
+    assert SearchParams().resolved(10) == SearchParams(1, 0.5, None, agree_cells=0)  # sized per index at search time
 
 
 def test_default_ndocs_grows_with_the_square_root_of_the_corpus():
     assert SearchParams.default_ndocs(10, 2_000) == SearchParams.default_ndocs(10, 62_500) == 256
     assert SearchParams.default_ndocs(10, 500_000) == 736
-    assert SearchParams.default_ndocs(10, 1_000_000) == 1536  # 1024, 1.5x with the doubled probe
+    assert SearchParams.default_ndocs(10, 1_000_000) == 1536  # 1024, 1.5x beyond 500,000 documents
     assert SearchParams.default_ndocs(100, 1_000_000) == 4096
     assert 256 < SearchParams.default_ndocs(10, 100_000) < 1024
 
 
-def test_default_probe_doubles_beyond_500k_documents_for_small_k():
-    assert SearchParams.default_nprobe(10, 500_000) == 1 and SearchParams.default_nprobe(10, 500_001) == 2
-    assert SearchParams.default_nprobe(100, 1_000_000) == 2  # larger k keep PLAID's table
-    assert SearchParams().resolved(10, 1_000_000) == SearchParams(2, 0.5, None)
-    assert SearchParams(nprobe=1).resolved(10, 1_000_000).nprobe == 1  # a set value is kept
+def test_default_probe_agrees_beyond_62500_documents_for_small_k():
+    assert SearchParams.default_nprobe(10, 1_000_000) == 1 and SearchParams.default_nprobe(100, 1_000_000) == 2
+    assert SearchParams.default_agree_cells(10, 62_500) == 0
+    assert SearchParams.default_agree_cells(10, 62_501) == AGREE_CELLS
+    assert SearchParams.default_agree_cells(100, 1_000_000) == 0  # larger k keep PLAID's stage 1
+    assert SearchParams().resolved(10, 1_000_000) == SearchParams(1, 0.5, None, agree_cells=AGREE_CELLS)
+    assert SearchParams(agree_cells=0).resolved(10, 1_000_000).agree_cells == 0  # a set value is kept
+    with pytest.raises(ValueError, match="agree_cells"):
+        SearchParams(agree_cells=-1).resolved(10)
+
+
+@pytest.mark.parametrize("agree_cells", (2, 8))
+def test_agreement_probe_adds_candidates_and_keeps_search_exact(index_2k_2bit, corpus_2k, agree_cells):
+    """Stage 1 with agreement finds more candidates than the plain probe (a superset: the kernel tests), explain
+    reports the cells it used, and the search finds at least as much of search_exact's top 10."""
+    queries = corpus_2k.queries[:8]
+    plain = index_2k_2bit.search(queries, k=10, params=SearchParams(ndocs=4096, agree_cells=0), explain=True)
+    agreed = index_2k_2bit.search(queries, k=10, params=SearchParams(ndocs=4096, agree_cells=agree_cells), explain=True)
+    exact = index_2k_2bit.search_exact(queries, k=10)
+    for p, a in zip(plain.explain, agreed.explain):
+        assert a["params"]["agree_cells"] == agree_cells and p["params"]["agree_cells"] == 0
+        assert a["stages"][1]["candidates"] > p["stages"][1]["candidates"]
+    found = lambda res: np.mean([np.isin(e, r).mean() for e, r in zip(exact.ids, res.ids)])  # noqa: E731
+    assert found(agreed) >= found(plain) and found(agreed) > 0.9
 
 
 @pytest.mark.parametrize("open_kw", ({}, {"device": "cpu", "backend": "torch"}))
@@ -187,11 +206,13 @@ def test_search_applies_the_size_dependent_defaults(index_2k_2bit, corpus_2k, mo
         monkeypatch.setattr(idx._device, "search", lambda snap, qs, k, p: seen.append(p) or real(snap, qs, k, p))
     Q = corpus_2k.queries[:2]
     idx.search(Q, k=10)
-    monkeypatch.setattr(colbert_index.search, "_WIDE_PROBE_FROM", 1_000)  # the 2k index now counts as large
+    monkeypatch.setattr(colbert_index.search, "_NDOCS_SCALE_FROM", 1_000)  # the 2k index now counts as large
     wide = idx.search(Q, k=10)
-    assert [p.nprobe for p in seen] == [1] * (len(seen) // 2) + [2] * (len(seen) // 2) and seen
-    np.testing.assert_array_equal(wide.ids, idx.search(Q, k=10, params=SearchParams(nprobe=2, ndocs=384)).ids)
-    assert SearchParams.default_ndocs(10, idx.n_docs) == 384  # 256 x 1.5, what the search sized stage 2 with
+    half = [0] * (len(seen) // 2)
+    assert [p.agree_cells for p in seen] == half + [AGREE_CELLS] * len(half) and seen
+    assert {p.nprobe for p in seen} == {1}
+    np.testing.assert_array_equal(wide.ids, idx.search(Q, k=10, params=SearchParams(1, agree_cells=AGREE_CELLS)).ids)
+    assert SearchParams.default_ndocs(10, idx.n_docs) == 352  # 256 x sqrt(2): what the search sized stage 2 from
     idx.close()
 
 

@@ -73,4 +73,5 @@ def parse_filter(text: str | None):
 def search_params(args: argparse.Namespace):
     from colbert_index import SearchParams
 
-    return SearchParams(args.nprobe, args.threshold, args.ndocs, args.nbound, args.bound_cells, args.rerank)
+    fields = (args.nprobe, args.threshold, args.ndocs, args.nbound, args.bound_cells, args.rerank, args.agree_cells)
+    return SearchParams(*fields)

@@ -82,6 +82,12 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--bound-cells", type=int, default=16, help="centroids per query token the bound reads")
     p.add_argument(
+        "--agree-cells",
+        type=int,
+        help="stage 1 also takes documents that the best AGREE_CELLS centroids of two query tokens list (0: off; "
+        "unset: on beyond 62,500 documents for k <= 10; SearchParams.agree_cells)",
+    )
+    p.add_argument(
         "--rerank",
         type=int,
         help="candidates of the full-precision rerank, on an index built with --keep-originals (0: off; "

@@ -57,7 +57,8 @@ class SearchParams:
         centroid's score otherwise.
     agree_cells: stage 1 also takes the documents listed by the best ``agree_cells`` centroids of two query tokens or
         more (``probe_agreed``): a document several query tokens point to, though no token's best cell holds it.
-        Unset, :meth:`default_agree_cells`; 0 turns it off. Ignored with ``nbound`` and on the GPU path.
+        Unset, :meth:`default_agree_cells`; 0 (or at most ``nprobe``) turns it off. Ignored with ``nbound``; the
+        GPU path probes twice ``nprobe`` instead (docs/gpu.md).
     rerank: on an index that keeps its documents' vectors (``keep_originals=True``), the candidates stage 3
         passes to the full-precision rerank, exact MaxSim on those float16 vectors, which takes stage 4's place.
         Unset, :meth:`default_rerank`, more where the search sizes itself (as stage 4's count); 0 turns the rerank
@@ -287,8 +288,8 @@ def staged_search(
     out = backend.top_k(scores, ranked, k)  # stage 4
     if trace is not None:
         _mark(trace, "rerank" if originals else "stage4", len(ranked), t0)
-        agreed = probe_width(params, len(Q), nprobe) > nprobe
-        trace["params"] = _used(nprobe, params, n_scored, len(ranked), int(params.agree_cells) if agreed else 0)
+        agreed = int(cells.shape[1]) if params.nbound is None and cells.shape[1] > nprobe else 0  # at most K
+        trace["params"] = _used(nprobe, params, n_scored, len(ranked), agreed)
     return out
 
 

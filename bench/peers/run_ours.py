@@ -35,7 +35,7 @@ def build(corpus: Corpus, index_dir: Path, nbits: int) -> dict:
 
 def _resolved(params: SearchParams, k: int, n_docs: int) -> SearchParams:
     """``params`` with every field set as the search sets it for ``k`` on an index of ``n_docs`` documents."""
-    p = params.resolved(k)
+    p = params.resolved(k, n_docs)  # nprobe and agree_cells by index size
     if p.ndocs is None:  # sized per index (SearchParams.default_ndocs) since commit 24130c6
         p = replace(p, ndocs=SearchParams.default_ndocs(k, n_docs))
     return p
@@ -55,6 +55,7 @@ def open_search(corpus: Corpus, index_dir: Path, k: int, threads: int, params: d
     facts = {
         "params": {
             "nprobe": resolved.nprobe,
+            "agree_cells": resolved.agree_cells,
             "centroid_score_threshold": resolved.centroid_score_threshold,
             "ndocs": resolved.ndocs,
         },

@@ -158,9 +158,9 @@ def staged_search_batched(
         return torch.zeros((n_q, 0), device=device), torch.zeros((n_q, 0), dtype=torch.int64, device=device)
     S = centroid_scores(data, Q)
     K = S.shape[1]
-    # the device has no probe by agreement: where the CPU runs one (agree_cells), it probes twice the cells, which
-    # finds about as much of the exact top 10 on the 1M index (docs/gpu.md)
-    widen = 2 if params.agree_cells and params.nbound is None else 1
+    # the device has no probe by agreement: where the CPU runs one (agree_cells above nprobe), it probes twice the
+    # cells, which finds about as much of the exact top 10 on the 1M index (docs/gpu.md)
+    widen = 2 if params.nbound is None and int(params.agree_cells or 0) > int(params.nprobe) else 1
     nprobe = torch.full((n_q,), widen * int(params.nprobe), dtype=torch.int64, device=device)
     bound_cells = None if params.nbound is None else int(params.bound_cells)
     while True:  # stage 1; widen the probe of a query in the rare case it finds fewer than k documents

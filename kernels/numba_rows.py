@@ -188,10 +188,12 @@ def doc_max16(typingctx, out, lut, scale, scores, codes, packed, lo, hi, col):
     multiplies the maximum once, instead of float score rows added to each token's scaled sum
     (docs/design-notes.md). The score row of the token :data:`AHEAD_TOKENS` on is prefetched.
     """
-    arrays = (out, lut, scale, scores, codes, packed)
-    dtypes = (types.float32, types.int8, types.float32, types.int16, types.uint16, types.uint8)
+    arrays = (out, lut, scale, scores, packed)
+    dtypes = (types.float32, types.int8, types.float32, types.int16, types.uint8)
     if not all(isinstance(a, types.Array) and a.ndim == 1 and a.dtype == t for a, t in zip(arrays, dtypes)):
         return None
+    if not (isinstance(codes, types.Array) and codes.ndim == 1 and codes.dtype in (types.uint16, types.uint32)):
+        return None  # uint32 codes beyond 65,536 centroids (ResidualCodec.code_dtype)
     if not all(isinstance(x, types.Integer) for x in (lo, hi, col)):
         return None
 

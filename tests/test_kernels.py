@@ -614,6 +614,26 @@ def _check_refined_interaction(seed: int, K: int, dim: int, nbits: int, q_len: i
     assert got[candidates == 3].tolist() == [0.0] * int((candidates == 3).sum())  # the empty doc
 
 
+def test_refined_interaction_past_65536_centroids():
+    """Codebooks over 65536 centroids have uint32 codes (ResidualCodec.code_dtype): stage 3 reads them too, and
+    equals the reference, also for the tokens whose centroid ids pass 65535."""
+    rng = np.random.default_rng(765)
+    K, dim, nbits, q_len = 65536 + 300, 16, 2, 7
+    _, _, table = _codec(rng, 3, dim, nbits)
+    S = (0.3 * rng.standard_normal((K, q_len))).astype(np.float32)
+    codes = rng.integers(K - 600, K, 400).astype(np.uint32)  # ids on both sides of 65536
+    packed = rng.integers(0, 256, (400, dim * nbits // 8)).astype(np.uint8)
+    offsets = np.arange(0, 401, 20, dtype=np.int64)
+    candidates = np.arange(20)
+    Q = _queries(rng, q_len, dim)
+    got = numba_scoring.refined_interaction(Q, S, codes, packed, offsets, candidates, table)
+    want = reference.refined_interaction(Q, S, codes, packed, offsets, candidates, table, quantised=True)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * q_len)
+    low = (codes % 65536).astype(np.uint16)
+    wrapped = numba_scoring.refined_interaction(Q, S, low, packed, offsets, candidates, table)
+    assert not np.allclose(got, wrapped)  # the high ids matter: a uint16 view of them would score other centroids
+
+
 @pytest.mark.parametrize("backend", ("numpy", "numba"))
 def test_refined_interaction_tables_once(backend):
     """Stage 3 from tables built once per query (as search shares them between segments) = the one-call kernel,

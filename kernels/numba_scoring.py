@@ -198,39 +198,26 @@ def exact_maxsim(Q, codes, packed, offsets, candidates, centroids, table, normal
     Blocks of ~_EXACT_BLOCK_TOKENS tokens keep the decompressed tokens and their scores in cache.
     """
     candidates = np.asarray(candidates)
-    if len(candidates) == 0:
-        return np.zeros(0, dtype=np.float32)
-    Q = np.ascontiguousarray(Q, dtype=np.float32)
-    return exact_blocks(Q, codes, packed, offsets, candidates, centroids, table, normalize, _EXACT_BLOCK_TOKENS)
-
-
-@njit(cache=True, nogil=True)
-def exact_blocks(Q, codes, packed, offsets, candidates, centroids, table, normalize, block_tokens):
-    """:func:`exact_maxsim` in blocks of about ``block_tokens`` tokens (whole documents), in one compiled call: the
-    block bookkeeping in Python cost about a tenth of stage 4 on short candidate lists."""
-    n = candidates.shape[0]
-    local = np.zeros(n + 1, dtype=np.int64)  # where each candidate's tokens start in the candidates' sequence
-    longest = 0
-    for i in range(n):
-        length = offsets[candidates[i] + 1] - offsets[candidates[i]]
-        local[i + 1] = local[i] + length
-        longest = max(longest, length)
-    size = max(1, min(local[n], block_tokens + longest))
-    buf = np.empty((size, Q.shape[1]), dtype=np.float32)
-    scores = np.empty((size, Q.shape[0]), dtype=np.float32)
-    columns = np.array([0, Q.shape[0]], dtype=np.int64)
+    n = len(candidates)
     out = np.zeros(n, dtype=np.float32)
+    if n == 0:
+        return out
+    Q = np.ascontiguousarray(Q, dtype=np.float32)
+    lengths = offsets[candidates + 1] - offsets[candidates]
+    local = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(lengths, out=local[1:])
+    size = min(int(local[-1]), _EXACT_BLOCK_TOKENS + int(lengths.max()))
+    buf = np.empty((size, Q.shape[1]), np.float32)
+    scores = np.empty((size, Q.shape[0]), np.float32)
     i = 0
     while i < n:
-        j = i + 1  # whole documents up to block_tokens, at least one
-        while j < n and local[j + 1] - local[i] <= block_tokens:
-            j += 1
-        m = local[j] - local[i]
+        j = min(n, max(i + 1, int(np.searchsorted(local, local[i] + _EXACT_BLOCK_TOKENS, side="right")) - 1))
+        m = int(local[j] - local[i])
         if m:
             rows = local[i : j + 1] - local[i]  # where each document's tokens go in buf
             decompress_docs(codes, packed, offsets, candidates[i:j], rows, centroids, table, normalize, buf)
             row_scores(buf[:m], Q, scores)
-            out[i:j] = segment_max_sums(scores[:m], rows, columns)[0]
+            out[i:j] = segment_max_sum(scores[:m], rows)
         i = j
     return out
 

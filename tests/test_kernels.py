@@ -462,20 +462,6 @@ def test_exact_maxsim(dim, nbits, normalize, q_len):
         np.testing.assert_allclose(got[candidates == d], got[candidates == d][0], rtol=1e-6, atol=_atol(q_len))
 
 
-@pytest.mark.parametrize("block_tokens", (1, 7, 64))
-def test_exact_maxsim_blocks(block_tokens):
-    """Stage 4 in blocks of whole documents: blocks smaller than a document, and of several, score as one block."""
-    rng = np.random.default_rng(720 + block_tokens)
-    centroids, _, table = _codec(rng, 23, 64, 2)
-    codes, packed, offsets = _collection(rng, _lengths(rng), 23, 64, 2)
-    candidates = _candidates(rng, len(offsets) - 1)
-    Q = _queries(rng, 7, 64)
-    args = (codes, packed, offsets, candidates, centroids, table, True)
-    got = numba_scoring.exact_blocks(Q, *args, block_tokens)
-    np.testing.assert_allclose(got, reference.exact_maxsim(Q, *args), rtol=RTOL, atol=_atol(7))
-    np.testing.assert_allclose(got, numba_scoring.exact_maxsim(Q, *args), rtol=1e-6, atol=_atol(7))
-
-
 @pytest.mark.parametrize("nprobe", (1, 3))
 def test_probe_cells(nprobe):
     rng = np.random.default_rng(740 + nprobe)

@@ -130,10 +130,16 @@ def _mark(cells, ivf_offsets, ivf_docs, n_docs):
         total += ivf_offsets[c + 1] - ivf_offsets[c]
     words = np.zeros((n_docs + 63) // 64, dtype=np.uint64)
     for c in probed:
-        for p in range(ivf_offsets[c], ivf_offsets[c + 1]):
-            d = np.uint64(ivf_docs[p])
-            words[d >> np.uint64(6)] |= np.uint64(1) << (d & np.uint64(63))
+        _mark_cell(words, c, ivf_offsets, ivf_docs)
     return words, total
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _mark_cell(words, c, ivf_offsets, ivf_docs):
+    """Set the bit of every document of cell ``c``'s list in ``words``."""
+    for p in range(ivf_offsets[c], ivf_offsets[c + 1]):
+        d = np.uint64(ivf_docs[p])
+        words[d >> np.uint64(6)] |= np.uint64(1) << (d & np.uint64(63))
 
 
 @njit(cache=True, nogil=True)
@@ -173,7 +179,6 @@ def probe_agreed(cells, n_any, ivf_offsets, ivf_docs, n_docs):
                 owner[c] = q
     words = np.zeros((n_docs + 63) // 64, dtype=np.uint64)
     first = np.zeros(n_docs, dtype=np.uint16)
-    one, six = np.uint64(1), np.uint64(6)
     total = 0
     for q in range(q_len):
         tag = np.uint16(q + 1)
@@ -184,16 +189,14 @@ def probe_agreed(cells, n_any, ivf_offsets, ivf_docs, n_docs):
             total += ivf_offsets[c + 1] - ivf_offsets[c]
             if owner[c] == -2:
                 owner[c] = -3
-                for p in range(ivf_offsets[c], ivf_offsets[c + 1]):
-                    d = np.uint64(ivf_docs[p])
-                    words[d >> six] |= one << (d & np.uint64(63))
+                _mark_cell(words, c, ivf_offsets, ivf_docs)
                 continue
             for p in range(ivf_offsets[c], ivf_offsets[c + 1]):
                 d = ivf_docs[p]
                 if first[d] == 0:
                     first[d] = tag
                 elif first[d] != tag:
-                    words[np.uint64(d) >> six] |= one << (np.uint64(d) & np.uint64(63))
+                    words[np.uint64(d) >> np.uint64(6)] |= np.uint64(1) << (np.uint64(d) & np.uint64(63))
     return _read_off(words, min(total, n_docs))
 
 

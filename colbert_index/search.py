@@ -229,7 +229,7 @@ def staged_search(
                 cells = first_cells
             else:
                 S = backend.centroid_scores(codec.centroids, Q) if S is None else S  # the fused pass keeps none
-                cells = backend.probe_cells(S, probe_width(params, len(Q), nprobe))
+                cells = backend.probe_cells(S, probe_width(params, nprobe))
             bounds = None
             cands = [_probe(backend, cells, nprobe, d) for d in segs]
             cands = [c if x is None else c[~x[c]] for c, x in zip(cands, dels)]
@@ -293,10 +293,9 @@ def staged_search(
     return out
 
 
-def probe_width(params: SearchParams, q_len: int, nprobe: int) -> int:
-    """Centroids stage 0 ranks per query token: ``nprobe``, or ``agree_cells`` where the agreement probe runs
-    (``probe_agreed`` tags documents with a 16-bit token number: queries of up to 65,535 tokens)."""
-    agree = int(params.agree_cells or 0) if params.nbound is None and q_len <= 65_535 else 0
+def probe_width(params: SearchParams, nprobe: int) -> int:
+    """Centroids stage 0 ranks per query token: ``nprobe``, or ``agree_cells`` where the agreement probe runs."""
+    agree = int(params.agree_cells or 0) if params.nbound is None else 0
     return max(nprobe, agree)
 
 
@@ -418,11 +417,11 @@ def query_tables(codec, Q: np.ndarray, backend, params: SearchParams, tables3) -
     fused = backend.query_tables_int8
     if fused is not None and params.nbound is None:
         u8, scales = codec.centroids_u8
-        width = probe_width(params, len(Q), params.nprobe)
+        width = probe_width(params, params.nprobe)
         rows3, cells, stage2 = fused(u8, scales, Q, width, params.centroid_score_threshold, tables3)
         return None, rows3, cells, stage2
     S = backend.centroid_scores(codec.centroids, Q)
-    cells = backend.probe_cells(S, probe_width(params, len(Q), params.nprobe)) if params.nbound is None else None
+    cells = backend.probe_cells(S, probe_width(params, params.nprobe)) if params.nbound is None else None
     return S, None, cells, None
 
 

@@ -67,7 +67,7 @@ CPU_KERNELS: tuple[Kernel, ...] = (
     Kernel(
         "probe_agreed",
         (
-            ("cells", "[q_len <= 65535, c] int32"),
+            ("cells", "[q_len, c] int32"),
             ("n_any", "int, the columns whose cells give all their documents"),
             ("ivf_offsets", "[K + 1] int64"),
             ("ivf_docs", "int32"),

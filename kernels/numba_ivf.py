@@ -165,38 +165,31 @@ def probe(cells, ivf_offsets, ivf_docs, n_docs):
 
 @njit(cache=True, nogil=True)
 def probe_agreed(cells, n_any, ivf_offsets, ivf_docs, n_docs):
-    # A cell in some token's first n_any columns, or among the cells of two tokens, gives all its documents (read
-    # once into the bitmap, as the probe does). A cell of one token only gives the documents that another token's
-    # cells list too: ``first`` tags each document with 1 + the first such token that listed it (q_len <= 65535).
+    # Every document of some token's first n_any cells goes into the result bitmap (as the probe marks them). Then,
+    # token by token, a document that the token's other cells list goes in too when an earlier token's other cells
+    # listed it (its bit in ``seen``); the token's own documents join ``seen`` only after that, so one token's cells
+    # never agree with each other. Two bitmaps of n_docs bits stay in cache where a tag per document would not.
     q_len, n_cells = cells.shape
-    owner = np.full(ivf_offsets.shape[0] - 1, -1, dtype=np.int32)  # -1 unseen, q: token q's alone, -2: all docs
-    for q in range(q_len):
-        for j in range(n_cells):
-            c = cells[q, j]
-            if j < n_any or (owner[c] >= 0 and owner[c] != q):
-                owner[c] = -2
-            elif owner[c] == -1:
-                owner[c] = q
-    words = np.zeros((n_docs + 63) // 64, dtype=np.uint64)
-    first = np.zeros(n_docs, dtype=np.uint16)
+    n_words = (n_docs + 63) // 64
+    words = np.zeros(n_words, dtype=np.uint64)
+    seen = np.zeros(n_words, dtype=np.uint64)
+    one, six, low = np.uint64(1), np.uint64(6), np.uint64(63)
     total = 0
     for q in range(q_len):
-        tag = np.uint16(q + 1)
-        for j in range(n_cells):
+        for j in range(min(n_any, n_cells)):
             c = cells[q, j]
-            if owner[c] == -3:  # read already
-                continue
             total += ivf_offsets[c + 1] - ivf_offsets[c]
-            if owner[c] == -2:
-                owner[c] = -3
-                _mark_cell(words, c, ivf_offsets, ivf_docs)
-                continue
+            _mark_cell(words, c, ivf_offsets, ivf_docs)
+    for q in range(q_len):
+        for j in range(n_any, n_cells):
+            c = cells[q, j]
+            total += ivf_offsets[c + 1] - ivf_offsets[c]
             for p in range(ivf_offsets[c], ivf_offsets[c + 1]):
-                d = ivf_docs[p]
-                if first[d] == 0:
-                    first[d] = tag
-                elif first[d] != tag:
-                    words[np.uint64(d) >> np.uint64(6)] |= np.uint64(1) << (np.uint64(d) & np.uint64(63))
+                d = np.uint64(ivf_docs[p])
+                w, bit = d >> six, one << (d & low)
+                words[w] |= seen[w] & bit
+        for j in range(n_any, n_cells):
+            _mark_cell(seen, cells[q, j], ivf_offsets, ivf_docs)
     return _read_off(words, min(total, n_docs))
 
 

@@ -19,12 +19,16 @@ _NDOCS_SCALE_FROM = 62_500  # documents up to which the default ndocs is PLAID's
 # list keeps too little of the exact top 10 (docs/search.md; bench/RESULTS.md, Scale). Larger k keep PLAID's table.
 _WIDER_NDOCS_FROM = 500_000
 # A search with ``ndocs`` unset and k <= 10 sizes stages 2-4 per query (docs/search.md): stage 3 goes on down stage
-# 2's ranking, half an ``ndocs`` at a time, while one of its k best sits in the deeper half of what it scored, up to
-# DEEPEN_CAP times ``ndocs``; the last stage (stage 4, or the full-precision rerank when ``rerank`` is unset) takes
-# every candidate within STAGE3_MARGIN of stage 3's k-th best score (relative to it), from ``n_exact`` up to
-# DEEPEN_CAP times that. Larger k keep the fixed sizes: the deeper-half test fires on most queries there.
-DEEPEN_CAP = 4
-STAGE3_MARGIN = 0.03
+# 2's ranking, half an ``ndocs`` at a time, while one of its k best sits past the first DEEPER_FROM of what it scored,
+# up to DEEPEN_CAP times ``ndocs``. The last stage (stage 4, or the full-precision rerank when ``rerank`` is unset)
+# scores stage 3's best ``n_exact`` first; from the largest amount by which its scores exceed their stage-3 scores, it
+# then takes every further candidate (up to FINAL_CAP times ``n_exact``) whose stage-3 score, raised by that amount and
+# ERROR_SLACK of the k-th best, could reach its k-th best. Larger k keep the fixed sizes: the deeper-part test fires
+# on most queries there.
+DEEPEN_CAP = 8
+DEEPER_FROM = 0.4
+FINAL_CAP = 4
+ERROR_SLACK = 0.005
 # For k <= 10 beyond _NDOCS_SCALE_FROM documents, stage 1 also takes the documents that the best AGREE_CELLS centroids
 # of two query tokens or more both list (``SearchParams.agree_cells``; docs/search.md).
 AGREE_CELLS = 6
@@ -44,9 +48,10 @@ class SearchParams:
     ndocs: candidates kept after stage 2; stage 3 keeps :meth:`n_exact` of them for the exact rerank. Unset,
         it is PLAID's value for ``k`` up to 62,500 documents and grows with the square root of the number
         of documents beyond (:meth:`default_ndocs`): the probe reaches that many more candidates. Unset and for
-        k <= 10, the search also sizes itself per query: stage 3 goes further down stage 2's ranking (up to 4x
-        ``ndocs``) while that ranking put one of stage 3's k best low, and the last stage takes every candidate
-        close to stage 3's k-th best score (``DEEPEN_CAP``, ``STAGE3_MARGIN``; docs/search.md). Set, exactly
+        k <= 10, the search also sizes itself per query: stage 3 goes further down stage 2's ranking (up to 8x
+        ``ndocs``) while that ranking put one of stage 3's k best low, and the last stage, once it has scored stage
+        3's best, takes every further candidate that stage 3's error, as those showed it, could lift into the top k
+        (``DEEPEN_CAP``, ``FINAL_CAP``; docs/search.md). Set, exactly
         ``ndocs`` and :meth:`n_exact`: to go past the sized search, set it to several times the default.
     nbound: unset, stage 1 is PLAID's probe. Set, stage 1 also bounds each candidate's centroid interaction
         from above, from the IVF lists alone (``reference.probe_bound``), and keeps the best ``nbound``; stage
@@ -265,6 +270,7 @@ def staged_search(
         ranked = backend.top_k(approx, ranked, ndocs)[1]
         t0 = _mark(trace, "stage2", len(ranked), t0)
     n_scored = len(ranked)
+    stage3 = None  # stage 3's scores of the last stage's candidates, best first, where the last stage sizes itself
     if len(ranked) > n_exact:  # stage 3: every token with its residual, not normalised
         if rows3 is None:  # once for every segment
             rows3 = backend.refined_interaction_scores(tables3, S)
@@ -274,17 +280,27 @@ def staged_search(
                 tables3, rows3, d.codes, d.residuals, d.offsets, c))  # fmt: skip
 
         approx = refined(ranked)
-        if sized:
-            if deeper is not None:  # go on down stage 2's ranking while it ranked one of stage 3's k best low
-                ranked, approx = _deepen(backend, deeper, ranked, approx, refined, k, ndocs)
-                if trace is not None:
-                    trace["stages"][-1]["candidates"] = len(ranked)  # stage 2 kept what stage 3 scored
-            if not (originals and params.rerank is not None):
-                n_exact = _within_margin(approx, k, n_exact)
+        if sized and deeper is not None:  # go on down stage 2's ranking while it ranked one of stage 3's k best low
+            ranked, approx = _deepen(backend, deeper, ranked, approx, refined, k, ndocs)
+            if trace is not None:
+                trace["stages"][-1]["candidates"] = len(ranked)  # stage 2 kept what stage 3 scored
         n_scored = len(ranked)
-        ranked = backend.top_k(approx, ranked, n_exact)[1]
+        if sized and not (originals and params.rerank is not None):
+            stage3, ranked = backend.top_k(approx, ranked, FINAL_CAP * n_exact)
+        else:
+            ranked = backend.top_k(approx, ranked, n_exact)[1]
         t0 = _mark(trace, "stage3", len(ranked), t0)
-    scores = _per_segment(ranked, bases, segs, lambda d, c: final_scores(Q, d, c, backend, originals))
+
+    def last(ids: np.ndarray) -> np.ndarray:
+        return _per_segment(ids, bases, segs, lambda d, c: final_scores(Q, d, c, backend, originals))
+
+    if stage3 is not None and len(ranked) > n_exact:  # the best n_exact, then those stage 3 may have put too low
+        scores = last(ranked[:n_exact])
+        n = n_exact + _could_reach(scores, stage3, k)
+        ranked = ranked[:n]
+        scores = np.concatenate([scores, last(ranked[n_exact:])])
+    else:
+        scores = last(ranked)
     out = backend.top_k(scores, ranked, k)  # stage 4
     if trace is not None:
         _mark(trace, "rerank" if originals else "stage4", len(ranked), t0)
@@ -322,11 +338,11 @@ def _per_segment(ids: np.ndarray, bases: np.ndarray, segs: list, score) -> np.nd
 
 def _deepen(backend, stage2: tuple, ranked: np.ndarray, approx: np.ndarray, refined, k: int, ndocs: int) -> tuple:
     """Stage 3 further down stage 2's ranking (``stage2``: its scores and the candidates), half an ``ndocs`` at a
-    time, while one of the ``k`` best of stage 3's scores sits in the deeper half of the candidates it scored (stage
-    2 ranked a document of the top k low), up to :data:`DEEPEN_CAP` times ``ndocs``. Returns the candidates scored
-    and their stage-3 scores, in stage 2's order."""
+    time, while one of the ``k`` best of stage 3's scores sits deep among the candidates it scored (stage 2 ranked a
+    document of the top k low, :func:`_ranked_low`), up to :data:`DEEPEN_CAP` times ``ndocs``. Returns the
+    candidates scored and their stage-3 scores, in stage 2's order."""
     pool = None
-    while _deeper_half(approx, k):
+    while _ranked_low(approx, k):
         if pool is None:  # the ranking past ndocs, only for a query that needs it
             pool = backend.top_k(*stage2, DEEPEN_CAP * ndocs)[1][len(ranked) :]
         if not len(pool):
@@ -336,22 +352,23 @@ def _deepen(backend, stage2: tuple, ranked: np.ndarray, approx: np.ndarray, refi
     return ranked, approx
 
 
-def _deeper_half(stage3: np.ndarray, k: int) -> bool:
-    """Whether one of the ``k`` best of stage 3's scores (in stage 2's order) sits in the deeper half of them, or
-    stage 3 scored no more than ``k`` (nothing to judge stage 2's ranking by)."""
+def _ranked_low(stage3: np.ndarray, k: int) -> bool:
+    """Whether one of the ``k`` best of stage 3's scores (in stage 2's order) sits past the first :data:`DEEPER_FROM`
+    of them, or stage 3 scored no more than ``k`` (nothing to judge stage 2's ranking by)."""
     if len(stage3) <= k:
         return True
-    return int(np.argpartition(-stage3, k - 1)[:k].max()) >= len(stage3) // 2
+    return int(np.argpartition(-stage3, k - 1)[:k].max()) >= int(len(stage3) * DEEPER_FROM)
 
 
-def _within_margin(stage3: np.ndarray, k: int, floor: int) -> int:
-    """Candidates for the last stage: those within :data:`STAGE3_MARGIN` of stage 3's ``k``-th best score (relative
-    to it), at least ``floor`` and at most ``DEEPEN_CAP * floor``."""
-    if len(stage3) <= floor:
-        return len(stage3)
-    kth = float(np.partition(stage3, len(stage3) - k)[len(stage3) - k])
-    close = int(np.count_nonzero(stage3 >= kth - STAGE3_MARGIN * abs(kth)))
-    return min(max(close, floor), DEEPEN_CAP * floor)
+def _could_reach(head: np.ndarray, stage3: np.ndarray, k: int) -> int:
+    """How many candidates past the ``len(head)`` scored by the last stage it takes too: ``head`` holds the last
+    stage's scores of stage 3's best, ``stage3`` stage 3's scores of every candidate, best first. A candidate is taken
+    when its stage-3 score, raised by the most that a scored candidate's last-stage score exceeds its stage-3 score
+    and by :data:`ERROR_SLACK` of the ``k``-th best last-stage score, reaches that ``k``-th best."""
+    n = len(head)
+    kth = float(np.partition(head, n - k)[n - k])
+    lift = float(np.max(head - stage3[:n])) + ERROR_SLACK * abs(kth)
+    return int(np.count_nonzero(stage3[n:] + lift >= kth))
 
 
 def _used(nprobe: int, params: SearchParams, ndocs: int, n_exact: int, agree_cells: int = 0) -> dict:

@@ -16,9 +16,9 @@ from colbert_index.cli import main
 from colbert_index.datasets.family import VARIANTS
 from colbert_index.datasets.synthetic import CorpusShape, SyntheticStream, make_corpus
 from colbert_index.metrics import recall_at
-from colbert_index.search import DEEPEN_CAP, STAGE3_MARGIN, _deeper_half, _within_margin
+from colbert_index.search import DEEPEN_CAP, DEEPER_FROM, ERROR_SLACK, _could_reach, _ranked_low
 
-HELD_OUT = "crowded64"
+HELD_OUT = "crowded128"
 
 
 @pytest.fixture(scope="module")
@@ -110,19 +110,27 @@ def test_the_family_holds_held_out_variants_of_every_dim():
         assert c.queries.shape == (2, v.q_len, v.dim) and c.doclens.min() >= v.min_doc_len
 
 
-def test_stage3_goes_deeper_only_when_one_of_its_best_sits_in_the_deeper_half():
-    head = np.array([9, 8, 7, 1, 1, 1, 1, 1], dtype=np.float32)  # stage 2's order agrees with stage 3's
-    assert not _deeper_half(head, 3)
-    assert _deeper_half(np.array([9, 8, 1, 1, 1, 1, 1, 7], dtype=np.float32), 3)  # a top-3 at position 7 of 8
-    assert _deeper_half(head[:3], 3)  # no more than k scored: nothing to judge by, go on
+def test_stage3_goes_deeper_only_when_one_of_its_best_sits_deep_in_stage2s_ranking():
+    head = np.array([9, 8, 7, 1, 1, 1, 1, 1, 1, 1], dtype=np.float32)  # stage 2's order agrees with stage 3's
+    assert not _ranked_low(head, 3)
+    deep = int(len(head) * DEEPER_FROM)  # the first position past the first DEEPER_FROM of them
+    at = [np.array([9, 8] + [1] * 8, dtype=np.float32) for _ in range(2)]
+    at[0][deep], at[1][deep - 1] = 7, 7
+    assert _ranked_low(at[0], 3) and not _ranked_low(at[1], 3)
+    assert not _ranked_low(np.array([9, 7, 8, 1, 1, 1, 1, 1, 1, 1], dtype=np.float32), 3)
+    assert _ranked_low(np.array([9, 8, 1, 1, 1, 1, 1, 1, 1, 7], dtype=np.float32), 3)  # a top-3 at the end
+    assert _ranked_low(head[:3], 3)  # no more than k scored: nothing to judge by, go on
 
 
-def test_the_last_stage_takes_the_candidates_close_to_the_kth_score():
-    scores = np.array([10.0, 9.0, 8.0, 8.0 * (1 - STAGE3_MARGIN / 2), 8.0 * (1 - 2 * STAGE3_MARGIN), 1.0], np.float32)
-    assert _within_margin(scores, 3, 2) == 4  # the k best and the one within the margin of the k-th
-    assert _within_margin(scores, 3, 5) == 5  # never below the floor
-    assert _within_margin(np.full(100, 5.0, np.float32), 3, 4) == DEEPEN_CAP * 4  # nor past the cap
-    assert _within_margin(scores[:2], 1, 3) == 2  # fewer than the floor: all of them
+def test_the_last_stage_takes_what_stage3s_error_could_lift_into_the_top_k():
+    stage3 = np.array([10.0, 9.0, 8.0, 7.3, 7.2, 6.5, 1.0], np.float32)  # best first
+    head = np.array([10.3, 9.0, 7.5, 7.3], np.float32)  # last-stage scores of the first four: errors up to +0.3
+    kth = 7.5  # the 3rd best of head
+    lift = 0.3 + ERROR_SLACK * kth
+    want = int(np.count_nonzero(stage3[4:] + lift >= kth))
+    assert _could_reach(head, stage3, 3) == want == 1  # 7.2 could reach 7.5, 6.5 and 1.0 could not
+    exact = np.array([9.0, 8.5, 8.0, 7.0], np.float32)  # scores below stage 3's: errors <= 0, only the slack
+    assert _could_reach(exact, stage3, 3) == int(np.count_nonzero(stage3[4:] + ERROR_SLACK * 8.0 >= 8.0)) == 0
 
 
 def test_a_set_ndocs_turns_the_sizing_off(held_out):

@@ -80,7 +80,7 @@ def _numba_kernels() -> dict:
         raise ImportError(f"backend 'numba' needs numba: pip install numba ({e})") from e
     return {
         "decode_table": reference.decode_table,  # built once per index: no kernel needed
-        "compress_residuals": numba_codec.compress_residuals,
+        "compress_tokens": numba_codec.compress_tokens,
         "decompress": numba_codec.decompress,
         "centroid_scores": numba_scoring.centroid_scores,
         "probe_cells": numba_ivf.probe_cells,

@@ -307,10 +307,15 @@ class ResidualCodec:
 
     def compress(self, embeddings: np.ndarray, backend) -> tuple[np.ndarray, np.ndarray]:
         """``[n, dim]`` floats -> (codes ``[n]`` in :attr:`code_dtype`, packed residuals ``[n, dim*nbits//8]``)."""
+        return self.compress_counted(embeddings, backend)[:2]
+
+    def compress_counted(self, embeddings: np.ndarray, backend) -> tuple[np.ndarray, np.ndarray, int]:
+        """:meth:`compress`, and the residual coordinates beyond the outermost bucket weights, counted in the same
+        pass (:func:`colbert_index.drift.outside_count`'s figure)."""
         x = np.ascontiguousarray(embeddings, dtype=np.float32)
         codes = self.assign(x)
-        packed = backend.compress_residuals(x - self.centroids[codes], self.cutoffs, self.nbits)
-        return codes.astype(self.code_dtype), packed
+        packed, outside = backend.compress_tokens(x, codes, self.centroids, self.cutoffs, self.weights, self.nbits)
+        return codes.astype(self.code_dtype), packed, int(outside)
 
     @cached_property
     def max_centroid_norm(self) -> float:

@@ -50,9 +50,16 @@ _SCORES = "[m] float32, one score per candidate, in order"
 CPU_KERNELS: tuple[Kernel, ...] = (
     Kernel("decode_table", (("bucket_weights", "[dim, 2**nbits] float32"), ("nbits", "2 | 4")), "table"),
     Kernel(
-        "compress_residuals",
-        (("residuals", "[n, dim] float32"), ("cutoffs", "[dim, 2**nbits - 1] float32"), ("nbits", "2 | 4")),
-        "packed [n, nbytes] uint8",
+        "compress_tokens",
+        (
+            ("tokens", "[n, dim] float32"),
+            ("codes", "[n] ints, each token's centroid"),
+            _CENTROIDS,
+            ("cutoffs", "[dim, 2**nbits - 1] float32"),
+            ("weights", "[dim, 2**nbits] float32, bucket weights"),
+            ("nbits", "2 | 4"),
+        ),
+        "(packed [n, nbytes] uint8, residual coordinates beyond the outermost weights: int)",
     ),
     Kernel("decompress", (_CODES, _PACKED, _CENTROIDS, _TABLE, _NORMALIZE), "[n, dim] float32 tokens"),
     Kernel("centroid_scores", (_CENTROIDS, _Q), "[K, q_len] float32 (stage 0)"),

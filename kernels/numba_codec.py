@@ -1,6 +1,6 @@
 """Numba CPU kernels of the residual codec: bucketise + bit-pack, and decompression.
 
-Same contracts as :mod:`colbert_index.kernels.reference` (``compress_residuals``, ``decompress``).
+Same contracts as :mod:`colbert_index.kernels.reference` (``compress_tokens``, ``decompress``).
 """
 
 from __future__ import annotations
@@ -17,25 +17,32 @@ _AHEAD_ROWS = 16
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def compress_residuals(residuals, cutoffs, nbits):
-    n, dim = residuals.shape
+def compress_tokens(tokens, codes, centroids, cutoffs, weights, nbits):
+    # Each residual coordinate is computed once, in a register: bucketised, packed and checked against the outermost
+    # bucket weights in one pass (numpy's residual array, written and read twice, cost the 1M build ~20 s).
+    n, dim = tokens.shape
     per_byte = 8 // nbits
     nbytes = dim // per_byte
     ncut = cutoffs.shape[1]
     out = np.empty((n, nbytes), dtype=np.uint8)
+    beyond = np.zeros(n, dtype=np.int64)
     for t in prange(n):
+        c = codes[t]
+        count = 0
         for b in range(nbytes):
             byte = 0
             for k in range(per_byte):
                 j = b * per_byte + k
-                r = residuals[t, j]
+                r = tokens[t, j] - centroids[c, j]
                 bucket = 0
-                for c in range(ncut):
-                    if cutoffs[j, c] <= r:
+                for u in range(ncut):
+                    if cutoffs[j, u] <= r:
                         bucket += 1
                 byte |= bucket << (8 - nbits * (k + 1))
+                count += (r < weights[j, 0]) | (r > weights[j, ncut])
             out[t, b] = byte
-    return out
+        beyond[t] = count
+    return out, beyond.sum()
 
 
 @njit(cache=True, nogil=True, fastmath=True)

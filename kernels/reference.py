@@ -57,6 +57,17 @@ def compress_residuals(residuals: np.ndarray, cutoffs: np.ndarray, nbits: int) -
     return pack_bits(buckets, nbits)
 
 
+def compress_tokens(
+    tokens: np.ndarray, codes: np.ndarray, centroids: np.ndarray, cutoffs: np.ndarray, weights: np.ndarray, nbits: int
+) -> tuple[np.ndarray, int]:
+    """Each token's residual against its centroid (``tokens - centroids[codes]``, float32), bucketised and packed
+    (:func:`compress_residuals`), and the number of residual coordinates beyond the outermost bucket weights
+    (below ``weights[:, 0]`` or above ``weights[:, -1]``: the codec's drift figure)."""
+    residuals = np.asarray(tokens, dtype=np.float32) - centroids[np.asarray(codes, dtype=np.int64)]
+    outside = int(np.count_nonzero((residuals < weights[:, 0]) | (residuals > weights[:, -1])))
+    return compress_residuals(residuals, cutoffs, nbits), outside
+
+
 def decode_table(bucket_weights: np.ndarray, nbits: int) -> np.ndarray:
     """``[nbytes, 256, 8 // nbits]`` float32: the residual values a packed byte decodes to.
 

@@ -109,25 +109,32 @@ def test_pack_bits_layout_msb_first(nbits):
 @pytest.mark.parametrize("n", (0, 1, 203))
 @pytest.mark.parametrize("nbits", NBITS)
 @pytest.mark.parametrize("dim", DIMS)
-def test_compress_residuals(dim, nbits, n):
+def test_compress_tokens(dim, nbits, n):
     rng = np.random.default_rng(200 + dim * 7 + nbits + n)
     cutoffs = np.sort((0.05 * rng.standard_normal((dim, 2**nbits - 1))).astype(np.float32), axis=1)
+    weights = np.sort((0.05 * rng.standard_normal((dim, 2**nbits))).astype(np.float32), axis=1)
+    centroids = (0.3 * rng.standard_normal((5, dim))).astype(np.float32)
+    codes = rng.integers(0, 5, n).astype(np.uint16)
     residuals = (0.05 * rng.standard_normal((n, dim))).astype(np.float32)
     if n > 1:  # values exactly on a cutoff go to the upper bucket (searchsorted side="right")
         j = rng.integers(0, dim, n // 2)
         residuals[np.arange(n // 2), j] = cutoffs[j, rng.integers(0, 2**nbits - 1, n // 2)]
         residuals[-1] = cutoffs[:, 0] - 1.0  # below every cutoff -> bucket 0
         residuals[-2] = cutoffs[:, -1] + 1.0  # above every cutoff -> top bucket
-    ref = reference.compress_residuals(residuals, cutoffs, nbits)
-    got = numba_codec.compress_residuals(residuals, cutoffs, nbits)
+    tokens = centroids[codes] + residuals
+    ref, ref_out = reference.compress_tokens(tokens, codes, centroids, cutoffs, weights, nbits)
+    got, got_out = numba_codec.compress_tokens(tokens, codes, centroids, cutoffs, weights, nbits)
     assert ref.dtype == got.dtype == np.uint8
     assert ref.shape == got.shape == (n, dim * nbits // 8)
     np.testing.assert_array_equal(got, ref)
-    # independent check of the buckets: number of cutoffs <= residual
-    expected = (cutoffs[None, :, :] <= residuals[:, :, None]).sum(axis=2)
+    assert got_out == ref_out
+    # independent checks: the bucket is the number of cutoffs <= residual; outside: beyond the outermost weights
+    r = tokens - centroids[codes]
+    expected = (cutoffs[None, :, :] <= r[:, :, None]).sum(axis=2)
     np.testing.assert_array_equal(reference.unpack_bits(ref, nbits), expected)
+    assert ref_out == int(np.sum((r < weights[:, 0]) | (r > weights[:, -1])))
     if n > 1:
-        assert (expected[-1] == 0).all() and (expected[-2] == 2**nbits - 1).all()
+        assert (expected[-1] == 0).all() and (expected[-2] == 2**nbits - 1).all() and ref_out >= 2 * dim
 
 
 @pytest.mark.parametrize("nbits", NBITS)

@@ -75,7 +75,7 @@ def kmeans(sample: np.ndarray, n_centroids: int, iters: int, seed: int, device) 
 
 class DeviceCompressor:
     """``block [n, dim] -> (codes, packed residuals, outside count)`` on ``device``: what
-    :meth:`ResidualCodec.compress` and :func:`colbert_index.drift.outside_count` give on the CPU, with the
+    :meth:`ResidualCodec.compress_counted` gives on the CPU, with the
     exact nearest centroid at any K."""
 
     def __init__(self, codec: ResidualCodec, device) -> None:

@@ -21,7 +21,6 @@ from numpy.lib.format import open_memmap
 from tqdm.auto import tqdm
 
 from colbert_index.codec import ResidualCodec, dequantize_centroids, quantize_centroids
-from colbert_index.drift import outside_count
 from colbert_index.errors import IndexFormatError
 from colbert_index.inputs import Spill
 from colbert_index.storage import metadata as meta_files
@@ -244,11 +243,10 @@ def write_segment(
     for lo, block in spill.blocks(np.float32 if compress is None else np.float16):
         hi = lo + len(block)
         if compress is None:
-            codes[lo:hi], residuals[lo:hi] = codec.compress(block, kernels)
-            outside += outside_count(block, codes[lo:hi], codec)
+            codes[lo:hi], residuals[lo:hi], n_outside = codec.compress_counted(block, kernels)
         else:
             codes[lo:hi], residuals[lo:hi], n_outside = compress(block)
-            outside += n_outside
+        outside += n_outside
         bar.update(hi - lo)
     bar.close()
     codes.flush()

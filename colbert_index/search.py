@@ -298,6 +298,8 @@ def staged_search(
         scores = last(ranked[:n_exact])
         n = n_exact + _could_reach(scores, stage3, k)
         ranked = ranked[:n]
+        if trace is not None:
+            trace["stages"][-1]["candidates"] = n  # stage 3 passed on what the last stage scored
         scores = np.concatenate([scores, last(ranked[n_exact:])])
     else:
         scores = last(ranked)

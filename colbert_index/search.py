@@ -18,13 +18,10 @@ _NDOCS_SCALE_FROM = 62_500  # documents up to which the default ndocs is PLAID's
 # Documents beyond which the default ndocs for k <= 10 is taken 1.5x: there stage 2's ranking of the wider candidate
 # list keeps too little of the exact top 10 (docs/search.md; bench/RESULTS.md, Scale). Larger k keep PLAID's table.
 _WIDER_NDOCS_FROM = 500_000
-# A search with ``ndocs`` unset and k <= 10 sizes stages 2-4 per query (docs/search.md): stage 3 goes on down stage
-# 2's ranking, half an ``ndocs`` at a time, while one of its k best sits past the first DEEPER_FROM of what it scored,
-# up to DEEPEN_CAP times ``ndocs``. The last stage (stage 4, or the full-precision rerank when ``rerank`` is unset)
-# scores stage 3's best ``n_exact`` first; from the largest amount by which its scores exceed their stage-3 scores, it
-# then takes every further candidate (up to FINAL_CAP times ``n_exact``) whose stage-3 score, raised by that amount and
-# ERROR_SLACK of the k-th best, could reach its k-th best. Larger k keep the fixed sizes: the deeper-part test fires
-# on most queries there.
+# With ``ndocs`` unset and k <= 10 a search sizes stages 2-4 per query (docs/search.md): stage 3 goes deeper while one
+# of its k best sits past the first DEEPER_FROM of what it scored (``_deepen``, up to DEEPEN_CAP times ``ndocs``), the
+# last stage takes what stage 3's error could lift into the top k (``_could_reach``, up to FINAL_CAP times ``n_exact``).
+# Larger k keep the fixed sizes: the deeper-part test fires on most queries there.
 DEEPEN_CAP = 8
 DEEPER_FROM = 0.4
 FINAL_CAP = 4
@@ -298,8 +295,8 @@ def staged_search(
         scores = last(ranked[:n_exact])
         n = n_exact + _could_reach(scores, stage3, k)
         ranked = ranked[:n]
-        if trace is not None:
-            trace["stages"][-1]["candidates"] = n  # stage 3 passed on what the last stage scored
+        if trace is not None:  # stage 3 passed on what the last stage scored
+            trace["stages"][-1]["candidates"] = n
         scores = np.concatenate([scores, last(ranked[n_exact:])])
     else:
         scores = last(ranked)
@@ -363,10 +360,9 @@ def _ranked_low(stage3: np.ndarray, k: int) -> bool:
 
 
 def _could_reach(head: np.ndarray, stage3: np.ndarray, k: int) -> int:
-    """How many candidates past the ``len(head)`` scored by the last stage it takes too: ``head`` holds the last
-    stage's scores of stage 3's best, ``stage3`` stage 3's scores of every candidate, best first. A candidate is taken
-    when its stage-3 score, raised by the most that a scored candidate's last-stage score exceeds its stage-3 score
-    and by :data:`ERROR_SLACK` of the ``k``-th best last-stage score, reaches that ``k``-th best."""
+    """How many candidates past the ``len(head)`` the last stage scored it takes too (``head``: its scores of stage 3's
+    best; ``stage3``: stage 3's scores of all, best first): those whose stage-3 score, raised by the most a scored one's
+    last-stage score exceeds its stage-3 score and by :data:`ERROR_SLACK` of the k-th best, reaches that k-th best."""
     n = len(head)
     kth = float(np.partition(head, n - k)[n - k])
     lift = float(np.max(head - stage3[:n])) + ERROR_SLACK * abs(kth)

@@ -170,16 +170,9 @@ def probe_agreed(cells, n_any, ivf_offsets, ivf_docs, n_docs):
     # listed it (its bit in ``seen``); the token's own documents join ``seen`` only after that, so one token's cells
     # never agree with each other. Two bitmaps of n_docs bits stay in cache where a tag per document would not.
     q_len, n_cells = cells.shape
-    n_words = (n_docs + 63) // 64
-    words = np.zeros(n_words, dtype=np.uint64)
-    seen = np.zeros(n_words, dtype=np.uint64)
+    words, total = _mark(cells[:, :n_any], ivf_offsets, ivf_docs, n_docs)
+    seen = np.zeros_like(words)
     one, six, low = np.uint64(1), np.uint64(6), np.uint64(63)
-    total = 0
-    for q in range(q_len):
-        for j in range(min(n_any, n_cells)):
-            c = cells[q, j]
-            total += ivf_offsets[c + 1] - ivf_offsets[c]
-            _mark_cell(words, c, ivf_offsets, ivf_docs)
     for q in range(q_len):
         for j in range(n_any, n_cells):
             c = cells[q, j]
